@@ -1,0 +1,76 @@
+"""`kdrun <command> [overrides]`: pick the command, check the overrides, hand argv to Hydra.
+
+No torch here, so `kdrun --help` and bad-input errors are instant. Every override is
+composed and validated before Hydra creates a run directory: a mistake costs one line
+on stderr and exit code 2, and leaves nothing behind that looks like a run.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+
+from kdrun.errors import KdrunError
+
+
+@dataclass(frozen=True)
+class Command:
+    config_name: str
+    summary: str
+
+
+COMMANDS = {
+    "train-teacher": Command("train_teacher", "train a teacher, or reuse the stored one for the same recipe"),
+    "distill": Command("distill", "distill a student from a teacher (T=..., alpha=...)"),
+}
+
+# Hydra flags after which argv holds no overrides worth checking.
+INFO_FLAGS = ("--help", "-h", "--hydra-help", "--info", "-i", "--shell-completion", "-sc")
+
+
+def usage() -> str:
+    lines = ["usage: kdrun <command> [key=value ...] [-m] [--cfg job] [--help]", "", "commands:"]
+    lines += [f"  {name:<15} {cmd.summary}" for name, cmd in COMMANDS.items()]
+    lines += ["", "`kdrun <command> --help` lists a command's keys and config groups."]
+    return "\n".join(lines)
+
+
+def fail(message: str) -> int:
+    print(f"kdrun: error: {message}", file=sys.stderr)
+    return 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        return fail(f"unknown command '{name}'; choose one of: {', '.join(COMMANDS)}")
+    command = COMMANDS[name]
+
+    from kdrun.config import config_dir, register_schemas
+    from kdrun.preflight import check_overrides
+
+    register_schemas()
+    if not any(flag in rest for flag in INFO_FLAGS):
+        try:
+            check_overrides(command.config_name, [a for a in rest if "=" in a and not a.startswith("-")])
+        except KdrunError as error:
+            if os.environ.get("HYDRA_FULL_ERROR") == "1":
+                raise
+            return fail(str(error))
+    return launch(name, command, config_dir(), rest)
+
+
+def launch(name: str, command: Command, conf: object, rest: list[str]) -> int:
+    """Run Hydra's own main with this command's config; results go to files, not returns."""
+    import hydra
+
+    from kdrun.commands import run_task
+
+    sys.argv = [f"kdrun {name}", *rest]
+    hydra.main(config_path=str(conf), config_name=command.config_name, version_base="1.3")(run_task)()
+    return 0

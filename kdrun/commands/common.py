@@ -1,0 +1,70 @@
+"""Steps every command shares: set up the runtime and data, record epochs, sum up a history."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+import kdrun
+from kdrun.data import TensorData, load_dataset
+from kdrun.latency import profile
+from kdrun.runio import append_metrics
+from kdrun.runtime import resolve_device, set_threads
+
+log = logging.getLogger("kdrun")
+
+
+@dataclass
+class Setup:
+    device: torch.device
+    data: TensorData
+    threads: int
+
+
+def setup(cfg: DictConfig) -> Setup:
+    """Threads, device and the dataset (moved to the device once, indexed there)."""
+    threads = set_threads(cfg.threads)
+    device = resolve_device(cfg.device)
+    d = cfg.dataset
+    data = load_dataset(d.name, d.data_dir, d.download, d.augment, OmegaConf.to_container(d.kwargs, resolve=True))
+    log.info("%s: %d train / %d test, input %s, %d classes; device %s, %d threads", data.name,
+             len(data.x_train), len(data.x_test), data.input_shape, data.num_classes, device, threads)
+    return Setup(device, data.to(device), threads)
+
+
+def epoch_recorder(run_dir: Path, label: str) -> Callable[[dict[str, float]], None]:
+    """Append each epoch to metrics.jsonl and log one line about it."""
+
+    def record(row: dict[str, float]) -> None:
+        append_metrics(run_dir, row)
+        log.info("%s epoch %d: loss %.4f, test acc %.2f%% (%.1fs)", label, row["epoch"], row["train_loss"],
+                 100 * row["test_acc"], row["seconds"])
+
+    return record
+
+
+def history_summary(history: list[dict[str, float]]) -> dict[str, Any]:
+    """Final and best-epoch accuracy: both reported, so nobody has to argue which."""
+    best = max(history, key=lambda row: row["test_acc"])
+    return {"test_acc": history[-1]["test_acc"], "best_test_acc": best["test_acc"], "best_epoch": best["epoch"],
+            "train_seconds": sum(row["seconds"] for row in history)}
+
+
+def model_cost(model: torch.nn.Module, data: TensorData, cfg: DictConfig, device: torch.device) -> dict[str, Any]:
+    lat = cfg.latency
+    return profile(model, data.input_shape, device, batch_size=lat.batch_size, warmup=lat.warmup,
+                   min_reps=lat.min_reps, min_seconds=lat.min_seconds)
+
+
+def run_header(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    return {"command": cfg.command, "dataset": cfg.dataset.name, "seed": cfg.seed, "epochs": cfg.epochs,
+            "run_dir": str(run_dir), "kdrun_version": kdrun.__version__, "torch_version": torch.__version__}
+
+
+def plain_config(cfg: DictConfig) -> dict[str, Any]:
+    return OmegaConf.to_container(cfg, resolve=True)

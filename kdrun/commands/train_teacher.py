@@ -1,0 +1,43 @@
+"""`kdrun train-teacher`: train the teacher for a recipe (or reuse the stored one)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from kdrun.commands.common import (epoch_recorder, history_summary, log, model_cost, plain_config, run_header,
+                                   setup)
+from kdrun.runio import append_metrics, write_summary
+from kdrun.teacher import obtain_teacher
+from kdrun.ui import epoch_progress, show_results
+
+
+def link_or_copy(source: Path, target: Path) -> None:
+    """A run dir's own handle on the stored checkpoint, without a second copy where possible."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
+
+
+def run(cfg: DictConfig, run_dir: Path) -> None:
+    cfg.teacher.train.epochs, cfg.teacher.train.seed = cfg.epochs, cfg.seed
+    env = setup(cfg)
+    with epoch_progress(cfg.progress, "teacher") as progress:
+        teacher = obtain_teacher(cfg.teacher, cfg.dataset, env.data, env.device, plain_config(cfg), progress,
+                                 epoch_recorder(run_dir, "teacher"))
+    if not teacher.trained_now:
+        log.info("Reused the stored teacher: %s (retrain by deleting it)", teacher.checkpoint)
+        for row in teacher.history:
+            append_metrics(run_dir, row)
+    link_or_copy(teacher.checkpoint, run_dir / "checkpoint.pt")
+    cost = model_cost(teacher.model, env.data, cfg, env.device)
+    summary = {**run_header(cfg, run_dir), "model": cfg.teacher.name, **history_summary(teacher.history),
+               "test_acc": teacher.test_acc, **cost, "checkpoint": str(teacher.checkpoint),
+               "reused": not teacher.trained_now}
+    write_summary(run_dir, summary)
+    show_results([{"role": "teacher", "model": cfg.teacher.name, "where": run_dir, **summary}],
+                 title="kdrun train-teacher", footer=f"stored teacher: {teacher.checkpoint}")

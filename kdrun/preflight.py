@@ -1,0 +1,110 @@
+"""Compose and validate a command's overrides before any job starts.
+
+Hydra reports a bad override as several lines (or a traceback) and only once a run
+directory exists; a sweep may fail in its tenth job. Here every override, and every value
+of a sweep, is composed with Hydra's compose API and checked by `config.validate`, and the
+first problem becomes a `KdrunError` whose message names the key and what is allowed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Override, OverrideType
+from hydra.errors import HydraException
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from kdrun.config import ConfigError, config_dir, validate
+
+_MISSING = object()
+
+
+def group_options(conf: Path) -> dict[str, list[str]]:
+    """Config groups under conf/ (dataset, teacher, ...) and the option names in each."""
+    return {
+        group.name: sorted(p.stem for p in group.glob("*.yaml"))
+        for group in sorted(conf.iterdir())
+        if group.is_dir() and group.name != "hydra"
+    }
+
+
+def _parse(overrides: list[str]) -> list[Override]:
+    try:
+        return OverridesParser.create().parse_overrides(overrides)
+    except HydraException as error:
+        raise ConfigError(f"cannot parse overrides: {str(error).splitlines()[0]}") from None
+
+
+def _values(override: Override) -> list[str] | None:
+    """Every value a (sweep) override takes, as override text; None where it cannot be listed."""
+    if not override.is_sweep_override():
+        return [override.get_value_element_as_str()]
+    try:
+        return list(override.sweep_string_iterator())
+    except Exception:  # interval() sweeps (Optuna) have no finite list of values
+        return None
+
+
+def _check_group(override: Override, options: dict[str, list[str]]) -> None:
+    group = override.key_or_group
+    for value in _values(override) or []:
+        if value not in options[group]:
+            raise ConfigError(f"unknown {group} '{value}'; choose one of: {', '.join(options[group])}")
+
+
+def _check_key(cfg: DictConfig, key: str) -> None:
+    if OmegaConf.select(cfg, key, default=_MISSING) is not _MISSING:
+        return
+    parent, _, _ = key.rpartition(".")
+    node = OmegaConf.select(cfg, parent) if parent else cfg
+    valid = ", ".join(str(k) for k in node.keys()) if isinstance(node, DictConfig) else ""
+    where = f" under '{parent}'" if parent else ""
+    raise ConfigError(f"unknown key '{key}' for this command; valid keys{where}: {valid}")
+
+
+def _compose(config_name: str, overrides: list[str], check: bool = True) -> DictConfig:
+    try:
+        cfg = compose(config_name=config_name, overrides=overrides)
+        OmegaConf.resolve(cfg)
+    except (HydraException, OmegaConfBaseException) as error:
+        raise ConfigError(_one_line(error)) from None
+    if check:
+        validate(cfg)
+    return cfg
+
+
+def _one_line(error: Exception) -> str:
+    """The most specific line of a Hydra/OmegaConf error, prefixed by the key it concerns."""
+    cause = error.__cause__ or error
+    key = getattr(cause, "full_key", None)
+    text = next((line.strip() for line in str(cause).splitlines() if line.strip()), str(cause))
+    return f"invalid value for {key}: {text}" if key else text
+
+
+def _first(override: Override) -> str:
+    """The override with its first value only: enough to know which keys exist."""
+    values = _values(override)
+    return f"{override.get_key_element()}={values[0]}" if values else ""
+
+
+def check_overrides(config_name: str, overrides: list[str]) -> None:
+    """Raise ConfigError for the first override (or sweep value) no run could use."""
+    conf = config_dir()
+    options = group_options(conf)
+    parsed = [o for o in _parse(overrides) if not o.is_hydra_override()]
+    groups = [o for o in parsed if o.key_or_group in options and o.package is None]
+    keys = [o for o in parsed if o not in groups and o.type is OverrideType.CHANGE]
+    fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3", job_name="preflight"):
+        for override in groups:
+            _check_group(override, options)
+        skeleton = _compose(config_name, [_first(o) for o in groups if _first(o)], check=False)
+        for override in keys:
+            _check_key(skeleton, override.key_or_group)
+        _compose(config_name, [_first(o) if o.is_sweep_override() else o.input_line for o in parsed if _first(o)])
+        for override in (o for o in parsed if o.is_sweep_override()):
+            for value in _values(override) or []:
+                _compose(config_name, fixed + [f"{override.get_key_element()}={value}"])

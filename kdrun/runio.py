@@ -1,0 +1,95 @@
+"""Everything a run writes: atomic JSON, metrics.jsonl, self-describing checkpoints, summary.
+
+`summary.json` is written last: its presence means the run finished. A run that fails
+gets `status.json` with the error instead, so nothing unfinished looks finished.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from kdrun.errors import KdrunError
+from kdrun.models import build_model
+
+CHECKPOINT_FORMAT = "kdrun-checkpoint"
+CHECKPOINT_VERSION = 1
+
+
+def write_atomic(path: Path, write: Any) -> None:
+    """Call `write(file)` on a temporary file beside `path`, fsync, then rename over `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    write_atomic(path, lambda f: f.write((json.dumps(data, indent=2) + "\n").encode()))
+
+
+def append_metrics(run_dir: Path, row: dict[str, Any]) -> None:
+    with open(run_dir / "metrics.jsonl", "a") as handle:
+        handle.write(json.dumps(row) + "\n")
+
+
+def write_summary(run_dir: Path, summary: dict[str, Any]) -> Path:
+    path = run_dir / "summary.json"
+    write_json(path, summary)
+    return path
+
+
+def write_failure(run_dir: Path, message: str) -> None:
+    write_json(run_dir / "status.json", {"status": "failed", "error": message})
+
+
+def save_checkpoint(path: Path, model: nn.Module, *, arch: str, arch_kwargs: dict[str, Any], num_classes: int,
+                    input_shape: tuple[int, ...], dataset: str, config: dict[str, Any],
+                    metrics: dict[str, Any]) -> None:
+    """A checkpoint that says what it is: enough to rebuild the model without the config."""
+    payload = {
+        "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION,
+        "arch": arch, "arch_kwargs": dict(arch_kwargs), "num_classes": num_classes,
+        "input_shape": list(input_shape), "dataset": dataset, "config": config, "metrics": metrics,
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+    }
+    write_atomic(path, lambda f: torch.save(payload, f))
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """Load a kdrun checkpoint as data only (`weights_only=True`): never runs code from it."""
+    if not path.is_file():
+        raise KdrunError(f"checkpoint not found: {path}; check the path or train one with `kdrun train-teacher`")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise KdrunError(f"{path} holds more than tensors and plain data, so it was not loaded "
+                         f"({str(error).splitlines()[0][:120]}); use a checkpoint written by kdrun") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as error:
+        raise KdrunError(f"{path} is truncated or corrupt ({str(error).splitlines()[0][:120]}); "
+                         "delete it and train again") from None
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise KdrunError(f"{path} is not a kdrun checkpoint (no '{CHECKPOINT_FORMAT}' header); "
+                         "use one written by `kdrun train-teacher` or `kdrun distill`")
+    return payload
+
+
+def model_from_checkpoint(payload: dict[str, Any]) -> nn.Module:
+    model = build_model(payload["arch"], payload["num_classes"], tuple(payload["input_shape"]), payload["arch_kwargs"])
+    model.load_state_dict(payload["state_dict"])
+    return model

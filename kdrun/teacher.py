@@ -1,0 +1,128 @@
+"""The teacher store: one checkpoint per teacher recipe, trained at most once.
+
+A recipe is the teacher's model, the dataset and the training hyper-parameters and seed;
+its stable hash names the file `<store>/<model>-<dataset>-<hash>.pt`. `obtain_teacher`
+resolves, in order: an explicit checkpoint path; the stored checkpoint for the recipe;
+else it trains the teacher now, under a file lock so that parallel jobs of a sweep train
+it once, writing to a temporary file and renaming it so nobody reads half a checkpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from filelock import FileLock
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from kdrun.data import TensorData
+from kdrun.engine import Recipe, StepProgress, accuracy, fit
+from kdrun.errors import KdrunError
+from kdrun.models import build_model
+from kdrun.runio import load_checkpoint, model_from_checkpoint, save_checkpoint
+from kdrun.runtime import seed_everything
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Teacher:
+    model: nn.Module
+    checkpoint: Path
+    test_acc: float
+    trained_now: bool = False
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def teacher_recipe(teacher: DictConfig, dataset: DictConfig) -> dict[str, Any]:
+    """What makes two teachers the same; paths and switches are left out on purpose."""
+    return {
+        "model": teacher.name,
+        "kwargs": OmegaConf.to_container(teacher.kwargs, resolve=True),
+        "dataset": {"name": dataset.name, "augment": dataset.augment,
+                    "kwargs": OmegaConf.to_container(dataset.kwargs, resolve=True)},
+        "train": OmegaConf.to_container(teacher.train, resolve=True),
+    }
+
+
+def store_path(store: Path, recipe: dict[str, Any]) -> Path:
+    digest = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
+    return store / f"{recipe['model']}-{recipe['dataset']['name']}-{digest}.pt"
+
+
+def recipe_from_optim(optim: DictConfig, epochs: int, seed: int) -> Recipe:
+    """Engine recipe from an `optim` config node plus epochs and seed."""
+    return Recipe(epochs=epochs, batch_size=optim.batch_size, optimizer=optim.name, lr=optim.lr,
+                  weight_decay=optim.weight_decay, momentum=optim.momentum, nesterov=optim.nesterov,
+                  schedule=optim.schedule, milestones=tuple(optim.milestones), gamma=optim.gamma, seed=seed)
+
+
+def train_teacher(teacher: DictConfig, data: TensorData, device: Any, progress: Optional[StepProgress] = None,
+                  on_epoch: Optional[Callable[[dict[str, float]], None]] = None) -> tuple[nn.Module, list[dict]]:
+    """Train a fresh teacher on hard labels with its own recipe and seed."""
+    seed_everything(teacher.train.seed)
+    model = build_model(teacher.name, data.num_classes, data.input_shape, teacher.kwargs).to(device)
+    recipe = recipe_from_optim(teacher.train.optim, teacher.train.epochs, teacher.train.seed)
+    history = fit(model, data, recipe, device, progress=progress, on_epoch=on_epoch)
+    return model, history
+
+
+def _check_compatible(payload: dict[str, Any], path: Path, expected_arch: str, data: TensorData) -> None:
+    if payload["arch"] != expected_arch:
+        raise KdrunError(f"{path} holds a '{payload['arch']}' but teacher={expected_arch}; "
+                         f"set teacher={payload['arch']} or pass a {expected_arch} checkpoint")
+    if payload["num_classes"] != data.num_classes:
+        raise KdrunError(f"{path} was trained for {payload['num_classes']} classes but dataset '{data.name}' has "
+                         f"{data.num_classes}; pass a teacher trained on '{data.name}'")
+    if tuple(payload["input_shape"]) != data.input_shape:
+        raise KdrunError(f"{path} expects inputs of shape {tuple(payload['input_shape'])} but dataset "
+                         f"'{data.name}' has {data.input_shape}; pass a teacher trained on '{data.name}'")
+
+
+def load_teacher(path: Path, expected_arch: str, data: TensorData, device: Any) -> Teacher:
+    payload = load_checkpoint(path)
+    _check_compatible(payload, path, expected_arch, data)
+    try:
+        model = model_from_checkpoint(payload).to(device)
+    except RuntimeError as error:
+        raise KdrunError(f"{path} does not fit a {expected_arch} with these options "
+                         f"({str(error).splitlines()[0][:120]}); check teacher.kwargs") from None
+    return Teacher(model, path, accuracy(model, data.x_test, data.y_test), history=payload["metrics"].get("history", []))
+
+
+def train_command_hint(teacher: DictConfig, dataset: DictConfig) -> str:
+    return (f"kdrun train-teacher dataset={dataset.name} teacher={teacher.name} "
+            f"epochs={teacher.train.epochs} seed={teacher.train.seed}")
+
+
+def obtain_teacher(teacher: DictConfig, dataset: DictConfig, data: TensorData, device: Any, config: dict,
+                   progress: Optional[StepProgress] = None,
+                   on_epoch: Optional[Callable[[dict[str, float]], None]] = None) -> Teacher:
+    """An explicit checkpoint, else the stored one for this recipe, else train and store it."""
+    if teacher.checkpoint:
+        return load_teacher(Path(teacher.checkpoint).expanduser().resolve(), teacher.name, data, device)
+    recipe = teacher_recipe(teacher, dataset)
+    path = store_path(Path(teacher.store).expanduser().resolve(), recipe)
+    if path.exists():
+        log.info("Using stored teacher %s", path)
+        return load_teacher(path, teacher.name, data, device)
+    if not teacher.train_if_missing:
+        raise KdrunError(f"no trained teacher for this recipe in {path.parent}; run "
+                         f"`{train_command_hint(teacher, dataset)}` first (or set teacher.train_if_missing=true)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path.with_name(f".{path.name}.lock"))):
+        if path.exists():  # another job trained it while we waited for the lock
+            log.info("Using teacher trained by a parallel job: %s", path)
+            return load_teacher(path, teacher.name, data, device)
+        log.info("Training teacher %s for recipe %s", teacher.name, path.stem)
+        model, history = train_teacher(teacher, data, device, progress, on_epoch)
+        test_acc = history[-1]["test_acc"]
+        save_checkpoint(path, model, arch=teacher.name, arch_kwargs=OmegaConf.to_container(teacher.kwargs),
+                        num_classes=data.num_classes, input_shape=data.input_shape, dataset=dataset.name,
+                        config={"recipe": recipe, "run": config}, metrics={"test_acc": test_acc, "history": history})
+    return Teacher(model, path, test_acc, trained_now=True, history=history)
