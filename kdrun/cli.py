@@ -16,8 +16,11 @@ from kdrun.errors import KdrunError
 
 @dataclass(frozen=True)
 class Command:
-    config_name: str
+    """A Hydra command (`config_name` set) or a plain one whose module has `main(argv) -> int`."""
+
+    config_name: str | None
     summary: str
+    module: str | None = None
 
 
 COMMANDS = {
@@ -50,6 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     if name not in COMMANDS:
         return fail(f"unknown command '{name}'; choose one of: {', '.join(COMMANDS)}")
     command = COMMANDS[name]
+    if command.config_name is None:
+        return plain_command(command, rest)
 
     from kdrun.config import config_dir, register_schemas
     from kdrun.preflight import check_overrides
@@ -63,6 +68,18 @@ def main(argv: list[str] | None = None) -> int:
                 raise
             return fail(str(error))
     return launch(name, command, config_dir(), rest)
+
+
+def plain_command(command: Command, rest: list[str]) -> int:
+    """Commands that take paths, not overrides (e.g. `kdrun report PATH...`)."""
+    import importlib
+
+    try:
+        return importlib.import_module(command.module).main(rest)
+    except KdrunError as error:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        return fail(str(error))
 
 
 def launch(name: str, command: Command, conf: object, rest: list[str]) -> int:

@@ -38,24 +38,30 @@ def epoch_progress(enabled: bool, label: str) -> Iterator[Optional[EpochProgress
 
 
 def _ms(latency: dict[str, Any]) -> str:
-    return f"{latency['batch1_ms_median']:.3f} (p90 {latency['batch1_ms_p90']:.3f})"
+    return f"{latency['batch1_ms_median']:.3f} ({latency['batch1_ms_p90']:.3f})"
+
+
+def _si(number: float) -> str:
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(number) >= scale:
+            return f"{number / scale:.2f}{unit}"
+    return f"{number:.0f}"
 
 
 def results_table(rows: list[dict[str, Any]], title: str) -> Table:
-    """Rows of {role, model, test_acc, params, flops, latency, run_dir}."""
+    """Rows of {role, model, test_acc, params, flops, latency}."""
     table = Table(title=title)
     for column, justify in [("role", "left"), ("model", "left"), ("test acc", "right"), ("params", "right"),
-                            ("FLOPs", "right"), ("batch-1 ms", "right"), ("throughput/s", "right"),
-                            ("run dir / checkpoint", "left")]:
-        table.add_column(column, justify=justify, overflow="fold")
+                            ("FLOPs", "right"), ("batch-1 ms (p90)", "right"), ("images/s", "right")]:
+        table.add_column(column, justify=justify)
     for row in rows:
-        table.add_row(row["role"], row["model"], f"{100 * row['test_acc']:.2f}%", f"{row['params']:,}",
-                      f"{row['flops']:,}", _ms(row["latency"]), f"{row['latency']['throughput_per_s']:,.0f}",
-                      str(row["where"]))
+        table.add_row(row["role"], row["model"], f"{100 * row['test_acc']:.2f}%", _si(row["params"]),
+                      _si(row["flops"]), _ms(row["latency"]), _si(row["latency"]["throughput_per_s"]))
     return table
 
 
-def show_results(rows: list[dict[str, Any]], title: str, footer: str = "") -> None:
+def show_results(rows: list[dict[str, Any]], title: str, notes: list[str]) -> None:
+    """The table, then one line per note (paths, speedup): long paths stay copyable."""
     console.print(results_table(rows, title))
-    if footer:
-        console.print(footer)
+    for note in notes:
+        console.print(note, soft_wrap=True)

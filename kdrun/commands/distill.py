@@ -40,7 +40,7 @@ def run(cfg: DictConfig, run_dir: Path) -> None:
                            "checkpoint": str(teacher.checkpoint)},
                "speedup": speedup}
     write_summary(run_dir, summary)
-    show_results([{"role": "teacher", "model": cfg.teacher.name, "where": teacher.checkpoint, **summary["teacher"]},
-                  {"role": f"student (T={cfg.T:g}, alpha={cfg.alpha:g})", "model": cfg.student.name,
-                   "where": run_dir, **summary}],
-                 title="kdrun distill", footer=f"batch-1 speedup over the teacher: {speedup:.1f}x")
+    show_results([{"role": "teacher", "model": cfg.teacher.name, **summary["teacher"]},
+                  {"role": f"student T={cfg.T:g} alpha={cfg.alpha:g}", "model": cfg.student.name, **summary}],
+                 title="kdrun distill", notes=[f"batch-1 speedup over the teacher: {speedup:.1f}x",
+                                               f"teacher checkpoint: {teacher.checkpoint}", f"run dir: {run_dir}"])

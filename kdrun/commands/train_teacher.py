@@ -39,5 +39,5 @@ def run(cfg: DictConfig, run_dir: Path) -> None:
                "test_acc": teacher.test_acc, **cost, "checkpoint": str(teacher.checkpoint),
                "reused": not teacher.trained_now}
     write_summary(run_dir, summary)
-    show_results([{"role": "teacher", "model": cfg.teacher.name, "where": run_dir, **summary}],
-                 title="kdrun train-teacher", footer=f"stored teacher: {teacher.checkpoint}")
+    show_results([{"role": "teacher", "model": cfg.teacher.name, **summary}], title="kdrun train-teacher",
+                 notes=[f"run dir: {run_dir}", f"stored teacher: {teacher.checkpoint}"])
