@@ -1,0 +1,30 @@
+# `make demo` and `make test` are all a new user needs: both create .venv on first use.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: install demo test bench clean
+
+install: $(STAMP)
+
+# torch/torchvision are pinned as a matched pair in pyproject.toml; never mix a
+# different torch into this venv (torchvision would fail to import).
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(BIN)/python -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__)"
+	touch $@
+
+demo: install
+	$(BIN)/kdrun train-teacher
+	$(BIN)/kdrun distill
+
+test: install
+	$(BIN)/python -m pytest -q
+
+bench: install
+	$(BIN)/python -m kdrun.bench
+
+clean:
+	rm -rf $(VENV) outputs/*/ .pytest_cache
