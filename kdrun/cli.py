@@ -25,6 +25,7 @@ class Command:
 
 COMMANDS = {
     "train-teacher": Command("train_teacher", "train a teacher, or reuse the stored one for the same recipe"),
+    "train-student": Command("train_student", "train the student on hard labels alone (the baseline)"),
     "distill": Command("distill", "distill a student from a teacher (T=..., alpha=...)"),
 }
 

@@ -101,7 +101,6 @@ class RunConfig:
     threads: int = 0
     progress: bool = True
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
-    teacher: TeacherConfig = field(default_factory=TeacherConfig)
     latency: LatencyConfig = field(default_factory=LatencyConfig)
 
 
@@ -110,21 +109,31 @@ class TrainTeacherConfig(RunConfig):
     """`kdrun train-teacher`: top-level `epochs`/`seed` set `teacher.train.*`."""
 
     command: str = "train_teacher"
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
 
 
 @dataclass
-class DistillConfig(RunConfig):
-    """`kdrun distill`: the student's recipe plus the KD loss's T and alpha."""
+class TrainStudentConfig(RunConfig):
+    """`kdrun train-student`: the student on hard labels alone, the baseline for distill."""
 
-    command: str = "distill"
-    T: float = 4.0
-    alpha: float = 0.9
+    command: str = "train_student"
     student: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
 
 
+@dataclass
+class DistillConfig(TrainStudentConfig):
+    """`kdrun distill`: the baseline's recipe plus a teacher and the KD loss's T and alpha."""
+
+    command: str = "distill"
+    T: float = 4.0
+    alpha: float = 0.9
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+
+
 SCHEMAS = {
     "train_teacher_schema": TrainTeacherConfig,
+    "train_student_schema": TrainStudentConfig,
     "distill_schema": DistillConfig,
 }
 
@@ -161,9 +170,11 @@ def validate(cfg: Any) -> None:
            f"device must be auto, cpu, cuda, cuda:N or mps (got '{cfg.device}')")
     _check(cfg.epochs >= 1, f"epochs must be >= 1 (got {cfg.epochs}); try epochs=10")
     _check(cfg.threads >= 0, f"threads must be >= 0, 0 meaning torch's default (got {cfg.threads})")
-    _check(cfg.teacher.train.epochs >= 1, f"teacher.train.epochs must be >= 1 (got {cfg.teacher.train.epochs})")
-    _validate_optim(cfg.teacher.train.optim, "teacher.train.optim")
+    if "teacher" in cfg:
+        _check(cfg.teacher.train.epochs >= 1, f"teacher.train.epochs must be >= 1 (got {cfg.teacher.train.epochs})")
+        _validate_optim(cfg.teacher.train.optim, "teacher.train.optim")
+    if "optim" in cfg:
+        _validate_optim(cfg.optim, "optim")
     if "T" in cfg:
         _check(cfg.T > 0, f"T must be > 0 (got {cfg.T}); the temperature divides the logits, try T=4")
         _check(0 <= cfg.alpha <= 1, f"alpha must be in [0, 1] (got {cfg.alpha}); it weights the KD term, try alpha=0.9")
-        _validate_optim(cfg.optim, "optim")

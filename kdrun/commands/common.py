@@ -12,9 +12,14 @@ from omegaconf import DictConfig, OmegaConf
 
 import kdrun
 from kdrun.data import TensorData, load_dataset
+from kdrun.engine import fit
 from kdrun.latency import profile
-from kdrun.runio import append_metrics
-from kdrun.runtime import resolve_device, set_threads
+from kdrun.losses import KDLoss
+from kdrun.models import build_model
+from kdrun.runio import append_metrics, save_checkpoint
+from kdrun.runtime import resolve_device, seed_everything, set_threads
+from kdrun.teacher import recipe_from_optim
+from kdrun.ui import epoch_progress
 
 log = logging.getLogger("kdrun")
 
@@ -68,3 +73,21 @@ def run_header(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 
 def plain_config(cfg: DictConfig) -> dict[str, Any]:
     return OmegaConf.to_container(cfg, resolve=True)
+
+
+def train_student(cfg: DictConfig, env: Setup, run_dir: Path, teacher: torch.nn.Module | None = None,
+                  kd_loss: KDLoss | None = None) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Seed, build, train (with a teacher if given) and checkpoint the student; the same recipe either way."""
+    data = env.data
+    seed_everything(cfg.seed)
+    student = build_model(cfg.student.name, data.num_classes, data.input_shape, cfg.student.kwargs).to(env.device)
+    with epoch_progress(cfg.progress, "student") as progress:
+        history = fit(student, data, recipe_from_optim(cfg.optim, cfg.epochs, cfg.seed), env.device,
+                      teacher=teacher, kd_loss=kd_loss, on_epoch=epoch_recorder(run_dir, "student"),
+                      progress=progress)
+    result = history_summary(history)
+    save_checkpoint(run_dir / "checkpoint.pt", student, arch=cfg.student.name,
+                    arch_kwargs=OmegaConf.to_container(cfg.student.kwargs), num_classes=data.num_classes,
+                    input_shape=data.input_shape, dataset=data.name, config=plain_config(cfg),
+                    metrics={**result, "history": history})
+    return student, {**result, "checkpoint": str(run_dir / "checkpoint.pt")}
