@@ -54,4 +54,4 @@ def load_dataset(name: str, data_dir: str, download: bool, augment: bool, kwargs
 
 
 # Importing the modules registers their datasets.
-from kdrun.data import fake, mnist1d  # noqa: E402,F401
+from kdrun.data import fake, mnist1d, vision  # noqa: E402,F401
