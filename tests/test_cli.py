@@ -23,7 +23,7 @@ def test_help_lists_commands_without_importing_torch():
 
 def test_command_help_and_cfg_job(workdir):
     help_text = kdrun(workdir, "distill", "--help").stdout
-    assert "alpha" in help_text and "dataset: fake, mnist1d" in help_text
+    assert "alpha" in help_text and "dataset: " in help_text and "mnist1d" in help_text
     cfg = kdrun(workdir, "distill", "T=2", "alpha=0.5", "--cfg", "job")
     assert cfg.returncode == 0
     assert "T: 2.0" in cfg.stdout and "alpha: 0.5" in cfg.stdout
