@@ -8,6 +8,7 @@ on stderr and exit code 2, and leaves nothing behind that looks like a run.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from dataclasses import dataclass
 
@@ -47,6 +48,8 @@ def fail(message: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if hasattr(signal, "SIGPIPE"):  # `kdrun distill --help | head` ends quietly, like any CLI
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     if not argv or argv[0] in ("-h", "--help"):
         print(usage())
         return 0
