@@ -20,6 +20,7 @@ from kdrun.errors import KdrunError
 
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 OPTIMIZERS = ("sgd", "adamw")
+LOGGERS = ("none", "tensorboard")
 SCHEDULES = ("cosine", "multistep", "constant")
 
 
@@ -100,6 +101,7 @@ class RunConfig:
     device: str = "auto"
     threads: int = 0
     progress: bool = True
+    logger: str = "none"
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     latency: LatencyConfig = field(default_factory=LatencyConfig)
 
@@ -169,6 +171,7 @@ def validate(cfg: Any) -> None:
     _check(bool(DEVICE_PATTERN.match(str(cfg.device))),
            f"device must be auto, cpu, cuda, cuda:N or mps (got '{cfg.device}')")
     _check(cfg.epochs >= 1, f"epochs must be >= 1 (got {cfg.epochs}); try epochs=10")
+    _check(cfg.logger in LOGGERS, f"logger must be one of {', '.join(LOGGERS)} (got '{cfg.logger}')")
     _check(cfg.threads >= 0, f"threads must be >= 0, 0 meaning torch's default (got {cfg.threads})")
     if "teacher" in cfg:
         _check(cfg.teacher.train.epochs >= 1, f"teacher.train.epochs must be >= 1 (got {cfg.teacher.train.epochs})")

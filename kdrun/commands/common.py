@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 import kdrun
 from kdrun.data import TensorData, load_dataset
 from kdrun.engine import fit
+from kdrun.errors import KdrunError
 from kdrun.latency import profile
 from kdrun.losses import KDLoss
 from kdrun.models import build_model
@@ -42,11 +43,24 @@ def setup(cfg: DictConfig) -> Setup:
     return Setup(device, data.to(device), threads)
 
 
-def epoch_recorder(run_dir: Path, label: str) -> Callable[[dict[str, float]], None]:
-    """Append each epoch to metrics.jsonl and log one line about it."""
+def tensorboard_writer(run_dir: Path) -> Any:
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise KdrunError("logger=tensorboard needs the tensorboard package: pip install 'kdrun[tensorboard]'") from None
+    return SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+
+
+def epoch_recorder(run_dir: Path, label: str, logger: str = "none") -> Callable[[dict[str, float]], None]:
+    """Append each epoch to metrics.jsonl (always), TensorBoard (if asked), and log one line."""
+    writer = tensorboard_writer(run_dir) if logger == "tensorboard" else None
 
     def record(row: dict[str, float]) -> None:
         append_metrics(run_dir, row)
+        if writer is not None:
+            for key, value in row.items():
+                writer.add_scalar(f"{label}/{key}", value, row["epoch"])
+            writer.flush()
         log.info("%s epoch %d: loss %.4f, test acc %.2f%% (%.1fs)", label, row["epoch"], row["train_loss"],
                  100 * row["test_acc"], row["seconds"])
 
@@ -83,7 +97,7 @@ def train_student(cfg: DictConfig, env: Setup, run_dir: Path, teacher: torch.nn.
     student = build_model(cfg.student.name, data.num_classes, data.input_shape, cfg.student.kwargs).to(env.device)
     with epoch_progress(cfg.progress, "student") as progress:
         history = fit(student, data, recipe_from_optim(cfg.optim, cfg.epochs, cfg.seed), env.device,
-                      teacher=teacher, kd_loss=kd_loss, on_epoch=epoch_recorder(run_dir, "student"),
+                      teacher=teacher, kd_loss=kd_loss, on_epoch=epoch_recorder(run_dir, "student", cfg.logger),
                       progress=progress)
     result = history_summary(history)
     save_checkpoint(run_dir / "checkpoint.pt", student, arch=cfg.student.name,

@@ -13,7 +13,7 @@ from kdrun.teacher import obtain_teacher
 from kdrun.ui import epoch_progress, show_results
 
 
-def run(cfg: DictConfig, run_dir: Path) -> None:
+def run(cfg: DictConfig, run_dir: Path) -> float:
     env = setup(cfg)
     with epoch_progress(cfg.progress, "teacher") as progress:
         teacher = obtain_teacher(cfg.teacher, cfg.dataset, env.data, env.device, plain_config(cfg), progress)
@@ -31,3 +31,4 @@ def run(cfg: DictConfig, run_dir: Path) -> None:
                   {"role": f"student T={cfg.T:g} alpha={cfg.alpha:g}", "model": cfg.student.name, **summary}],
                  title="kdrun distill", notes=[f"batch-1 speedup over the teacher: {speedup:.1f}x",
                                                f"teacher checkpoint: {teacher.checkpoint}", f"run dir: {run_dir}"])
+    return summary["test_acc"]

@@ -11,7 +11,7 @@ from kdrun.runio import write_summary
 from kdrun.ui import show_results
 
 
-def run(cfg: DictConfig, run_dir: Path) -> None:
+def run(cfg: DictConfig, run_dir: Path) -> float:
     env = setup(cfg)
     student, result = train_student(cfg, env, run_dir)
     summary = {**run_header(cfg, run_dir), "model": cfg.student.name, **result,
@@ -19,3 +19,4 @@ def run(cfg: DictConfig, run_dir: Path) -> None:
     write_summary(run_dir, summary)
     show_results([{"role": "student (hard labels)", "model": cfg.student.name, **summary}],
                  title="kdrun train-student", notes=[f"run dir: {run_dir}"])
+    return summary["test_acc"]

@@ -23,12 +23,12 @@ def link_or_copy(source: Path, target: Path) -> None:
         shutil.copy2(source, target)
 
 
-def run(cfg: DictConfig, run_dir: Path) -> None:
+def run(cfg: DictConfig, run_dir: Path) -> float:
     cfg.teacher.train.epochs, cfg.teacher.train.seed = cfg.epochs, cfg.seed
     env = setup(cfg)
     with epoch_progress(cfg.progress, "teacher") as progress:
         teacher = obtain_teacher(cfg.teacher, cfg.dataset, env.data, env.device, plain_config(cfg), progress,
-                                 epoch_recorder(run_dir, "teacher"))
+                                 epoch_recorder(run_dir, "teacher", cfg.logger))
     if not teacher.trained_now:
         log.info("Reused the stored teacher: %s (retrain by deleting it)", teacher.checkpoint)
         for row in teacher.history:
@@ -41,3 +41,4 @@ def run(cfg: DictConfig, run_dir: Path) -> None:
     write_summary(run_dir, summary)
     show_results([{"role": "teacher", "model": cfg.teacher.name, **summary}], title="kdrun train-teacher",
                  notes=[f"run dir: {run_dir}", f"stored teacher: {teacher.checkpoint}"])
+    return summary["test_acc"]
