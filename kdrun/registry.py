@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import inspect
 from typing import Any, Callable
 
@@ -14,6 +15,7 @@ class Registry:
     def __init__(self, kind: str) -> None:
         self.kind = kind
         self._builders: dict[str, Callable[..., Any]] = {}
+        self._lazy: dict[str, tuple[str, str]] = {}
 
     def register(self, name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
         def add(builder: Callable[..., Any]) -> Callable[..., Any]:
@@ -24,12 +26,20 @@ class Registry:
 
         return add
 
+    def register_lazy(self, prefix: str, module: str, what: str) -> None:
+        """Names starting with `prefix` are registered by importing `module` when one is first
+        asked for, so that a family can rely on a package that is slow to import."""
+        self._lazy[prefix] = (module, what)
+
     def names(self) -> list[str]:
         return sorted(self._builders)
 
     def get(self, name: str) -> Callable[..., Any]:
+        for prefix in [p for p in self._lazy if name.startswith(p)]:
+            importlib.import_module(self._lazy.pop(prefix)[0])
         if name not in self._builders:
-            raise KdrunError(f"unknown {self.kind} '{name}'; choose one of: {', '.join(self.names())}")
+            families = [f"{prefix}<name> ({what})" for prefix, (_, what) in self._lazy.items()]
+            raise KdrunError(f"unknown {self.kind} '{name}'; choose one of: {', '.join(self.names() + families)}")
         return self._builders[name]
 
     def build(self, name: str, *args: Any, **kwargs: Any) -> Any:

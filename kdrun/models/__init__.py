@@ -6,6 +6,7 @@ from typing import Any
 
 from torch import nn
 
+from kdrun.errors import KdrunError
 from kdrun.registry import Registry
 
 MODELS = Registry("model")
@@ -20,5 +21,15 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-# Importing the modules registers their models.
-from kdrun.models import mnist1d  # noqa: E402,F401
+def image_channels(input_shape: tuple[int, ...]) -> int:
+    """The channel count of an image input; 2-D convolutional nets refuse anything else in one line."""
+    if len(input_shape) != 3:
+        raise KdrunError(f"this model needs images shaped (channels, height, width), but the dataset gives "
+                         f"{tuple(input_shape)}; pick an image dataset or a model for this input")
+    return input_shape[0]
+
+
+# Importing the modules registers their models; torchvision's classifiers wait for a `tv_` name.
+from kdrun.models import cifar, mnist1d  # noqa: E402,F401
+
+MODELS.register_lazy("tv_", "kdrun.models.torchvision_models", "any torchvision.models classifier")

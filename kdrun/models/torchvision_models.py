@@ -1,0 +1,112 @@
+"""Every torchvision image classifier as `tv_<name>` (`tv_resnet18`, `tv_mobilenet_v3_small`, ...).
+
+Untrained (weights=None, nothing is downloaded), with `num_classes` outputs; extra options go
+to torchvision's builder. kdrun/models/__init__.py imports this module only when a `tv_` name
+is first asked for, because importing torchvision costs about two seconds per job.
+
+Adapting to the input, since these nets were designed for 224x224 RGB:
+- The first convolution takes the input's channel count (1 for MNIST).
+- Small inputs (side <= 64: CIFAR, MNIST) keep their resolution through the stem, as CIFAR
+  ResNets do: a strided first convolution becomes 3x3 stride 1, and a max-pool right after
+  it is dropped. For ResNets that is the usual CIFAR stem; the same rule turns MobileNet,
+  EfficientNet, RegNet, ShuffleNet, DenseNet and GoogLeNet stems into stride 1 and ConvNeXt's
+  4x4 patchify into a 3x3 conv. VGG's first convolution has stride 1 and stays as it is.
+- Transformers keep their patch embedding: ViT and MaxViT are told the input size (their
+  position embeddings depend on it); Swin takes any size.
+- GoogLeNet and Inception v3 are built without auxiliary heads: they would change the output
+  from logits to a tuple in training mode.
+A net that cannot take the input (Inception v3 and MaxViT on 32x32, ViT-H/14 whose 14-pixel
+patches do not tile 32) is refused here in one line, by a forward pass on one blank image,
+rather than failing at the first batch.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import torch
+import torchvision.models as tvm
+from torch import nn
+
+from kdrun.errors import KdrunError
+from kdrun.models import image_channels, register_model
+
+SMALL_INPUT_SIDE = 64
+TRANSFORMERS = ("vit_", "swin_", "maxvit_")
+# The argument that gives a transformer its input size, where its position embeddings need one.
+SIZE_ARGUMENT = {"vit_": "image_size", "maxvit_": "input_size"}
+# Logits only (auxiliary heads would make the training-mode output a tuple), and torchvision's
+# own initialisation without its warning that the default will change.
+BUILD_OPTIONS = {name: {"aux_logits": False, "init_weights": True} for name in ("googlenet", "inception_v3")}
+
+
+def torchvision_classifier(arch: str, num_classes: int, input_shape: tuple[int, ...], **kwargs) -> nn.Module:
+    """torchvision's `arch`, adapted to `input_shape` (channels, height, width) as the module says."""
+    channels = image_channels(input_shape)
+    options = {**BUILD_OPTIONS.get(arch, {}), **_size_options(arch, input_shape), **kwargs}
+    try:
+        model = tvm.get_model(arch, weights=None, num_classes=num_classes, **options)
+    except (TypeError, ValueError, AssertionError) as error:
+        raise KdrunError(f"torchvision cannot build tv_{arch} for inputs {tuple(input_shape)} with options "
+                         f"{options} ({_first_line(error)}); see torchvision.models.{arch}") from None
+    small = max(input_shape[1:]) <= SMALL_INPUT_SIDE and not arch.startswith(TRANSFORMERS)
+    adapt_stem(model, channels, small)
+    _check_shapes(arch, model, input_shape)
+    return model
+
+
+def _size_options(arch: str, input_shape: tuple[int, ...]) -> dict:
+    return {name: input_shape[1] if name == "image_size" else tuple(input_shape[1:])
+            for prefix, name in SIZE_ARGUMENT.items() if arch.startswith(prefix)}
+
+
+def adapt_stem(model: nn.Module, channels: int, small_input: bool) -> None:
+    """Give the first convolution `channels` inputs; on small inputs make the stem keep the resolution."""
+    conv_name, pool_name = _stem(model)
+    conv = model.get_submodule(conv_name)
+    keep_resolution = small_input and conv.stride != (1, 1)
+    if keep_resolution or conv.in_channels != channels:
+        kernel, stride, padding = (3, 1, 1) if keep_resolution else (conv.kernel_size, conv.stride, conv.padding)
+        _replace(model, conv_name, nn.Conv2d(channels, conv.out_channels, kernel, stride, padding,
+                                             bias=conv.bias is not None))
+    if keep_resolution and pool_name:
+        _replace(model, pool_name, nn.Identity())
+
+
+def _stem(model: nn.Module) -> tuple[str, str | None]:
+    """Names of the first convolution and of a max-pool that follows it before any other convolution
+    (modules are registered in the order they run in every torchvision classifier)."""
+    conv = None
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Conv2d):
+            if conv is not None:
+                break
+            conv = name
+        elif isinstance(module, nn.MaxPool2d) and conv is not None:
+            return conv, name
+    return conv, None
+
+
+def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent), child, new)
+
+
+def _check_shapes(arch: str, model: nn.Module, input_shape: tuple[int, ...]) -> None:
+    """One forward pass on a blank image, so that a net too deep for the input fails here, in one line."""
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, *input_shape))
+    except RuntimeError as error:
+        raise KdrunError(f"tv_{arch} cannot take inputs shaped {tuple(input_shape)} ({_first_line(error)}); "
+                         f"pick another model or resize the data") from None
+    finally:
+        model.train()
+
+
+def _first_line(error: Exception) -> str:
+    return str(error).strip().splitlines()[0]
+
+
+for _arch in tvm.list_models(module=tvm):
+    register_model(f"tv_{_arch}")(partial(torchvision_classifier, _arch))
