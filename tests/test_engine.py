@@ -81,3 +81,16 @@ def test_training_learns_and_reports_every_epoch():
     assert [h["epoch"] for h in history] == list(range(1, 16))
     assert after > before + 0.3
     assert history[-1]["lr"] < history[0]["lr"], "cosine schedule decays the learning rate"
+
+
+def test_cached_and_live_teacher_paths_agree_when_augmentation_changes_nothing():
+    data, teacher = _data(), CountingTeacher(12, 10)
+    identity = TensorData(data.name, data.x_train, data.y_train, data.x_test, data.y_test, data.num_classes,
+                          augment=lambda x, generator: x)
+    weights = []
+    for d in (data, identity):
+        torch.manual_seed(0)
+        student = build_model("mlp", 10, (1, 12), {"hidden": [8]})
+        fit(student, d, Recipe(epochs=2, batch_size=32), CPU, teacher=teacher, kd_loss=KDLoss(4.0, 0.9))
+        weights.append(student.state_dict())
+    assert all(torch.allclose(weights[0][k], weights[1][k], atol=1e-6) for k in weights[0])
