@@ -1,7 +1,9 @@
 """`make bench`: what a distillation epoch costs, measured side by side in one process.
 
-For a teacher/student pair on the same data it times whole `--epochs`-epoch runs (median of
-`--repeats`, after a warm-up) and reports seconds per epoch:
+For a teacher/student pair on the same data it runs each scenario for `--epochs` epochs and
+reports the steady-state seconds per epoch (median, first epoch dropped as a warm-up) and the
+one-off set-up time outside the epochs (for the cached path: the teacher's pass over the
+training set):
   plain        the student alone on hard labels (kdrun's loop)
   kd cached    distillation with the teacher's logits computed once (no augmentation)
   kd live      distillation with the teacher run on every batch (what augmentation needs)
@@ -13,7 +15,6 @@ Results also go to outputs/bench/<time>.json.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from dataclasses import replace
@@ -22,7 +23,6 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from rich.table import Table
 
 from kdrun.data import TensorData, load_dataset
@@ -37,17 +37,19 @@ PAIRS = {
     "mnist1d": {"teacher": ("cnn1d", {"channels": 64}), "student": ("mlp", {"hidden": [100, 100]}),
                 "dataset": ("mnist1d", {}), "batch_size": 100},
     "cifar": {"teacher": ("resnet32x4", {}), "student": ("resnet8x4", {}),
-              "dataset": ("fake", {"shape": [3, 32, 32], "num_classes": 100, "num_train": 512, "num_test": 64}),
+              "dataset": ("fake", {"shape": [3, 32, 32], "num_classes": 100, "num_train": 256, "num_test": 64}),
               "batch_size": 64},
 }
 
 
 def _bare_loop(student: torch.nn.Module, teacher: torch.nn.Module, data: TensorData, recipe: Recipe,
-               loss: KDLoss) -> None:
+               loss: KDLoss) -> list[float]:
     """The same work as kdrun's cached-KD run, written the way a paper's script would."""
     teacher_logits = predict(teacher, data.x_train)
     optimizer = torch.optim.AdamW(student.parameters(), lr=recipe.lr)
+    seconds = []
     for _ in range(recipe.epochs):
+        started = time.perf_counter()
         student.train()
         for index in torch.randperm(len(data.x_train), device=data.x_train.device).split(recipe.batch_size):
             with autocast(data.x_train.device):
@@ -56,23 +58,23 @@ def _bare_loop(student: torch.nn.Module, teacher: torch.nn.Module, data: TensorD
             optimizer.zero_grad(set_to_none=True)
             total.backward()
             optimizer.step()
-        (predict(student, data.x_test).argmax(1) == data.y_test).float().mean().item()
+        (predict(student, data.x_test).argmax(1) == data.y_test).float().mean().item()  # syncs the device
+        seconds.append(time.perf_counter() - started)
+    return seconds
 
 
-def _median_seconds(run_epoch: Callable[[], None], repeats: int, device: torch.device) -> float:
-    times = []
-    for _ in range(repeats + 1):  # the first repetition is a warm-up
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        started = time.perf_counter()
-        run_epoch()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append(time.perf_counter() - started)
-    return statistics.median(times[1:])
+def _timed(run: Callable[[], list[float]]) -> dict[str, float]:
+    """Steady-state seconds per epoch (median, first epoch dropped) and the one-off set-up time."""
+    started = time.perf_counter()
+    epochs = run()
+    return {"epoch_seconds": statistics.median(epochs[1:]), "setup_seconds": time.perf_counter() - started - sum(epochs)}
 
 
-def run_bench(pair: str, device_name: str, repeats: int, epochs: int) -> dict:
+def _epoch_seconds(history: list[dict[str, float]]) -> list[float]:
+    return [row["seconds"] for row in history]
+
+
+def run_bench(pair: str, device_name: str, epochs: int) -> dict:
     spec = PAIRS[pair]
     device = resolve_device(device_name)
     name, kwargs = spec["dataset"]
@@ -83,43 +85,47 @@ def run_bench(pair: str, device_name: str, repeats: int, epochs: int) -> dict:
     recipe, loss = Recipe(epochs=epochs, batch_size=spec["batch_size"], lr=1e-3), KDLoss(4.0, 0.9)
     live = replace(data, augment=lambda x, generator: x)  # identity "augmentation" forces the live path
     scenarios = {
-        "plain (student alone)": lambda: fit(student, data, recipe, device),
-        "kd, cached teacher logits": lambda: fit(student, data, recipe, device, teacher=teacher, kd_loss=loss),
-        "kd, teacher run every batch": lambda: fit(student, live, recipe, device, teacher=teacher, kd_loss=loss),
+        "plain (student alone)": lambda: _epoch_seconds(fit(student, data, recipe, device)),
+        "kd, cached teacher logits": lambda: _epoch_seconds(
+            fit(student, data, recipe, device, teacher=teacher, kd_loss=loss)),
+        "kd, teacher run every batch": lambda: _epoch_seconds(
+            fit(student, live, recipe, device, teacher=teacher, kd_loss=loss)),
         "bare PyTorch loop (cached kd)": lambda: _bare_loop(student, teacher, data, recipe, loss),
     }
-    seconds = {label: _median_seconds(fn, repeats, device) / epochs for label, fn in scenarios.items()}
     return {"pair": pair, "teacher": spec["teacher"][0], "student": spec["student"][0], "dataset": name,
             "train_samples": len(data.x_train), "batch_size": recipe.batch_size, "device": str(device),
             "dtype": "bf16 autocast" if device.type == "cuda" else "float32", "threads": torch.get_num_threads(),
-            "repeats": repeats, "epochs_per_repeat": epochs, "epoch_seconds": seconds}
+            "epochs_per_scenario": epochs,
+            "scenarios": {label: _timed(run) for label, run in scenarios.items()}}
 
 
 def show(result: dict) -> None:
-    seconds, n = result["epoch_seconds"], result["train_samples"]
-    plain = seconds["plain (student alone)"]
+    scenarios, n = result["scenarios"], result["train_samples"]
+    plain = scenarios["plain (student alone)"]["epoch_seconds"]
     table = Table(title=f"{result['teacher']} -> {result['student']} on {result['dataset']} "
                         f"({result['device']}, {result['dtype']}, batch {result['batch_size']}, "
                         f"{result['threads']} threads)")
-    for column in ("epoch", "s/epoch", "images/s", "ratio to plain"):
+    for column in ("epoch", "s/epoch", "images/s", "ratio to plain", "one-off set-up s"):
         table.add_column(column, justify="left" if column == "epoch" else "right")
-    for label, value in seconds.items():
-        table.add_row(label, f"{value:.3f}", f"{n / value:,.0f}", f"{value / plain:.2f}x")
+    for label, timing in scenarios.items():
+        seconds = timing["epoch_seconds"]
+        table.add_row(label, f"{seconds:.3f}", f"{n / seconds:,.0f}", f"{seconds / plain:.2f}x",
+                      f"{timing['setup_seconds']:.3f}")
     console.print(table)
-    bare = seconds["bare PyTorch loop (cached kd)"]
-    console.print(f"kdrun cached-kd epoch / bare loop epoch: {seconds['kd, cached teacher logits'] / bare:.2f}x")
+    kdrun_epoch = scenarios["kd, cached teacher logits"]["epoch_seconds"]
+    console.print(f"kdrun cached-kd epoch / bare loop epoch: "
+                  f"{kdrun_epoch / scenarios['bare PyTorch loop (cached kd)']['epoch_seconds']:.2f}x")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m kdrun.bench", description=__doc__.splitlines()[0])
     parser.add_argument("--pairs", nargs="+", default=list(PAIRS), choices=list(PAIRS))
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs per scenario (median taken)")
-    parser.add_argument("--epochs", type=int, default=3, help="epochs per run: the cache fill is amortised over them")
+    parser.add_argument("--epochs", type=int, default=4, help="epochs per scenario; the first is a warm-up")
     args = parser.parse_args(argv)
     results = []
     for pair in args.pairs:
-        results.append(run_bench(pair, args.device, args.repeats, args.epochs))
+        results.append(run_bench(pair, args.device, max(2, args.epochs)))
         show(results[-1])
     out = Path("outputs/bench") / f"{datetime.now():%Y-%m-%d_%H-%M-%S_%f}.json"
     write_json(out, {"results": results})
