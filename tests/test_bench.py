@@ -1,0 +1,17 @@
+"""`make bench` runs end to end and records every scenario with its conditions."""
+
+import json
+import subprocess
+import sys
+
+
+def test_bench_prints_ratios_and_writes_json(tmp_path):
+    run = subprocess.run([sys.executable, "-m", "kdrun.bench", "--pairs", "mnist1d", "--epochs", "2"], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=240)
+    assert run.returncode == 0, run.stderr
+    assert "ratio to plain" in run.stdout and "bare loop epoch" in run.stdout
+    [written] = (tmp_path / "outputs" / "bench").glob("*.json")
+    [result] = json.loads(written.read_text())["results"]
+    assert {"device", "dtype", "batch_size", "threads"} <= set(result)
+    assert len(result["scenarios"]) == 4
+    assert all(s["epoch_seconds"] > 0 for s in result["scenarios"].values())
