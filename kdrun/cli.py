@@ -26,6 +26,8 @@ class Command:
 COMMANDS = {
     "train-teacher": Command("train_teacher", "train a teacher, or reuse the stored one for the same recipe"),
     "distill": Command("distill", "distill a student from a teacher (T=..., alpha=...)"),
+    "report": Command(None, "summarise finished runs/sweeps: table, CSV, Markdown, plots",
+                      module="kdrun.commands.report"),
 }
 
 # Hydra flags after which argv holds no overrides worth checking.
