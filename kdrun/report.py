@@ -1,0 +1,372 @@
+"""Summarise finished runs: one row per setting with its seeds aggregated; table, CSV, Markdown, plots.
+
+What "swept keys" means here. A sweep's jobs differ only in what the sweep varied, and
+Hydra records each job's command-line overrides in `.hydra/overrides.yaml`. The keys named
+there (except `hydra.*`) are the candidates, and a key is *swept* when its value differs
+between runs of the same command. Values come from each job's resolved `.hydra/config.yaml`
+(the override text only where the config has no such key), so `T=1` from one sweep and the
+default `T: 4.0` of another compare as numbers, and a key one sweep set while another left
+at its default still tells them apart; a config group (`student=mlp`) counts by its option's
+`name`. Keys are compared per command: a baseline has no T and a teacher has another recipe,
+and that is no sweep. Where any run lacks `.hydra/overrides.yaml` (copied summaries), the
+summary fields T, alpha and the teacher's model are compared instead. Model and dataset
+always have their own columns, and rows never mix them.
+
+`seed` never separates rows: runs that differ only in their seed form one row, whose final
+and best-epoch accuracies are the mean ± sample std over its n seeds. Latency and speedup
+are medians over those runs. The gain is over the baseline (`train_student`) trained with the
+same recipe (dataset, student, optimiser, epochs; from the summaries' dataset, model and
+epochs without configs), on final accuracy: picking the best epoch on the test set flatters.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from rich import box
+from rich.table import Table
+
+from kdrun.errors import KdrunError
+
+ROLES = {"train_teacher": "teacher", "train_student": "baseline", "distill": "distill"}
+FIXED = ("role", "model", "dataset")  # columns of every row; they also separate rows, so never a swept column
+FALLBACK_KEYS = ("T", "alpha", "teacher")
+RECIPE_KEYS = ("dataset", "student", "optim", "epochs")
+HEADERS = ("final acc %", "best acc %", "gain (pp)", "teacher acc %", "batch-1 ms", "speedup")
+
+
+@dataclass
+class Run:
+    """One finished job: its summary, and its overrides and config where Hydra wrote them."""
+
+    dir: Path
+    summary: dict[str, Any]
+    overrides: dict[str, str] | None
+    config: DictConfig | None
+
+
+@dataclass(frozen=True)
+class Stat:
+    mean: float
+    std: float | None  # sample std (n - 1); None for a single run
+    n: int
+
+
+@dataclass
+class Row:
+    """Runs that differ only in their seed."""
+
+    command: str
+    setting: dict[str, str]
+    runs: list[Run]
+    gain: float | None = None
+
+    def values(self, *path: str) -> list[Any]:
+        found = []
+        for run in self.runs:
+            value: Any = run.summary
+            for key in path:
+                value = value.get(key) if isinstance(value, dict) else None
+            found.append(value)
+        return [v for v in found if v is not None]
+
+    def field(self, name: str) -> Any:
+        return self.runs[0].summary.get(name)
+
+    @property
+    def role(self) -> str:
+        return ROLES.get(self.command, self.command)
+
+    def stat(self, metric: str) -> Stat:
+        values = self.values(metric)
+        return Stat(statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None, len(values))
+
+    def median(self, *path: str) -> float | None:
+        values = self.values(*path)
+        return statistics.median(values) if values else None
+
+    def mean(self, *path: str) -> float | None:
+        values = self.values(*path)
+        return statistics.fmean(values) if values else None
+
+    def label(self) -> str:
+        return " ".join([self.role, str(self.field("model")), *(f"{k}={v}" for k, v in self.setting.items())])
+
+
+@dataclass
+class Report:
+    keys: list[str]
+    rows: list[Row]
+    notes: list[str] = field(default_factory=list)
+    files: list[Path] = field(default_factory=list)
+
+
+# --- finding and loading runs -------------------------------------------------------------
+
+def find_runs(paths: list[Path]) -> tuple[list[Path], int]:
+    """Finished run dirs (with summary.json) under `paths`, and how many job dirs are unfinished."""
+    finished, unfinished = set(), set()
+    for path in paths:
+        if not path.exists():
+            raise KdrunError(f"no such file or directory: {path}; pass run or sweep directories, "
+                             "e.g. kdrun report outputs/distill-sweep/<time>")
+        if path.is_file():
+            path = path.parent
+        finished |= {p.parent.resolve() for p in path.rglob("summary.json")}
+        unfinished |= {p.parent.resolve() for marker in (".hydra", "metrics.jsonl") for p in path.rglob(marker)}
+    return sorted(finished), len(unfinished - finished)
+
+
+def load_run(run_dir: Path) -> Run:
+    try:
+        summary = json.loads((run_dir / "summary.json").read_text())
+    except json.JSONDecodeError as error:
+        raise KdrunError(f"{run_dir / 'summary.json'} is not valid JSON ({error}); rerun that job") from None
+    missing = [k for k in ("command", "model", "dataset", "test_acc", "best_test_acc", "latency") if k not in summary]
+    if missing:
+        raise KdrunError(f"{run_dir / 'summary.json'} lacks {', '.join(missing)}; it was not written by kdrun")
+    hydra = run_dir / ".hydra"
+    overrides = read_overrides(hydra / "overrides.yaml") if (hydra / "overrides.yaml").is_file() else None
+    config = OmegaConf.load(hydra / "config.yaml") if (hydra / "config.yaml").is_file() else None
+    return Run(run_dir, summary, overrides, config)
+
+
+def read_overrides(path: Path) -> dict[str, str]:
+    """`key=value` lines of a job's task overrides, without Hydra's own and the +/++/~ prefixes."""
+    overrides = {}
+    for line in OmegaConf.load(path):
+        key, _, value = str(line).partition("=")
+        key = key.lstrip("+~")
+        if not key.startswith(("hydra.", "hydra/")):
+            overrides[key] = value
+    return overrides
+
+
+# --- swept keys and grouping ---------------------------------------------------------------
+
+def canonical(value: Any) -> str | None:
+    """One text per value, so 1, 1.0 and "1.0" compare equal; a config group by its name."""
+    if isinstance(value, (DictConfig, ListConfig)):
+        value = OmegaConf.to_container(value, resolve=True)
+    if isinstance(value, dict) and "name" in value:
+        value = value["name"]
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        return f"{value:.12g}"
+    return json.dumps(value, sort_keys=True) if isinstance(value, (dict, list)) else str(value)
+
+
+def setting_value(run: Run, key: str, use_overrides: bool) -> str | None:
+    if not use_overrides:
+        if key == "teacher":  # a distill summary's teacher is a dict; its model names it
+            return canonical((run.summary.get("teacher") or {}).get("model"))
+        return canonical(run.summary.get(key))
+    value = None
+    if run.config is not None:
+        value = OmegaConf.select(run.config, key, default=None, throw_on_resolution_failure=False)
+    return canonical(value) if value is not None else run.overrides.get(key)
+
+
+def swept_settings(runs: list[Run]) -> tuple[list[str], list[dict[str, str]]]:
+    """The swept keys (except seed) in the order first typed, and each run's values for its command's keys."""
+    use_overrides = all(run.overrides is not None for run in runs)
+    settings: list[dict[str, str]] = [{} for _ in runs]
+    columns: list[str] = []
+    for command in dict.fromkeys(run.summary["command"] for run in runs):
+        members = [i for i, run in enumerate(runs) if run.summary["command"] == command]
+        candidates = (dict.fromkeys(k for i in members for k in runs[i].overrides) if use_overrides
+                      else FALLBACK_KEYS)
+        for key in candidates:
+            values = {i: setting_value(runs[i], key, use_overrides) for i in members}
+            if key not in ("seed", *FIXED) and len(set(values.values())) > 1:
+                columns += [key] if key not in columns else []
+                for i, value in values.items():
+                    settings[i][key] = "" if value is None else value
+    return columns, settings
+
+
+def sort_key(row: Row) -> tuple:
+    def natural(value: str) -> tuple:
+        try:
+            return (0, float(value), "")
+        except ValueError:
+            return (1, 0.0, value)
+
+    roles = list(ROLES.values())
+    role = roles.index(row.role) if row.role in roles else len(roles)
+    return (role, str(row.field("model")), str(row.field("dataset")), [natural(v) for v in row.setting.values()])
+
+
+def group_runs(runs: list[Run]) -> tuple[list[str], list[Row]]:
+    keys, settings = swept_settings(runs)
+    groups: dict[tuple, Row] = {}
+    for run, setting in zip(runs, settings):
+        identity = (run.summary["command"], run.summary["model"], run.summary["dataset"], tuple(setting.items()))
+        groups.setdefault(identity, Row(run.summary["command"], setting, [])).runs.append(run)
+    rows = sorted(groups.values(), key=sort_key)
+    for row in rows:
+        row.runs.sort(key=lambda run: (run.summary.get("seed") is None, run.summary.get("seed")))
+    return keys, rows
+
+
+# --- baseline gain -------------------------------------------------------------------------
+
+def recipe(run: Run, from_config: bool) -> str:
+    """What a baseline must share with a distilled student: everything but the teacher and the seed."""
+    if not from_config:
+        return json.dumps([run.summary.get(k) for k in ("dataset", "model", "epochs")])
+    fields = {}
+    for key in RECIPE_KEYS:
+        node = OmegaConf.select(run.config, key, default=None, throw_on_resolution_failure=False)
+        fields[key] = OmegaConf.to_container(node, resolve=True) if isinstance(node, (DictConfig, ListConfig)) else node
+    return json.dumps(fields, sort_keys=True, default=str)
+
+
+def add_gains(rows: list[Row]) -> list[str]:
+    """Set each distill row's gain over its one matching baseline; notes for rows left without one."""
+    from_config = all(run.config is not None for row in rows for run in row.runs)
+    baselines: dict[str, list[Row]] = {}
+    for row in rows:
+        if row.command == "train_student":
+            baselines.setdefault(recipe(row.runs[0], from_config), []).append(row)
+    unmatched = 0
+    for row in (r for r in rows if r.command == "distill"):
+        matches = baselines.get(recipe(row.runs[0], from_config), [])
+        if len(matches) == 1:
+            row.gain = row.stat("test_acc").mean - matches[0].stat("test_acc").mean
+        else:
+            unmatched += 1
+    if unmatched:
+        return [f"no gain for {unmatched} distill row(s): no single baseline with the same recipe; "
+                "add one with `kdrun train-student` (same dataset, student, optim, epochs) and pass its dir too"]
+    return []
+
+
+# --- the report -----------------------------------------------------------------------------
+
+def build_report(paths: list[Path]) -> Report:
+    run_dirs, unfinished = find_runs(paths)
+    where = " ".join(str(p) for p in paths)
+    if not run_dirs:
+        found = f" (only {unfinished} unfinished)" if unfinished else ""
+        raise KdrunError(f"no finished runs (summary.json) under {where}{found}; "
+                         "pass the run or sweep directories that kdrun wrote, e.g. outputs/distill-sweep/<time>")
+    keys, rows = group_runs([load_run(d) for d in run_dirs])
+    notes = add_gains(rows)
+    for row in rows:
+        seeds = row.values("seed")
+        if len(set(seeds)) < len(seeds):
+            notes.append(f"{row.label()}: {len(seeds)} runs but only {len(set(seeds))} distinct seed(s)")
+    if unfinished:
+        notes.append(f"ignored {unfinished} unfinished run(s) (no summary.json yet, or failed)")
+    return Report(keys, rows, notes)
+
+
+def _pct(stat: Stat) -> str:
+    return f"{100 * stat.mean:.2f}" + (f" ± {100 * stat.std:.2f}" if stat.std is not None else "")
+
+
+def _fmt(value: float | None, pattern: str, scale: float = 1.0) -> str:
+    return "" if value is None else pattern.format(scale * value)
+
+
+def headers(report: Report) -> list[str]:
+    return [*FIXED, *report.keys, "seeds", *HEADERS]
+
+
+def cells(report: Report, row: Row) -> list[str]:
+    """A row as the table and Markdown show it: accuracies in %, gain in percentage points."""
+    return [row.role, str(row.field("model")), str(row.field("dataset")),
+            *(row.setting.get(k, "") for k in report.keys), str(len(row.runs)),
+            _pct(row.stat("test_acc")), _pct(row.stat("best_test_acc")), _fmt(row.gain, "{:+.2f}", 100),
+            _fmt(row.mean("teacher", "test_acc"), "{:.2f}", 100),
+            _fmt(row.median("latency", "batch1_ms_median"), "{:.3f}"), _fmt(row.median("speedup"), "{:.1f}x")]
+
+
+def record(report: Report, row: Row) -> dict[str, Any]:
+    """A row for CSV: the same columns, numbers unformatted in summary.json's units (fractions, ms)."""
+    test, best = row.stat("test_acc"), row.stat("best_test_acc")
+    return {"role": row.role, "model": row.field("model"), "dataset": row.field("dataset"),
+            **{k: row.setting.get(k, "") for k in report.keys}, "seeds": test.n,
+            "test_acc_mean": test.mean, "test_acc_std": test.std, "best_test_acc_mean": best.mean,
+            "best_test_acc_std": best.std, "gain": row.gain, "teacher_test_acc": row.mean("teacher", "test_acc"),
+            "batch1_ms": row.median("latency", "batch1_ms_median"), "speedup": row.median("speedup")}
+
+
+def shown(report: Report) -> tuple[list[str], list[list[str]]]:
+    """Headers and cells for people: columns empty in every row are left out (the CSV keeps them)."""
+    names, rows = headers(report), [cells(report, row) for row in report.rows]
+    keep = [i for i in range(len(names)) if any(row[i] for row in rows)]
+    return [names[i] for i in keep], [[row[i] for i in keep] for row in rows]
+
+
+def table(report: Report) -> Table:
+    runs = sum(len(row.runs) for row in report.rows)
+    result = Table(box=box.SIMPLE_HEAD, title=f"kdrun report: {runs} run(s) in {len(report.rows)} row(s)",
+                   caption="accuracy: mean ± sample std over seeds; gain: final accuracy minus the baseline's")
+    names, rows = shown(report)
+    for name in names:
+        result.add_column(name, justify="left" if name in (*FIXED, *report.keys) else "right")
+    for row in rows:
+        result.add_row(*row)
+    return result
+
+
+def write_csv(report: Report, path: Path) -> Path:
+    with open(path, "w", newline="") as handle:
+        records = [record(report, row) for row in report.rows]
+        writer = csv.DictWriter(handle, fieldnames=list(records[0]))
+        writer.writeheader()
+        writer.writerows(records)
+    return path
+
+
+def write_markdown(report: Report, path: Path) -> Path:
+    def line(values: list[str]) -> str:
+        return "| " + " | ".join(v.replace("|", "\\|") for v in values) + " |"
+
+    names, rows = shown(report)
+    lines = ["Accuracy in %: mean ± sample std over the seeds; gain in percentage points of final accuracy "
+             "over the baseline with the same recipe.", "", line(names), line(["---"] * len(names)),
+             *(line(row) for row in rows)]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def output_dir(paths: list[Path], out: Path | None) -> Path:
+    """`out`, else the first path given (a sweep or run dir; a file's folder)."""
+    target = out if out is not None else (paths[0] if paths[0].is_dir() else paths[0].parent)
+    target.mkdir(parents=True, exist_ok=True)
+    return target
+
+
+def make_report(paths: list[Path], out: Path | None = None) -> Report:
+    """Build the report and write report.csv, report.md and the plots; the files are listed in it."""
+    from kdrun.report_plots import plot_acc_vs_latency, plot_acc_vs_t  # matplotlib: only when plotting
+
+    report = build_report(paths)
+    target = output_dir(paths, out)
+    report.files = [write_csv(report, target / "report.csv"), write_markdown(report, target / "report.md")]
+    report.files += [p for p in (plot_acc_vs_t(report.rows, target / "acc_vs_T.png"),
+                                 plot_acc_vs_latency(report.rows, target / "acc_vs_latency.png")) if p]
+    return report
+
+
+def show_report(report: Report) -> None:
+    """The table, then the notes and the files written, one line each."""
+    from kdrun.ui import console
+
+    console.print(table(report))
+    for note in report.notes:
+        console.print(f"note: {note}", soft_wrap=True)
+    for path in report.files:
+        console.print(f"wrote {path}", soft_wrap=True)

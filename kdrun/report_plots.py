@@ -1,0 +1,108 @@
+"""The report's plots: student accuracy against T, and accuracy against batch-1 latency.
+
+Figures are drawn on matplotlib's Agg canvas directly (no pyplot), so a report works on a
+headless machine and leaves no global backend state behind.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, LogLocator, NullLocator
+
+from kdrun.report import Row, Stat
+
+STYLES = {"teacher": ("s", "C0"), "baseline": ("D", "C1"), "distill": ("o", "C2")}  # role: marker, colour
+
+
+def new_axes() -> tuple[Figure, Axes]:
+    figure = Figure(figsize=(8, 4.5))
+    FigureCanvasAgg(figure)
+    return figure, figure.add_subplot()
+
+
+def plain_numbers(axes: Axes) -> None:
+    """x tick labels like 0.02 and 4 rather than 2x10^-2 on log axes."""
+    axes.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    axes.xaxis.set_minor_locator(NullLocator())
+
+
+def save(figure: Figure, axes: Axes, path: Path) -> Path:
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize="small", bbox_to_anchor=(1.02, 1), loc="upper left")  # beside the plot, never over it
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    return path
+
+
+def line_label(row: Row) -> str:
+    """One line per alpha (and per value of any other swept key but T)."""
+    others = [f"{k}={v}" for k, v in row.setting.items() if k not in ("T", "alpha")]
+    return ", ".join([f"alpha={row.field('alpha'):g}", *others])
+
+
+def teachers(rows: list[Row]) -> dict[tuple[str, str], Row]:
+    """The first distill row per (teacher model, dataset): where its teacher's numbers are read."""
+    found: dict[tuple[str, str], Row] = {}
+    for row in rows:
+        if row.command == "distill":
+            found.setdefault((row.values("teacher", "model")[0], row.field("dataset")), row)
+    return found
+
+
+def plot_acc_vs_t(rows: list[Row], path: Path) -> Path | None:
+    """Final accuracy against T (error bars: std over seeds), teacher and baselines as lines; None without distill."""
+    students = [row for row in rows if row.command == "distill"]
+    if not students:
+        return None
+    figure, axes = new_axes()
+    lines: dict[str, list[Row]] = {}
+    for row in sorted(students, key=lambda r: r.field("T")):
+        lines.setdefault(line_label(row), []).append(row)
+    for label, members in lines.items():
+        stats = [row.stat("test_acc") for row in members]
+        axes.errorbar([row.field("T") for row in members], [100 * s.mean for s in stats],
+                      yerr=[100 * (s.std or 0.0) for s in stats], marker="o", capsize=3, label=label)
+    for (model, _), row in teachers(students).items():
+        axes.axhline(100 * row.mean("teacher", "test_acc"), color="black", linewidth=1.5, label=f"teacher {model}")
+    for row in (r for r in rows if r.command == "train_student"):
+        acc = row.stat("test_acc")
+        axes.axhline(100 * acc.mean, color="gray", linestyle="--", label=row.label())
+        if acc.std is not None:
+            axes.axhspan(100 * (acc.mean - acc.std), 100 * (acc.mean + acc.std), color="gray", alpha=0.15)
+    temperatures = sorted({row.field("T") for row in students})
+    if temperatures[-1] >= 4 * temperatures[0]:
+        axes.set_xscale("log", base=2)
+    axes.set_xticks(temperatures)
+    plain_numbers(axes)
+    axes.set(xlabel="temperature T", ylabel="final test accuracy (%)",
+             title="Student accuracy vs temperature (mean ± std over seeds)")
+    return save(figure, axes, path)
+
+
+def plot_acc_vs_latency(rows: list[Row], path: Path) -> Path:
+    """Every model in the set, teachers included, at its batch-1 latency and mean final accuracy."""
+    figure, axes = new_axes()
+    points = [(row.role, row.label(), row.median("latency", "batch1_ms_median"), row.stat("test_acc"))
+              for row in rows]
+    shown = {(row.field("model"), row.field("dataset")) for row in rows if row.command == "train_teacher"}
+    points += [("teacher", f"teacher {model}", row.median("teacher", "latency", "batch1_ms_median"),
+                Stat(row.mean("teacher", "test_acc"), None, len(row.runs)))
+               for (model, dataset), row in teachers(rows).items() if (model, dataset) not in shown]
+    labelled = set()
+    for role, label, ms, acc in points:
+        marker, colour = STYLES.get(role, ("x", "C3"))
+        axes.errorbar(ms, 100 * acc.mean, yerr=100 * (acc.std or 0.0), marker=marker, color=colour, capsize=3,
+                      label=None if role in labelled else role)
+        labelled.add(role)
+        axes.annotate(label, (ms, 100 * acc.mean), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    axes.set_xscale("log")
+    axes.xaxis.set_major_locator(LogLocator(subs=(1, 2, 5)))
+    axes.margins(x=0.2)
+    plain_numbers(axes)
+    axes.set(xlabel="batch-1 latency (ms, median)", ylabel="final test accuracy (%)",
+             title="Accuracy vs latency (mean ± std over seeds)")
+    return save(figure, axes, path)
