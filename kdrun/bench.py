@@ -87,9 +87,9 @@ def run_bench(pair: str, device_name: str, epochs: int) -> dict:
     scenarios = {
         "plain (student alone)": lambda: _epoch_seconds(fit(student, data, recipe, device)),
         "kd, cached teacher logits": lambda: _epoch_seconds(
-            fit(student, data, recipe, device, teacher=teacher, kd_loss=loss)),
+            fit(student, data, recipe, device, teacher=teacher, loss=loss)),
         "kd, teacher run every batch": lambda: _epoch_seconds(
-            fit(student, live, recipe, device, teacher=teacher, kd_loss=loss)),
+            fit(student, live, recipe, device, teacher=teacher, loss=loss)),
         "bare PyTorch loop (cached kd)": lambda: _bare_loop(student, teacher, data, recipe, loss),
     }
     return {"pair": pair, "teacher": spec["teacher"][0], "student": spec["student"][0], "dataset": name,

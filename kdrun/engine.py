@@ -15,12 +15,11 @@ from dataclasses import dataclass
 from typing import Any, Callable, Optional, Protocol
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from kdrun.data import TensorData
 from kdrun.errors import KdrunError
-from kdrun.losses import KDLoss, LossParts
+from kdrun.losses import Loss, LossParts, cross_entropy
 
 
 class StepProgress(Protocol):
@@ -95,16 +94,11 @@ class TeacherTargets:
         return self.cache[index] if self.cache is not None else predict(self.teacher, inputs, len(inputs))
 
 
-def _cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> LossParts:
-    ce = F.cross_entropy(logits, targets)
-    return LossParts(ce, ce, torch.zeros_like(ce))
-
-
 def fit(model: nn.Module, data: TensorData, recipe: Recipe, device: torch.device, *,
-        teacher: Optional[nn.Module] = None, kd_loss: Optional[KDLoss] = None,
+        loss: Loss = cross_entropy, teacher: Optional[nn.Module] = None,
         on_epoch: Optional[Callable[[dict[str, float]], None]] = None,
         progress: Optional[StepProgress] = None) -> list[dict[str, float]]:
-    """Train `model` on `data` (already on `device`); with a teacher, by `kd_loss`.
+    """Train `model` on `data` (already on `device`) by `loss`, fed the frozen teacher's logits if given.
 
     Returns one metrics dict per epoch: epoch, train_loss, test_acc, lr, seconds (+ ce, kd with a teacher).
     """
@@ -127,7 +121,7 @@ def fit(model: nn.Module, data: TensorData, recipe: Recipe, device: torch.device
                 inputs = data.augment(inputs, augment_rng)
             with autocast(device):
                 logits = model(inputs).float()
-            parts = kd_loss(logits, labels, targets(index, inputs)) if targets else _cross_entropy(logits, labels)
+            parts = loss(logits, labels, targets(index, inputs) if targets else None)
             optimizer.zero_grad(set_to_none=True)
             parts.total.backward()
             optimizer.step()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, Optional, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -12,6 +12,20 @@ class LossParts(NamedTuple):
     total: torch.Tensor
     ce: torch.Tensor
     kd: torch.Tensor
+
+
+class Loss(Protocol):
+    """What the engine calls every step: student logits, hard labels, the teacher's logits (or None)."""
+
+    def __call__(self, student_logits: torch.Tensor, targets: torch.Tensor,
+                 teacher_logits: Optional[torch.Tensor]) -> LossParts: ...
+
+
+def cross_entropy(student_logits: torch.Tensor, targets: torch.Tensor,
+                  teacher_logits: Optional[torch.Tensor] = None) -> LossParts:
+    """Hard labels alone: the teacher's and the baseline student's loss."""
+    ce = F.cross_entropy(student_logits, targets)
+    return LossParts(ce, ce, torch.zeros_like(ce))
 
 
 def soft_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, T: float) -> torch.Tensor:

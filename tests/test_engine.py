@@ -40,7 +40,7 @@ def test_without_augmentation_the_teacher_runs_once_and_the_cache_matches_it():
     index = torch.tensor([5, 0, 17])
     assert torch.allclose(targets(index, data.x_train[index]), teacher.linear(data.x_train[index].flatten(1)))
     fit(build_model("mlp", 10, (1, 12), {"hidden": [8]}), data, Recipe(epochs=2, batch_size=32), CPU,
-        teacher=teacher, kd_loss=KDLoss(4.0, 0.9))
+        loss=KDLoss(4.0, 0.9), teacher=teacher)
     assert len(teacher.seen) == 2, "one pass to fill the cache in fit, none per step"
 
 
@@ -49,7 +49,7 @@ def test_with_augmentation_the_teacher_sees_the_students_augmented_batch():
     student = build_model("mlp", 10, (1, 12), {"hidden": [8]})
     student_inputs: list[torch.Tensor] = []
     student.register_forward_pre_hook(lambda module, args: student_inputs.append(args[0].clone()))
-    fit(student, data, Recipe(epochs=1, batch_size=32), CPU, teacher=teacher, kd_loss=KDLoss(4.0, 0.9))
+    fit(student, data, Recipe(epochs=1, batch_size=32), CPU, loss=KDLoss(4.0, 0.9), teacher=teacher)
     assert TeacherTargets(teacher, data).cache is None
     train_batches = student_inputs[:3]  # then come the evaluation batches
     assert len(teacher.seen) == 3
@@ -91,6 +91,6 @@ def test_cached_and_live_teacher_paths_agree_when_augmentation_changes_nothing()
     for d in (data, identity):
         torch.manual_seed(0)
         student = build_model("mlp", 10, (1, 12), {"hidden": [8]})
-        fit(student, d, Recipe(epochs=2, batch_size=32), CPU, teacher=teacher, kd_loss=KDLoss(4.0, 0.9))
+        fit(student, d, Recipe(epochs=2, batch_size=32), CPU, loss=KDLoss(4.0, 0.9), teacher=teacher)
         weights.append(student.state_dict())
     assert all(torch.allclose(weights[0][k], weights[1][k], atol=1e-6) for k in weights[0])

@@ -15,7 +15,7 @@ from kdrun.data import TensorData, load_dataset
 from kdrun.engine import fit
 from kdrun.errors import KdrunError
 from kdrun.latency import profile
-from kdrun.losses import KDLoss
+from kdrun.losses import Loss, cross_entropy
 from kdrun.models import build_model
 from kdrun.runio import append_metrics, save_checkpoint
 from kdrun.runtime import resolve_device, seed_everything, set_threads
@@ -90,14 +90,14 @@ def plain_config(cfg: DictConfig) -> dict[str, Any]:
 
 
 def train_student(cfg: DictConfig, env: Setup, run_dir: Path, teacher: torch.nn.Module | None = None,
-                  kd_loss: KDLoss | None = None) -> tuple[torch.nn.Module, dict[str, Any]]:
+                  loss: Loss = cross_entropy) -> tuple[torch.nn.Module, dict[str, Any]]:
     """Seed, build, train (with a teacher if given) and checkpoint the student; the same recipe either way."""
     data = env.data
     seed_everything(cfg.seed)
     student = build_model(cfg.student.name, data.num_classes, data.input_shape, cfg.student.kwargs).to(env.device)
     with epoch_progress(cfg.progress, "student") as progress:
         history = fit(student, data, recipe_from_optim(cfg.optim, cfg.epochs, cfg.seed), env.device,
-                      teacher=teacher, kd_loss=kd_loss, on_epoch=epoch_recorder(run_dir, "student", cfg.logger),
+                      loss=loss, teacher=teacher, on_epoch=epoch_recorder(run_dir, "student", cfg.logger),
                       progress=progress)
     result = history_summary(history)
     save_checkpoint(run_dir / "checkpoint.pt", student, arch=cfg.student.name,

@@ -17,7 +17,7 @@ def run(cfg: DictConfig, run_dir: Path) -> float:
     env = setup(cfg)
     with epoch_progress(cfg.progress, "teacher") as progress:
         teacher = obtain_teacher(cfg.teacher, cfg.dataset, env.data, env.device, plain_config(cfg), progress)
-    student, result = train_student(cfg, env, run_dir, teacher.model, KDLoss(cfg.T, cfg.alpha))
+    student, result = train_student(cfg, env, run_dir, teacher.model, loss=KDLoss(cfg.T, cfg.alpha))
     student_cost = model_cost(student, env.data, cfg, env.device)
     teacher_cost = model_cost(teacher.model, env.data, cfg, env.device)
     speedup = teacher_cost["latency"]["batch1_ms_median"] / student_cost["latency"]["batch1_ms_median"]
