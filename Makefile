@@ -24,7 +24,7 @@ test: install
 	$(BIN)/python -m pytest -q
 
 bench: install
-	$(BIN)/python -m kdrun.bench
+	$(BIN)/python -m kdrun.bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) outputs/*/ .pytest_cache

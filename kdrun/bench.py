@@ -8,6 +8,7 @@ training set):
   kd cached    distillation with the teacher's logits computed once (no augmentation)
   kd live      distillation with the teacher run on every batch (what augmentation needs)
   bare loop    a hand-written PyTorch loop doing the cached-KD work, as a yardstick
+  compiled     (with --compile) kd cached with the student's step under torch.compile
 and prints images/s and ratios to `plain`, plus device, dtype, batch size and threads.
 Results also go to outputs/bench/<time>.json.
 """
@@ -74,7 +75,7 @@ def _epoch_seconds(history: list[dict[str, float]]) -> list[float]:
     return [row["seconds"] for row in history]
 
 
-def run_bench(pair: str, device_name: str, epochs: int) -> dict:
+def run_bench(pair: str, device_name: str, epochs: int, compile: bool = False) -> dict:
     spec = PAIRS[pair]
     device = resolve_device(device_name)
     name, kwargs = spec["dataset"]
@@ -92,6 +93,9 @@ def run_bench(pair: str, device_name: str, epochs: int) -> dict:
             fit(student, live, recipe, device, teacher=teacher, loss=loss)),
         "bare PyTorch loop (cached kd)": lambda: _bare_loop(student, teacher, data, recipe, loss),
     }
+    if compile:
+        scenarios["kd, cached, torch.compile"] = lambda: _epoch_seconds(
+            fit(student, data, replace(recipe, compile=True), device, teacher=teacher, loss=loss))
     return {"pair": pair, "teacher": spec["teacher"][0], "student": spec["student"][0], "dataset": name,
             "train_samples": len(data.x_train), "batch_size": recipe.batch_size, "device": str(device),
             "dtype": "bf16 autocast" if device.type == "cuda" else "float32", "threads": torch.get_num_threads(),
@@ -122,10 +126,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pairs", nargs="+", default=list(PAIRS), choices=list(PAIRS))
     parser.add_argument("--device", default="auto")
     parser.add_argument("--epochs", type=int, default=4, help="epochs per scenario; the first is a warm-up")
+    parser.add_argument("--compile", action="store_true", help="add a torch.compile scenario (slow to compile)")
     args = parser.parse_args(argv)
     results = []
     for pair in args.pairs:
-        results.append(run_bench(pair, args.device, max(2, args.epochs)))
+        results.append(run_bench(pair, args.device, max(2, args.epochs), args.compile))
         show(results[-1])
     out = Path("outputs/bench") / f"{datetime.now():%Y-%m-%d_%H-%M-%S_%f}.json"
     write_json(out, {"results": results})

@@ -119,6 +119,7 @@ class TrainStudentConfig(RunConfig):
     """`kdrun train-student`: the student on hard labels alone, the baseline for distill."""
 
     command: str = "train_student"
+    compile: bool = False  # torch.compile the student's training step (worth it on CUDA for long runs)
     student: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
 

@@ -20,6 +20,7 @@ from torch import nn
 from kdrun.data import TensorData
 from kdrun.errors import KdrunError
 from kdrun.losses import Loss, LossParts, cross_entropy
+from kdrun.runtime import memory_format
 
 
 class StepProgress(Protocol):
@@ -42,6 +43,7 @@ class Recipe:
     milestones: tuple[int, ...] = ()
     gamma: float = 0.1
     seed: int = 0
+    compile: bool = False
 
 
 def make_optimizer(model: nn.Module, recipe: Recipe) -> tuple[torch.optim.Optimizer, Any]:
@@ -102,7 +104,8 @@ def fit(model: nn.Module, data: TensorData, recipe: Recipe, device: torch.device
 
     Returns one metrics dict per epoch: epoch, train_loss, test_acc, lr, seconds (+ ce, kd with a teacher).
     """
-    model.to(device).train()
+    model.to(device, memory_format=memory_format(device, data.x_train.dim())).train()
+    forward = torch.compile(model) if recipe.compile else model
     targets = TeacherTargets(teacher, data) if teacher is not None else None
     optimizer, scheduler = make_optimizer(model, recipe)
     order = torch.Generator().manual_seed(recipe.seed)
@@ -120,7 +123,7 @@ def fit(model: nn.Module, data: TensorData, recipe: Recipe, device: torch.device
             if data.augment is not None:
                 inputs = data.augment(inputs, augment_rng)
             with autocast(device):
-                logits = model(inputs).float()
+                logits = forward(inputs).float()
             parts = loss(logits, labels, targets(index, inputs) if targets else None)
             optimizer.zero_grad(set_to_none=True)
             parts.total.backward()

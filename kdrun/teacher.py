@@ -55,11 +55,12 @@ def store_path(store: Path, recipe: dict[str, Any]) -> Path:
     return store / f"{recipe['model']}-{recipe['dataset']['name']}-{digest}.pt"
 
 
-def recipe_from_optim(optim: DictConfig, epochs: int, seed: int) -> Recipe:
-    """Engine recipe from an `optim` config node plus epochs and seed."""
+def recipe_from_optim(optim: DictConfig, epochs: int, seed: int, compile: bool = False) -> Recipe:
+    """Engine recipe from an `optim` config node plus epochs, seed and whether to `torch.compile`."""
     return Recipe(epochs=epochs, batch_size=optim.batch_size, optimizer=optim.name, lr=optim.lr,
                   weight_decay=optim.weight_decay, momentum=optim.momentum, nesterov=optim.nesterov,
-                  schedule=optim.schedule, milestones=tuple(optim.milestones), gamma=optim.gamma, seed=seed)
+                  schedule=optim.schedule, milestones=tuple(optim.milestones), gamma=optim.gamma, seed=seed,
+                  compile=compile)
 
 
 def train_teacher(teacher: DictConfig, data: TensorData, device: Any, progress: Optional[StepProgress] = None,

@@ -96,7 +96,7 @@ def train_student(cfg: DictConfig, env: Setup, run_dir: Path, teacher: torch.nn.
     seed_everything(cfg.seed)
     student = build_model(cfg.student.name, data.num_classes, data.input_shape, cfg.student.kwargs).to(env.device)
     with epoch_progress(cfg.progress, "student") as progress:
-        history = fit(student, data, recipe_from_optim(cfg.optim, cfg.epochs, cfg.seed), env.device,
+        history = fit(student, data, recipe_from_optim(cfg.optim, cfg.epochs, cfg.seed, cfg.compile), env.device,
                       loss=loss, teacher=teacher, on_epoch=epoch_recorder(run_dir, "student", cfg.logger),
                       progress=progress)
     result = history_summary(history)

@@ -15,6 +15,7 @@ import torch
 
 from kdrun.errors import KdrunError
 from kdrun.registry import Registry
+from kdrun.runtime import memory_format
 
 DATASETS = Registry("dataset")
 register_dataset = DATASETS.register
@@ -39,9 +40,11 @@ class TensorData:
         return tuple(self.x_train.shape[1:])
 
     def to(self, device: torch.device) -> "TensorData":
+        layout = memory_format(device, self.x_train.dim())
         move = lambda t: t.to(device, non_blocking=True)  # noqa: E731
-        return replace(self, x_train=move(self.x_train), y_train=move(self.y_train),
-                       x_test=move(self.x_test), y_test=move(self.y_test))
+        move_inputs = lambda t: t.to(device, memory_format=layout, non_blocking=True)  # noqa: E731
+        return replace(self, x_train=move_inputs(self.x_train), y_train=move(self.y_train),
+                       x_test=move_inputs(self.x_test), y_test=move(self.y_test))
 
 
 def load_dataset(name: str, data_dir: str, download: bool, augment: bool, kwargs: dict[str, Any]) -> TensorData:

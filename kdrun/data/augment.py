@@ -36,7 +36,8 @@ def crop_flip(x: torch.Tensor, generator: torch.Generator, padding: int, flip: b
     cols = left + cols
     # One gather over each flattened padded image: 5x faster on CPU than 4-tensor fancy indexing.
     flat_index = (rows.unsqueeze(2) * padded.shape[3] + cols.unsqueeze(1)).view(n, 1, height * width)
-    return padded.flatten(2).gather(2, flat_index.expand(n, channels, -1)).view(n, channels, height, width)
+    crops = padded.flatten(2).gather(2, flat_index.expand(n, channels, -1)).view(n, channels, height, width)
+    return crops.contiguous(memory_format=torch.channels_last) if _is_channels_last(x) else crops
 
 
 def crop_flip_augment(padding: int, flip: bool, fill: Fill = 0.0) -> Augment:
@@ -46,6 +47,10 @@ def crop_flip_augment(padding: int, flip: bool, fill: Fill = 0.0) -> Augment:
         return crop_flip(x, generator, padding, flip, fill)
 
     return augment
+
+
+def _is_channels_last(x: torch.Tensor) -> bool:
+    return x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
 
 
 def _per_channel(fill: Fill, channels: int) -> list[float]:
