@@ -87,9 +87,13 @@ def kd_logit_grad_norm(logits: torch.Tensor, teacher_logits: torch.Tensor, T: fl
 
 
 def ranks(values: torch.Tensor) -> torch.Tensor:
-    """0..n-1 by value (ties broken by order: continuous values here have none in practice)."""
-    result = torch.empty_like(values, dtype=torch.float64)
-    result[values.argsort()] = torch.arange(len(values), dtype=torch.float64, device=values.device)
+    """0..n-1 by value; tied values share their average rank (as in Spearman's definition)."""
+    ordered, order = values.sort()
+    _, inverse, counts = torch.unique_consecutive(ordered, return_inverse=True, return_counts=True)
+    ends = counts.cumsum(0).double()
+    average = ends - (counts.double() + 1) / 2
+    result = torch.empty(len(values), dtype=torch.float64, device=values.device)
+    result[order] = average[inverse]
     return result
 
 
