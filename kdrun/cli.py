@@ -28,6 +28,8 @@ COMMANDS = {
     "train-teacher": Command("train_teacher", "train a teacher, or reuse the stored one for the same recipe"),
     "train-student": Command("train_student", "train the student on hard labels alone (the baseline)"),
     "distill": Command("distill", "distill a student from a teacher (T=..., alpha=...)"),
+    "inspect-teacher": Command("inspect_teacher", "what a trained teacher knows: dark knowledge, "
+                               "class relationships, calibration (plots + JSON)"),
     "report": Command(None, "summarise finished runs/sweeps: table, CSV, Markdown, plots",
                       module="kdrun.commands.report"),
 }

@@ -22,6 +22,7 @@ DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 OPTIMIZERS = ("sgd", "adamw")
 LOGGERS = ("none", "tensorboard")
 SCHEDULES = ("cosine", "multistep", "constant")
+LOSSES = ("ce", "kd", "ls", "kd_pt", "kd_sim", "dkd")  # kdrun.losses.build_loss (kept here: no torch import)
 
 
 class ConfigError(KdrunError):
@@ -51,6 +52,8 @@ class DatasetConfig:
     data_dir: str = "~/.cache/kdrun/data"
     download: bool = False
     augment: bool = False
+    label_noise: float = 0.0  # fraction of training labels flipped to another class (test set untouched)
+    noise_seed: int = 0
     kwargs: Dict[str, Any] = field(default_factory=dict)
 
 
@@ -68,6 +71,7 @@ class TeacherTraining:
 
     epochs: int = 30
     seed: int = 0
+    label_smoothing: float = 0.0  # the teacher's own CE label smoothing (Mueller et al. 2019: smoothed teachers distill worse)
     optim: OptimConfig = field(default_factory=OptimConfig)
 
 
@@ -79,6 +83,21 @@ class TeacherConfig(ModelConfig):
     checkpoint: Optional[str] = None
     store: str = "outputs/teachers"
     train_if_missing: bool = True
+
+
+@dataclass
+class LossConfig:
+    """The distill loss variant (conf/loss/); kd/ls/kd_pt/kd_sim use the top-level T and alpha.
+
+    epsilon: ls's non-target mass (None: match the teacher's at T); alpha, beta, warmup: dkd's
+    weights of TCKD and NCKD and its warm-up epochs (Zhao et al. 2022).
+    """
+
+    name: str = "kd"
+    epsilon: Optional[float] = None
+    alpha: float = 1.0
+    beta: float = 8.0
+    warmup: int = 0
 
 
 @dataclass
@@ -132,12 +151,29 @@ class DistillConfig(TrainStudentConfig):
     T: float = 4.0
     alpha: float = 0.9
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    teacher_epoch: Optional[int] = None  # distill from the teacher's snapshot after this epoch of its recipe
+    loss: LossConfig = field(default_factory=LossConfig)
+    probe: bool = True  # per epoch: grad_ratio_corr on a fixed subset of training examples
+    probe_examples: int = 512
+
+
+@dataclass
+class InspectTeacherConfig(RunConfig):
+    """`kdrun inspect-teacher`: plots and statistics of what a trained teacher knows."""
+
+    command: str = "inspect_teacher"
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    teacher_epoch: Optional[int] = None
+    temperatures: List[float] = field(default_factory=lambda: [1.0, 4.0, 10.0])
+    matrix_T: float = 4.0  # temperature of the class-relationship heatmap
+    examples: int = 4  # test examples in the dark-knowledge picture
 
 
 SCHEMAS = {
     "train_teacher_schema": TrainTeacherConfig,
     "train_student_schema": TrainStudentConfig,
     "distill_schema": DistillConfig,
+    "inspect_teacher_schema": InspectTeacherConfig,
 }
 
 
@@ -174,11 +210,47 @@ def validate(cfg: Any) -> None:
     _check(cfg.epochs >= 1, f"epochs must be >= 1 (got {cfg.epochs}); try epochs=10")
     _check(cfg.logger in LOGGERS, f"logger must be one of {', '.join(LOGGERS)} (got '{cfg.logger}')")
     _check(cfg.threads >= 0, f"threads must be >= 0, 0 meaning torch's default (got {cfg.threads})")
+    _validate_dataset(cfg.dataset)
     if "teacher" in cfg:
-        _check(cfg.teacher.train.epochs >= 1, f"teacher.train.epochs must be >= 1 (got {cfg.teacher.train.epochs})")
-        _validate_optim(cfg.teacher.train.optim, "teacher.train.optim")
+        _validate_teacher(cfg)
     if "optim" in cfg:
         _validate_optim(cfg.optim, "optim")
     if "T" in cfg:
         _check(cfg.T > 0, f"T must be > 0 (got {cfg.T}); the temperature divides the logits, try T=4")
         _check(0 <= cfg.alpha <= 1, f"alpha must be in [0, 1] (got {cfg.alpha}); it weights the KD term, try alpha=0.9")
+    if "loss" in cfg:
+        _validate_loss(cfg.loss)
+    if "probe_examples" in cfg:
+        _check(cfg.probe_examples >= 2, f"probe_examples must be >= 2 (got {cfg.probe_examples}); try probe_examples=512")
+    if "temperatures" in cfg:
+        _check(len(cfg.temperatures) > 0 and all(t > 0 for t in cfg.temperatures),
+               f"temperatures must be a non-empty list of values > 0 (got {list(cfg.temperatures)}); try temperatures=[1,4,10]")
+        _check(cfg.matrix_T > 0, f"matrix_T must be > 0 (got {cfg.matrix_T}); try matrix_T=4")
+        _check(cfg.examples >= 1, f"examples must be >= 1 (got {cfg.examples})")
+
+
+def _validate_dataset(dataset: Any) -> None:
+    _check(0 <= dataset.label_noise < 1, f"dataset.label_noise must be in [0, 1) (got {dataset.label_noise}); "
+           "it is the fraction of training labels flipped, try dataset.label_noise=0.2")
+
+
+def _validate_teacher(cfg: Any) -> None:
+    train = cfg.teacher.train
+    _check(train.epochs >= 1, f"teacher.train.epochs must be >= 1 (got {train.epochs})")
+    _check(0 <= train.label_smoothing < 1, f"teacher.train.label_smoothing must be in [0, 1) (got {train.label_smoothing})")
+    _validate_optim(train.optim, "teacher.train.optim")
+    epoch = cfg.get("teacher_epoch")
+    if epoch is not None:
+        _check(1 <= epoch <= train.epochs, f"teacher_epoch must be in [1, teacher.train.epochs={train.epochs}] "
+               f"(got {epoch}); it picks a snapshot of the teacher's own training")
+        _check(not cfg.teacher.checkpoint, "teacher_epoch needs the teacher store; it cannot pick an epoch "
+               "of an explicit teacher.checkpoint (drop one of the two)")
+
+
+def _validate_loss(loss: Any) -> None:
+    _check(loss.name in LOSSES, f"unknown loss '{loss.name}'; choose one of: {', '.join(LOSSES)}")
+    _check(loss.epsilon is None or 0 <= loss.epsilon < 1,
+           f"loss.epsilon must be in [0, 1) or null to match the teacher (got {loss.epsilon})")
+    _check(loss.alpha >= 0, f"loss.alpha must be >= 0 (got {loss.alpha}); DKD's TCKD weight, try loss.alpha=1")
+    _check(loss.beta >= 0, f"loss.beta must be >= 0 (got {loss.beta}); DKD's NCKD weight, try loss.beta=8")
+    _check(loss.warmup >= 0, f"loss.warmup must be >= 0 epochs (got {loss.warmup})")

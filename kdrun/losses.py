@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple, Optional, Protocol
+from typing import Any, NamedTuple, Optional, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -54,3 +54,186 @@ class KDLoss:
         ce = F.cross_entropy(student_logits, targets)
         kd = soft_kl(student_logits, teacher_logits.detach(), self.T) * self.T**2
         return LossParts(self.alpha * kd + (1 - self.alpha) * ce, ce, kd)
+
+
+# --- Tang et al. (2020)'s knowledge levels, and decoupled KD ------------------------------------
+#
+# Tang, Shivanna, Zhao, Lin, Singh, Chi, Jain (2020), "Understanding and Improving Knowledge
+# Distillation", arXiv:2002.03532, read the teacher's soft targets at three levels: knowledge of
+# the "universe" (a label-smoothing-like regulariser), domain knowledge (class relationships) and
+# instance-specific knowledge (how hard the teacher finds each example, which rescales that
+# example's gradient). The synthetic teachers below keep one level and drop the others; they are
+# used exactly like a real teacher's softened prediction, so only the target q changes:
+#
+#     loss = alpha * T^2 * KL(q || softmax(z_s/T)) + (1 - alpha) * CE(y, z_s)
+
+
+def smoothed_targets(labels: torch.Tensor, epsilon: torch.Tensor | float, num_classes: int) -> torch.Tensor:
+    """1 - epsilon on the true class, epsilon spread evenly over the other K - 1 classes.
+
+    `epsilon` is the non-target mass: a float, or one value per example (kd_pt). Szegedy et
+    al.'s (1 - e) * onehot + e / K is this with epsilon = e (K - 1) / K.
+    """
+    epsilon = torch.as_tensor(epsilon, dtype=torch.float32, device=labels.device).expand(len(labels))
+    rest = (epsilon / (num_classes - 1)).unsqueeze(1)
+    targets = rest.expand(len(labels), num_classes).clone()
+    return targets.scatter_(1, labels.unsqueeze(1), (1 - epsilon).unsqueeze(1))
+
+
+def true_class_prob(logits: torch.Tensor, labels: torch.Tensor, T: float = 1.0) -> torch.Tensor:
+    """softmax(z/T)[y] per example: how sure a model is of the (given) label."""
+    return F.softmax(logits.float() / T, dim=1).gather(1, labels.unsqueeze(1)).squeeze(1)
+
+
+def target_kl(student_logits: torch.Tensor, targets: torch.Tensor, T: float) -> torch.Tensor:
+    """KL(q || softmax(z_s/T)) for probability targets q (zeros allowed), batchmean."""
+    return F.kl_div(F.log_softmax(student_logits / T, dim=1), targets, reduction="batchmean")
+
+
+class SyntheticTeacherLoss:
+    """KD against a synthetic target q(logits_t, y) instead of the teacher's softmax(z_t/T):
+
+        loss = alpha * T^2 * KL(q || softmax(z_s/T)) + (1 - alpha) * CE(y, z_s)
+
+    The subclasses say which q; alpha and T mean what they mean in `KDLoss`.
+    """
+
+    def __init__(self, T: float, alpha: float, num_classes: int) -> None:
+        self.T, self.alpha, self.num_classes = T, alpha, num_classes
+
+    def targets(self, labels: torch.Tensor, teacher_logits: Optional[torch.Tensor]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def __call__(self, student_logits: torch.Tensor, labels: torch.Tensor,
+                 teacher_logits: Optional[torch.Tensor]) -> LossParts:
+        ce = F.cross_entropy(student_logits, labels)
+        q = self.targets(labels, None if teacher_logits is None else teacher_logits.detach())
+        kd = target_kl(student_logits, q, self.T) * self.T**2
+        return LossParts(self.alpha * kd + (1 - self.alpha) * ce, ce, kd)
+
+
+class LabelSmoothingLoss(SyntheticTeacherLoss):
+    """`ls`: knowledge of the "universe" alone (Szegedy et al. 2016, "Rethinking the Inception
+    Architecture", label smoothing; Tang et al. 2020, Sec. 3.1):
+
+        q = (1 - epsilon) * onehot(y) + epsilon / (K - 1) * (1 - onehot(y))
+
+    the same target for every example of a class, no class relationships. By default epsilon is
+    the teacher's average non-target mass at temperature T on the training set, so ls differs
+    from KD only in *how* that mass is spread. At T = 1, alpha = 1 its gradient is plain label
+    smoothing's: KL(q || p) = CE(q, p) - H(q).
+    """
+
+    def __init__(self, T: float, alpha: float, num_classes: int, epsilon: float) -> None:
+        super().__init__(T, alpha, num_classes)
+        self.epsilon = epsilon
+
+    def targets(self, labels: torch.Tensor, teacher_logits: Optional[torch.Tensor]) -> torch.Tensor:
+        return smoothed_targets(labels, self.epsilon, self.num_classes)
+
+
+class TrueClassProbLoss(SyntheticTeacherLoss):
+    """`kd_pt`: instance-specific knowledge without class relationships (Tang et al. 2020, Sec. 4):
+
+        p_t = softmax(z_t/T)[y],   q = p_t * onehot(y) + (1 - p_t) / (K - 1) * (1 - onehot(y))
+
+    keeps how sure the teacher is of each example (so its gradient rescaling) and spreads the
+    rest uniformly, erasing which wrong classes the teacher found plausible.
+    """
+
+    def targets(self, labels: torch.Tensor, teacher_logits: Optional[torch.Tensor]) -> torch.Tensor:
+        return smoothed_targets(labels, 1 - true_class_prob(teacher_logits, labels, self.T), self.num_classes)
+
+
+class ClassSimilarityLoss(SyntheticTeacherLoss):
+    """`kd_sim`: domain knowledge without instance-specific knowledge (Tang et al. 2020, Sec. 3.2):
+
+        M[c] = mean of softmax(z_t/T) over the training examples of true class c,   q = M[y]
+
+    the teacher's class-relationship matrix: every example of a class gets the same target,
+    which carries which classes resemble which, but nothing about the example itself.
+    """
+
+    def __init__(self, T: float, alpha: float, class_matrix: torch.Tensor) -> None:
+        super().__init__(T, alpha, class_matrix.shape[0])
+        self.class_matrix = class_matrix
+
+    def targets(self, labels: torch.Tensor, teacher_logits: Optional[torch.Tensor]) -> torch.Tensor:
+        return self.class_matrix.to(labels.device)[labels]
+
+
+class DKDLoss:
+    """`dkd`: decoupled knowledge distillation (Zhao, Cui, Song, Qiu, Liang 2022, "Decoupled
+    Knowledge Distillation", CVPR), with the paper's (and mdistiller's) weighting:
+
+        b = [p_y, 1 - p_y]  (target vs all non-target classes, softmax at T)
+        p^ = softmax over the non-target classes only, at T
+        TCKD = KL(b_t || b_s),  NCKD = KL(p^_t || p^_s)
+        loss = CE(y, z_s) + w(epoch) * T^2 * (alpha * TCKD + beta * NCKD)
+
+    Classic KD is TCKD + (1 - p_y^t) NCKD: its non-target term is suppressed exactly where the
+    teacher is confident; DKD weights it by beta instead (8 on CIFAR-100). `warmup` epochs ramp
+    w linearly from 1/warmup to 1 (mdistiller: 20); 0 means no ramp. `kd` in the parts is the
+    weighted KD term (alpha * TCKD + beta * NCKD) * T^2.
+    """
+
+    def __init__(self, T: float, alpha: float = 1.0, beta: float = 8.0, warmup: int = 0) -> None:
+        self.T, self.alpha, self.beta, self.warmup = T, alpha, beta, warmup
+        self.epoch = 1
+
+    def start_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def weight(self) -> float:
+        return min(self.epoch / self.warmup, 1.0) if self.warmup > 0 else 1.0
+
+    def __call__(self, student_logits: torch.Tensor, labels: torch.Tensor,
+                 teacher_logits: torch.Tensor) -> LossParts:
+        ce = F.cross_entropy(student_logits, labels)
+        tckd, nckd = dkd_terms(student_logits, teacher_logits.detach(), labels, self.T)
+        kd = (self.alpha * tckd + self.beta * nckd) * self.T**2
+        return LossParts(ce + self.weight() * kd, ce, kd)
+
+
+def dkd_terms(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
+              T: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(TCKD, NCKD) of Zhao et al. 2022, each batchmean and without the T^2 factor."""
+    mask = F.one_hot(labels, student_logits.shape[1]).bool()
+    ps, pt = F.softmax(student_logits / T, dim=1), F.softmax(teacher_logits / T, dim=1)
+    bs = torch.stack([ps[mask], 1 - ps[mask]], dim=1).clamp_min(1e-12)
+    bt = torch.stack([pt[mask], 1 - pt[mask]], dim=1).clamp_min(1e-12)
+    tckd = (bt * (bt.log() - bs.log())).sum(1).mean()
+    # Non-target distributions: the target logit pushed to -inf before the softmax.
+    log_hat_s = F.log_softmax(student_logits / T - 1e9 * mask, dim=1)
+    log_hat_t = F.log_softmax(teacher_logits / T - 1e9 * mask, dim=1)
+    hat_t = log_hat_t.exp()
+    nckd = (hat_t * (log_hat_t - log_hat_s)).masked_fill(mask, 0).sum(1).mean()
+    return tckd, nckd
+
+
+from kdrun.config import LOSSES  # noqa: E402  (one list of names; config imports no torch)
+NEEDS_TEACHER_STATS = ("ls", "kd_sim")
+
+
+def build_loss(cfg: Any, teacher_stats: Any = None) -> Loss:
+    """The loss for `cfg.loss.name`, with the run's T and alpha (dkd: loss.alpha, loss.beta).
+
+    `teacher_stats` (kdrun.knowledge.TeacherStats, from the teacher on the training set) gives
+    ls its default epsilon and kd_sim its class-relationship matrix.
+    """
+    spec, T, alpha = cfg.loss, float(cfg.T), float(cfg.alpha)
+    name = spec.name
+    if name == "ce":
+        return cross_entropy
+    if name == "kd":
+        return KDLoss(T, alpha)
+    if name == "dkd":
+        return DKDLoss(T, float(spec.alpha), float(spec.beta), int(spec.warmup))
+    if name == "kd_pt":
+        return TrueClassProbLoss(T, alpha, teacher_stats.num_classes)
+    if name == "kd_sim":
+        return ClassSimilarityLoss(T, alpha, teacher_stats.class_matrix)
+    if name == "ls":
+        epsilon = teacher_stats.epsilon if spec.epsilon is None else float(spec.epsilon)
+        return LabelSmoothingLoss(T, alpha, teacher_stats.num_classes, epsilon)
+    raise ValueError(f"unknown loss '{name}'; choose one of {', '.join(LOSSES)}")

@@ -35,6 +35,7 @@ from rich.table import Table
 from kdrun.errors import KdrunError
 
 ROLES = {"train_teacher": "teacher", "train_student": "baseline", "distill": "distill"}
+NOT_TRAINING = ("inspect_teacher",)  # finished runs that train nothing: never rows of a report
 FIXED = ("role", "model", "dataset")  # columns of every row; they also separate rows, so never a swept column
 FALLBACK_KEYS = ("T", "alpha", "teacher")
 RECIPE_KEYS = ("dataset", "student", "optim", "epochs")
@@ -81,6 +82,9 @@ class Row:
 
     @property
     def role(self) -> str:
+        """A distill run with `loss=ce` is the hard-label baseline inside a distill sweep."""
+        if self.command == "distill" and self.field("loss") == "ce":
+            return "baseline"
         return ROLES.get(self.command, self.command)
 
     def stat(self, metric: str) -> Stat:
@@ -236,11 +240,13 @@ def add_gains(rows: list[Row]) -> list[str]:
     from_config = all(run.config is not None for row in rows for run in row.runs)
     baselines: dict[str, list[Row]] = {}
     for row in rows:
-        if row.command == "train_student":
+        if row.role == "baseline":
             baselines.setdefault(recipe(row.runs[0], from_config), []).append(row)
     unmatched = 0
-    for row in (r for r in rows if r.command == "distill"):
+    for row in (r for r in rows if r.role == "distill"):
         matches = baselines.get(recipe(row.runs[0], from_config), [])
+        if any(m.command == "train_student" for m in matches):  # a real baseline run wins over loss=ce
+            matches = [m for m in matches if m.command == "train_student"]
         if len(matches) == 1:
             row.gain = row.stat("test_acc").mean - matches[0].stat("test_acc").mean
         else:
@@ -260,8 +266,16 @@ def build_report(paths: list[Path]) -> Report:
         found = f" (only {unfinished} unfinished)" if unfinished else ""
         raise KdrunError(f"no finished runs (summary.json) under {where}{found}; "
                          "pass the run or sweep directories that kdrun wrote, e.g. outputs/distill-sweep/<time>")
-    keys, rows = group_runs([load_run(d) for d in run_dirs])
+    runs = [load_run(d) for d in run_dirs]
+    skipped = [run for run in runs if run.summary["command"] in NOT_TRAINING]
+    runs = [run for run in runs if run.summary["command"] not in NOT_TRAINING]
+    if not runs:
+        raise KdrunError(f"no training runs under {where}, only {len(skipped)} inspect-teacher run(s); "
+                         "pass the run or sweep directories of train-teacher, train-student or distill")
+    keys, rows = group_runs(runs)
     notes = add_gains(rows)
+    if skipped:
+        notes.append(f"left out {len(skipped)} inspect-teacher run(s): they train nothing")
     for row in rows:
         seeds = row.values("seed")
         if len(set(seeds)) < len(seeds):
@@ -351,13 +365,15 @@ def output_dir(paths: list[Path], out: Path | None) -> Path:
 
 def make_report(paths: list[Path], out: Path | None = None) -> Report:
     """Build the report and write report.csv, report.md and the plots; the files are listed in it."""
-    from kdrun.report_plots import plot_acc_vs_latency, plot_acc_vs_t  # matplotlib: only when plotting
+    from kdrun.report_plots import (plot_acc_by_setting, plot_acc_vs_latency,  # matplotlib: only when plotting
+                                    plot_acc_vs_t)
 
     report = build_report(paths)
     target = output_dir(paths, out)
     report.files = [write_csv(report, target / "report.csv"), write_markdown(report, target / "report.md")]
     report.files += [p for p in (plot_acc_vs_t(report.rows, target / "acc_vs_T.png"),
-                                 plot_acc_vs_latency(report.rows, target / "acc_vs_latency.png")) if p]
+                                 plot_acc_vs_latency(report.rows, target / "acc_vs_latency.png"),
+                                 plot_acc_by_setting(report, target / "acc_by_setting.png")) if p]
     return report
 
 

@@ -13,7 +13,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, NullLocator
 
-from kdrun.report import Row, Stat
+from kdrun.report import Report, Row, Stat
 
 STYLES = {"teacher": ("s", "C0"), "baseline": ("D", "C1"), "distill": ("o", "C2")}  # role: marker, colour
 
@@ -106,3 +106,32 @@ def plot_acc_vs_latency(rows: list[Row], path: Path) -> Path:
     axes.set(xlabel="batch-1 latency (ms, median)", ylabel="final test accuracy (%)",
              title="Accuracy vs latency (mean ± std over seeds)")
     return save(figure, axes, path)
+
+
+def plot_acc_by_setting(report: Report, path: Path) -> Path | None:
+    """One point per student row (mean ± std over seeds), labelled by its swept values: the picture for
+    sweeps over keys other than T (loss=..., dataset.label_noise=...). None when only T/alpha were swept."""
+    students = [row for row in report.rows if row.role in ("baseline", "distill")]
+    if not students or not set(report.keys) - {"T", "alpha", "seed"}:
+        return None
+    figure = Figure(figsize=(8, 0.9 + 0.35 * len(students)))
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    for i, row in enumerate(students):
+        acc = row.stat("test_acc")
+        marker, colour = STYLES[row.role]
+        axes.errorbar(100 * acc.mean, i, xerr=100 * (acc.std or 0.0), marker=marker, color=colour, capsize=3)
+    axes.set_yticks(range(len(students)))
+    axes.set_yticklabels([" ".join(f"{k}={v}" for k, v in row.setting.items()) or row.label() for row in students],
+                         fontsize=8)
+    axes.invert_yaxis()
+    for (model, _), row in teachers(students).items():
+        if len({r.mean("teacher", "test_acc") for r in students}) == 1:
+            axes.axvline(100 * row.mean("teacher", "test_acc"), color="black", linewidth=1, label=f"teacher {model}")
+    axes.set(xlabel="final test accuracy (%)", title="Student accuracy by setting (mean ± std over seeds)")
+    axes.grid(alpha=0.3)
+    if axes.get_legend_handles_labels()[0]:
+        axes.legend(fontsize="small", loc="lower right")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    return path

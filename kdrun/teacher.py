@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+import torch
+import torch.nn.functional as F
 from filelock import FileLock
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
@@ -23,6 +25,7 @@ from torch import nn
 from kdrun.data import TensorData
 from kdrun.engine import Recipe, StepProgress, accuracy, fit
 from kdrun.errors import KdrunError
+from kdrun.losses import Loss, LossParts, cross_entropy
 from kdrun.models import build_model
 from kdrun.runio import load_checkpoint, model_from_checkpoint, save_checkpoint
 from kdrun.runtime import seed_everything
@@ -40,14 +43,19 @@ class Teacher:
 
 
 def teacher_recipe(teacher: DictConfig, dataset: DictConfig) -> dict[str, Any]:
-    """What makes two teachers the same; paths and switches are left out on purpose."""
-    return {
-        "model": teacher.name,
-        "kwargs": OmegaConf.to_container(teacher.kwargs, resolve=True),
-        "dataset": {"name": dataset.name, "augment": dataset.augment,
-                    "kwargs": OmegaConf.to_container(dataset.kwargs, resolve=True)},
-        "train": OmegaConf.to_container(teacher.train, resolve=True),
-    }
+    """What makes two teachers the same; paths and switches are left out on purpose.
+
+    Label noise and the teacher's label smoothing count only when set, so a clean, unsmoothed
+    teacher keeps the hash it had before those options existed (stored teachers stay valid).
+    """
+    train = OmegaConf.to_container(teacher.train, resolve=True)
+    if not train.get("label_smoothing"):
+        train.pop("label_smoothing", None)
+    data = {"name": dataset.name, "augment": dataset.augment, "kwargs": OmegaConf.to_container(dataset.kwargs, resolve=True)}
+    if dataset.get("label_noise"):
+        data.update(label_noise=dataset.label_noise, noise_seed=dataset.get("noise_seed", 0))
+    return {"model": teacher.name, "kwargs": OmegaConf.to_container(teacher.kwargs, resolve=True),
+            "dataset": data, "train": train}
 
 
 def store_path(store: Path, recipe: dict[str, Any]) -> Path:
@@ -63,13 +71,41 @@ def recipe_from_optim(optim: DictConfig, epochs: int, seed: int, compile: bool =
                   compile=compile)
 
 
+def snapshot_path(path: Path, epoch: int) -> Path:
+    """The stored teacher after `epoch` of its recipe: `<stem>-e<epoch>.pt` beside the full one."""
+    return path.with_name(f"{path.stem}-e{epoch}.pt")
+
+
+def smoothed_cross_entropy(epsilon: float) -> Loss:
+    """CE against (1 - epsilon) onehot + epsilon / K (Szegedy et al. 2016), for training a teacher."""
+
+    def loss(student_logits: Any, targets: Any, teacher_logits: Any = None) -> LossParts:
+        ce = F.cross_entropy(student_logits, targets, label_smoothing=epsilon)
+        return LossParts(ce, ce, torch.zeros_like(ce))
+
+    return loss
+
+
 def train_teacher(teacher: DictConfig, data: TensorData, device: Any, progress: Optional[StepProgress] = None,
-                  on_epoch: Optional[Callable[[dict[str, float]], None]] = None) -> tuple[nn.Module, list[dict]]:
-    """Train a fresh teacher on hard labels with its own recipe and seed."""
+                  on_epoch: Optional[Callable[[dict[str, float]], None]] = None,
+                  snapshots: Optional[dict[int, Callable[[nn.Module, dict], None]]] = None) -> tuple[nn.Module, list[dict]]:
+    """Train a fresh teacher on hard labels (smoothed if its recipe says so) with its own recipe and seed.
+
+    `snapshots` maps an epoch to a function called with the model and that epoch's row (to save it).
+    """
     seed_everything(teacher.train.seed)
     model = build_model(teacher.name, data.num_classes, data.input_shape, teacher.kwargs).to(device)
     recipe = recipe_from_optim(teacher.train.optim, teacher.train.epochs, teacher.train.seed)
-    history = fit(model, data, recipe, device, progress=progress, on_epoch=on_epoch)
+    smoothing = float(teacher.train.get("label_smoothing", 0.0))
+    loss = smoothed_cross_entropy(smoothing) if smoothing > 0 else cross_entropy
+
+    def epoch_done(row: dict[str, float]) -> None:
+        if snapshots and row["epoch"] in snapshots:
+            snapshots[row["epoch"]](model, row)
+        if on_epoch:
+            on_epoch(row)
+
+    history = fit(model, data, recipe, device, loss=loss, progress=progress, on_epoch=epoch_done)
     return model, history
 
 
@@ -103,27 +139,45 @@ def train_command_hint(teacher: DictConfig, dataset: DictConfig) -> str:
 
 def obtain_teacher(teacher: DictConfig, dataset: DictConfig, data: TensorData, device: Any, config: dict,
                    progress: Optional[StepProgress] = None,
-                   on_epoch: Optional[Callable[[dict[str, float]], None]] = None) -> Teacher:
-    """An explicit checkpoint, else the stored one for this recipe, else train and store it."""
+                   on_epoch: Optional[Callable[[dict[str, float]], None]] = None,
+                   epoch: Optional[int] = None) -> Teacher:
+    """An explicit checkpoint, else the stored one for this recipe, else train and store it.
+
+    With `epoch`, the snapshot after that epoch of the recipe (`<stem>-e<epoch>.pt`); a stored
+    full teacher without that snapshot is trained again (same recipe, same seed) to make it.
+    """
     if teacher.checkpoint:
         return load_teacher(Path(teacher.checkpoint).expanduser().resolve(), teacher.name, data, device)
     recipe = teacher_recipe(teacher, dataset)
     path = store_path(Path(teacher.store).expanduser().resolve(), recipe)
-    if path.exists():
-        log.info("Using stored teacher %s", path)
-        return load_teacher(path, teacher.name, data, device)
+    wanted = snapshot_path(path, epoch) if epoch is not None else path
+    if wanted.exists():
+        log.info("Using stored teacher %s", wanted)
+        return load_teacher(wanted, teacher.name, data, device)
     if not teacher.train_if_missing:
         raise KdrunError(f"no trained teacher for this recipe in {path.parent}; run "
                          f"`{train_command_hint(teacher, dataset)}` first (or set teacher.train_if_missing=true)")
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(path.with_name(f".{path.name}.lock"))):
-        if path.exists():  # another job trained it while we waited for the lock
-            log.info("Using teacher trained by a parallel job: %s", path)
-            return load_teacher(path, teacher.name, data, device)
+        if wanted.exists():  # another job trained it while we waited for the lock
+            log.info("Using teacher trained by a parallel job: %s", wanted)
+            return load_teacher(wanted, teacher.name, data, device)
+        if path.exists():
+            log.info("Stored teacher %s has no snapshot after epoch %s: training its recipe again to make one",
+                     path, epoch)
         log.info("Training teacher %s for recipe %s", teacher.name, path.stem)
-        model, history = train_teacher(teacher, data, device, progress, on_epoch)
+        meta = dict(arch=teacher.name, arch_kwargs=OmegaConf.to_container(teacher.kwargs), num_classes=data.num_classes,
+                    input_shape=data.input_shape, dataset=dataset.name, config={"recipe": recipe, "run": config})
+        snapshots = {}
+        if epoch is not None:
+            snapshots[epoch] = lambda model, row: save_checkpoint(
+                wanted, model, **meta, metrics={"test_acc": row["test_acc"], "epoch": epoch})
+        model, history = train_teacher(teacher, data, device, progress, on_epoch, snapshots)
         test_acc = history[-1]["test_acc"]
-        save_checkpoint(path, model, arch=teacher.name, arch_kwargs=OmegaConf.to_container(teacher.kwargs),
-                        num_classes=data.num_classes, input_shape=data.input_shape, dataset=dataset.name,
-                        config={"recipe": recipe, "run": config}, metrics={"test_acc": test_acc, "history": history})
+        if not path.exists():
+            save_checkpoint(path, model, **meta, metrics={"test_acc": test_acc, "history": history})
+    if epoch is not None:
+        snapshot = load_teacher(wanted, teacher.name, data, device)
+        snapshot.trained_now, snapshot.history = True, history[:epoch]
+        return snapshot
     return Teacher(model, path, test_acc, trained_now=True, history=history)

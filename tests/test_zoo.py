@@ -157,5 +157,5 @@ def test_configs_name_every_zoo_model_and_teachers_carry_the_crd_recipe():
         path = config_dir() / "teacher" / f"{name}.yaml"
         teacher = OmegaConf.merge(OmegaConf.structured(TeacherConfig), OmegaConf.load(path))
         assert teacher.name == name
-        recipe = {**CRD_RECIPE, "optim": {**CRD_RECIPE["optim"], "nesterov": False}}
+        recipe = {**CRD_RECIPE, "label_smoothing": 0.0, "optim": {**CRD_RECIPE["optim"], "nesterov": False}}
         assert OmegaConf.to_container(teacher.train) == recipe

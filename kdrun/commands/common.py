@@ -12,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 
 import kdrun
 from kdrun.data import TensorData, load_dataset
+from kdrun.data.noise import with_label_noise
 from kdrun.engine import fit
 from kdrun.errors import KdrunError
 from kdrun.latency import profile
@@ -38,6 +39,10 @@ def setup(cfg: DictConfig) -> Setup:
     device = resolve_device(cfg.device)
     d = cfg.dataset
     data = load_dataset(d.name, d.data_dir, d.download, d.augment, OmegaConf.to_container(d.kwargs, resolve=True))
+    if d.label_noise > 0:
+        data = with_label_noise(data, d.label_noise, d.noise_seed)
+        log.info("label noise: %d of %d training labels flipped (noise_seed %d); test labels clean",
+                 round(d.label_noise * len(data.y_train)), len(data.y_train), d.noise_seed)
     log.info("%s: %d train / %d test, input %s, %d classes; device %s, %d threads", data.name,
              len(data.x_train), len(data.x_test), data.input_shape, data.num_classes, device, threads)
     return Setup(device, data.to(device), threads)
@@ -89,15 +94,34 @@ def plain_config(cfg: DictConfig) -> dict[str, Any]:
     return OmegaConf.to_container(cfg, resolve=True)
 
 
+EpochHook = Callable[[dict[str, float]], None]
+
+
+def chain(*hooks: EpochHook) -> EpochHook:
+    """One on_epoch callback calling `hooks` in order (earlier ones may add keys to the row)."""
+
+    def run(row: dict[str, float]) -> None:
+        for hook in hooks:
+            hook(row)
+
+    return run
+
+
 def train_student(cfg: DictConfig, env: Setup, run_dir: Path, teacher: torch.nn.Module | None = None,
-                  loss: Loss = cross_entropy) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """Seed, build, train (with a teacher if given) and checkpoint the student; the same recipe either way."""
+                  loss: Loss = cross_entropy,
+                  epoch_hooks: Callable[[torch.nn.Module], list[EpochHook]] | None = None,
+                  ) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Seed, build, train (with a teacher if given) and checkpoint the student; the same recipe either way.
+
+    `epoch_hooks(student)` gives per-epoch extras (e.g. the gradient probe) run before the epoch is recorded.
+    """
     data = env.data
     seed_everything(cfg.seed)
     student = build_model(cfg.student.name, data.num_classes, data.input_shape, cfg.student.kwargs).to(env.device)
+    hooks = epoch_hooks(student) if epoch_hooks else []
     with epoch_progress(cfg.progress, "student") as progress:
         history = fit(student, data, recipe_from_optim(cfg.optim, cfg.epochs, cfg.seed, cfg.compile), env.device,
-                      loss=loss, teacher=teacher, on_epoch=epoch_recorder(run_dir, "student", cfg.logger),
+                      loss=loss, teacher=teacher, on_epoch=chain(*hooks, epoch_recorder(run_dir, "student", cfg.logger)),
                       progress=progress)
     result = history_summary(history)
     save_checkpoint(run_dir / "checkpoint.pt", student, arch=cfg.student.name,

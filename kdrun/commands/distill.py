@@ -4,31 +4,62 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 from omegaconf import DictConfig
 
-from kdrun.commands.common import model_cost, plain_config, run_header, setup, train_student
-from kdrun.losses import KDLoss
+from kdrun.commands.common import Setup, log, model_cost, plain_config, run_header, setup, train_student
+from kdrun.engine import predict
+from kdrun.knowledge import gradient_probe, probe_subset, teacher_stats
+from kdrun.losses import build_loss
 from kdrun.runio import write_summary
 from kdrun.teacher import obtain_teacher
 from kdrun.ui import epoch_progress, show_results
 
 
+def epoch_hooks(cfg: DictConfig, env: Setup, teacher_logits: torch.Tensor, loss: object):
+    """Per-epoch extras: the gradient-rescaling probe (cfg.probe) and DKD's warm-up epoch counter."""
+
+    def hooks(student: torch.nn.Module) -> list:
+        found = []
+        if cfg.probe:
+            index = probe_subset(len(env.data.x_train), cfg.probe_examples).to(env.device)
+            found.append(gradient_probe(student, teacher_logits[index], env.data.x_train[index],
+                                        env.data.y_train[index], cfg.T))
+        if hasattr(loss, "start_epoch"):
+            found.append(lambda row: loss.start_epoch(int(row["epoch"]) + 1))
+        return found
+
+    return hooks
+
+
 def run(cfg: DictConfig, run_dir: Path) -> float:
     env = setup(cfg)
     with epoch_progress(cfg.progress, "teacher") as progress:
-        teacher = obtain_teacher(cfg.teacher, cfg.dataset, env.data, env.device, plain_config(cfg), progress)
-    student, result = train_student(cfg, env, run_dir, teacher.model, loss=KDLoss(cfg.T, cfg.alpha))
+        teacher = obtain_teacher(cfg.teacher, cfg.dataset, env.data, env.device, plain_config(cfg), progress,
+                                 epoch=cfg.teacher_epoch)
+    teacher_logits = predict(teacher.model, env.data.x_train)  # un-augmented training set: stats and probe
+    stats = teacher_stats(teacher_logits, env.data.y_train, cfg.T, env.data.num_classes)
+    loss = build_loss(cfg, stats)
+    if cfg.loss.name == "ls":
+        log.info("ls: epsilon %.4f (%s)", loss.epsilon, "the teacher's mean non-target mass at T=%g" % cfg.T
+                 if cfg.loss.epsilon is None else "loss.epsilon")
+    student, result = train_student(cfg, env, run_dir, teacher.model, loss=loss,
+                                    epoch_hooks=epoch_hooks(cfg, env, teacher_logits, loss))
     student_cost = model_cost(student, env.data, cfg, env.device)
     teacher_cost = model_cost(teacher.model, env.data, cfg, env.device)
     speedup = teacher_cost["latency"]["batch1_ms_median"] / student_cost["latency"]["batch1_ms_median"]
-    summary = {**run_header(cfg, run_dir), "model": cfg.student.name, "T": cfg.T, "alpha": cfg.alpha, **result,
-               **student_cost,
+    summary = {**run_header(cfg, run_dir), "model": cfg.student.name, "T": cfg.T, "alpha": cfg.alpha,
+               "loss": cfg.loss.name, **({"epsilon": loss.epsilon} if cfg.loss.name == "ls" else {}),
+               "label_noise": cfg.dataset.label_noise, **result, **student_cost,
                "teacher": {"model": cfg.teacher.name, "test_acc": teacher.test_acc, **teacher_cost,
-                           "checkpoint": str(teacher.checkpoint)},
+                           "checkpoint": str(teacher.checkpoint), "epoch": cfg.teacher_epoch,
+                           "label_smoothing": cfg.teacher.train.label_smoothing,
+                           "train_nontarget_mass_at_T": stats.epsilon},
                "speedup": speedup}
     write_summary(run_dir, summary)
     show_results([{"role": "teacher", "model": cfg.teacher.name, **summary["teacher"]},
-                  {"role": f"student T={cfg.T:g} alpha={cfg.alpha:g}", "model": cfg.student.name, **summary}],
+                  {"role": f"student loss={cfg.loss.name} T={cfg.T:g} alpha={cfg.alpha:g}", "model": cfg.student.name,
+                   **summary}],
                  title="kdrun distill", notes=[f"batch-1 speedup over the teacher: {speedup:.1f}x",
                                                f"teacher checkpoint: {teacher.checkpoint}", f"run dir: {run_dir}"])
     return summary["test_acc"]
