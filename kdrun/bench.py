@@ -1,9 +1,10 @@
 """`make bench`: what a distillation epoch costs, measured side by side in one process.
 
-For a teacher/student pair on the same data it runs each scenario for `--epochs` epochs and
-reports the steady-state seconds per epoch (median, first epoch dropped as a warm-up) and the
-one-off set-up time outside the epochs (for the cached path: the teacher's pass over the
-training set):
+For a teacher/student pair on the same data it runs the scenarios in turn, `--rounds` times
+round-robin (so a change in machine load hits every scenario alike), each time for
+`--epochs` epochs, and reports the steady-state seconds per epoch (median over rounds, the
+first epoch of each run dropped as a warm-up) and the one-off set-up time outside the epochs
+(for the cached path: the teacher's pass over the training set):
   plain        the student alone on hard labels (kdrun's loop)
   kd cached    distillation with the teacher's logits computed once (no augmentation)
   kd live      distillation with the teacher run on every batch (what augmentation needs)
@@ -64,18 +65,26 @@ def _bare_loop(student: torch.nn.Module, teacher: torch.nn.Module, data: TensorD
     return seconds
 
 
-def _timed(run: Callable[[], list[float]]) -> dict[str, float]:
-    """Steady-state seconds per epoch (median, first epoch dropped) and the one-off set-up time."""
-    started = time.perf_counter()
-    epochs = run()
-    return {"epoch_seconds": statistics.median(epochs[1:]), "setup_seconds": time.perf_counter() - started - sum(epochs)}
+def _round_robin(scenarios: dict[str, Callable[[], list[float]]], rounds: int) -> dict[str, dict[str, float]]:
+    """Steady-state seconds per epoch (median over rounds, each run's first epoch dropped) and the
+    median one-off set-up time, with the scenarios interleaved round by round."""
+    epochs: dict[str, list[float]] = {label: [] for label in scenarios}
+    setups: dict[str, list[float]] = {label: [] for label in scenarios}
+    for _ in range(rounds):
+        for label, run in scenarios.items():
+            started = time.perf_counter()
+            seconds = run()
+            setups[label].append(time.perf_counter() - started - sum(seconds))
+            epochs[label].extend(seconds[1:])
+    return {label: {"epoch_seconds": statistics.median(epochs[label]),
+                    "setup_seconds": statistics.median(setups[label])} for label in scenarios}
 
 
 def _epoch_seconds(history: list[dict[str, float]]) -> list[float]:
     return [row["seconds"] for row in history]
 
 
-def run_bench(pair: str, device_name: str, epochs: int, compile: bool = False) -> dict:
+def run_bench(pair: str, device_name: str, epochs: int, rounds: int, compile: bool = False) -> dict:
     spec = PAIRS[pair]
     device = resolve_device(device_name)
     name, kwargs = spec["dataset"]
@@ -99,8 +108,7 @@ def run_bench(pair: str, device_name: str, epochs: int, compile: bool = False) -
     return {"pair": pair, "teacher": spec["teacher"][0], "student": spec["student"][0], "dataset": name,
             "train_samples": len(data.x_train), "batch_size": recipe.batch_size, "device": str(device),
             "dtype": "bf16 autocast" if device.type == "cuda" else "float32", "threads": torch.get_num_threads(),
-            "epochs_per_scenario": epochs,
-            "scenarios": {label: _timed(run) for label, run in scenarios.items()}}
+            "epochs_per_run": epochs, "rounds": rounds, "scenarios": _round_robin(scenarios, rounds)}
 
 
 def show(result: dict) -> None:
@@ -125,12 +133,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m kdrun.bench", description=__doc__.splitlines()[0])
     parser.add_argument("--pairs", nargs="+", default=list(PAIRS), choices=list(PAIRS))
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--epochs", type=int, default=4, help="epochs per scenario; the first is a warm-up")
+    parser.add_argument("--epochs", type=int, default=3, help="epochs per run of a scenario; the first is a warm-up")
+    parser.add_argument("--rounds", type=int, default=3, help="round-robin passes over the scenarios")
     parser.add_argument("--compile", action="store_true", help="add a torch.compile scenario (slow to compile)")
     args = parser.parse_args(argv)
     results = []
     for pair in args.pairs:
-        results.append(run_bench(pair, args.device, max(2, args.epochs), args.compile))
+        results.append(run_bench(pair, args.device, max(2, args.epochs), max(1, args.rounds), args.compile))
         show(results[-1])
     out = Path("outputs/bench") / f"{datetime.now():%Y-%m-%d_%H-%M-%S_%f}.json"
     write_json(out, {"results": results})
