@@ -108,3 +108,10 @@ def check_overrides(config_name: str, overrides: list[str]) -> None:
         for override in (o for o in parsed if o.is_sweep_override()):
             for value in _values(override) or []:
                 _compose(config_name, fixed + [f"{override.get_key_element()}={value}"])
+
+
+def compose_plain(config_name: str, overrides: list[str]) -> dict:
+    """The config these overrides compose to, as plain data (what Hydra saves as .hydra/config.yaml)."""
+    task = [o.input_line for o in _parse(overrides) if not o.is_hydra_override()]
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3", job_name="preflight"):
+        return OmegaConf.to_container(_compose(config_name, task, check=False))

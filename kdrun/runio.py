@@ -54,8 +54,23 @@ def write_summary(run_dir: Path, summary: dict[str, Any]) -> Path:
     return path
 
 
+def write_status(run_dir: Path, status: str, **fields: Any) -> None:
+    """`status.json` for a run that did not finish: `failed` (with the error) or `interrupted` (with how to resume)."""
+    write_json(run_dir / "status.json", {"status": status, **fields})
+
+
+def delete_status(run_dir: Path) -> None:
+    """A resumed run is running again: its old `interrupted` status no longer holds."""
+    (run_dir / "status.json").unlink(missing_ok=True)
+
+
 def write_failure(run_dir: Path, message: str) -> None:
-    write_json(run_dir / "status.json", {"status": "failed", "error": message})
+    write_status(run_dir, "failed", error=message)
+
+
+def rewrite_metrics(run_dir: Path, rows: list[dict[str, Any]]) -> None:
+    """Replace metrics.jsonl by `rows` (a resumed run's history), so no epoch appears twice."""
+    write_atomic(run_dir / "metrics.jsonl", lambda f: f.write("".join(json.dumps(r) + "\n" for r in rows).encode()))
 
 
 def save_checkpoint(path: Path, model: nn.Module, *, arch: str, arch_kwargs: dict[str, Any], num_classes: int,
@@ -71,8 +86,8 @@ def save_checkpoint(path: Path, model: nn.Module, *, arch: str, arch_kwargs: dic
     write_atomic(path, lambda f: torch.save(payload, f))
 
 
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    """Load a kdrun checkpoint as data only (`weights_only=True`): never runs code from it."""
+def load_payload(path: Path) -> Any:
+    """Whatever `path` holds, loaded as data only (`weights_only=True`): never runs code from it."""
     if not path.is_file():
         raise KdrunError(f"checkpoint not found: {path}; check the path or train one with `kdrun train-teacher`")
     try:
@@ -83,6 +98,12 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as error:
         raise KdrunError(f"{path} is truncated or corrupt ({str(error).splitlines()[0][:120]}); "
                          "delete it and train again") from None
+    return payload
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """A kdrun model checkpoint, checked by its header."""
+    payload = load_payload(path)
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise KdrunError(f"{path} is not a kdrun checkpoint (no '{CHECKPOINT_FORMAT}' header); "
                          "use one written by `kdrun train-teacher` or `kdrun distill`")

@@ -63,12 +63,13 @@ def recipe_from_optim(optim: DictConfig, epochs: int, seed: int) -> Recipe:
 
 
 def train_teacher(teacher: DictConfig, data: TensorData, device: Any, progress: Optional[StepProgress] = None,
-                  on_epoch: Optional[Callable[[dict[str, float]], None]] = None) -> tuple[nn.Module, list[dict]]:
-    """Train a fresh teacher on hard labels with its own recipe and seed."""
+                  on_epoch: Optional[Callable[[dict[str, float]], None]] = None,
+                  fit_hooks: Optional[dict[str, Any]] = None) -> tuple[nn.Module, list[dict]]:
+    """Train a fresh teacher on hard labels with its own recipe and seed (`fit_hooks`: stop/checkpoint/resume)."""
     seed_everything(teacher.train.seed)
     model = build_model(teacher.name, data.num_classes, data.input_shape, teacher.kwargs).to(device)
     recipe = recipe_from_optim(teacher.train.optim, teacher.train.epochs, teacher.train.seed)
-    history = fit(model, data, recipe, device, progress=progress, on_epoch=on_epoch)
+    history = fit(model, data, recipe, device, progress=progress, on_epoch=on_epoch, **(fit_hooks or {}))
     return model, history
 
 
@@ -100,10 +101,24 @@ def train_command_hint(teacher: DictConfig, dataset: DictConfig) -> str:
             f"epochs={teacher.train.epochs} seed={teacher.train.seed}")
 
 
+def remove_stale_temps(path: Path) -> None:
+    """Temp files of a job killed mid-write (`.<name>.*.tmp`, never matching `*.pt`); call with the lock held."""
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):
+        log.info("Removing a temp file left by a killed job: %s", stale)
+        stale.unlink(missing_ok=True)
+
+
 def obtain_teacher(teacher: DictConfig, dataset: DictConfig, data: TensorData, device: Any, config: dict,
                    progress: Optional[StepProgress] = None,
-                   on_epoch: Optional[Callable[[dict[str, float]], None]] = None) -> Teacher:
-    """An explicit checkpoint, else the stored one for this recipe, else train and store it."""
+                   on_epoch: Optional[Callable[[dict[str, float]], None]] = None,
+                   fit_hooks: Optional[dict[str, Any]] = None) -> Teacher:
+    """An explicit checkpoint, else the stored one for this recipe, else train and store it.
+
+    `fit_hooks` reach the engine when the teacher is trained here (signals, and for
+    train-teacher its run's last.pt). A job killed while it holds the lock leaves no
+    half-written file: the lock is an flock the OS releases with the process, and the
+    checkpoint appears only by rename; the next holder removes the dead job's temp files.
+    """
     if teacher.checkpoint:
         return load_teacher(Path(teacher.checkpoint).expanduser().resolve(), teacher.name, data, device)
     recipe = teacher_recipe(teacher, dataset)
@@ -119,8 +134,9 @@ def obtain_teacher(teacher: DictConfig, dataset: DictConfig, data: TensorData, d
         if path.exists():  # another job trained it while we waited for the lock
             log.info("Using teacher trained by a parallel job: %s", path)
             return load_teacher(path, teacher.name, data, device)
+        remove_stale_temps(path)
         log.info("Training teacher %s for recipe %s", teacher.name, path.stem)
-        model, history = train_teacher(teacher, data, device, progress, on_epoch)
+        model, history = train_teacher(teacher, data, device, progress, on_epoch, fit_hooks)
         test_acc = history[-1]["test_acc"]
         save_checkpoint(path, model, arch=teacher.name, arch_kwargs=OmegaConf.to_container(teacher.kwargs),
                         num_classes=data.num_classes, input_shape=data.input_shape, dataset=dataset.name,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from kdrun.commands.common import model_cost, plain_config, run_header, setup, train_student
+from kdrun.commands.common import model_cost, plain_config, run_header, setup, stop_hook, train_student
 from kdrun.losses import KDLoss
 from kdrun.runio import write_summary
 from kdrun.teacher import obtain_teacher
@@ -16,7 +16,8 @@ from kdrun.ui import epoch_progress, show_results
 def run(cfg: DictConfig, run_dir: Path) -> float:
     env = setup(cfg)
     with epoch_progress(cfg.progress, "teacher") as progress:
-        teacher = obtain_teacher(cfg.teacher, cfg.dataset, env.data, env.device, plain_config(cfg), progress)
+        teacher = obtain_teacher(cfg.teacher, cfg.dataset, env.data, env.device, plain_config(cfg), progress,
+                                 fit_hooks=stop_hook())
     student, result = train_student(cfg, env, run_dir, teacher.model, loss=KDLoss(cfg.T, cfg.alpha))
     student_cost = model_cost(student, env.data, cfg, env.device)
     teacher_cost = model_cost(teacher.model, env.data, cfg, env.device)
