@@ -203,7 +203,7 @@ def fit(model: nn.Module, data: TensorData, recipe: Recipe, device: torch.device
         train_loss, ce, kd = (sums / n).tolist()
         if not math.isfinite(train_loss):
             raise KdrunError(f"training loss became {train_loss} in epoch {epoch}, step {int(bad_step)} of {steps}; "
-                             f"lower the learning rate (e.g. optim.lr={recipe.lr / 10:g})")
+                             f"lower the learning rate (it is {recipe.lr:g}; try {recipe.lr / 10:g} or less)")
         row = {"epoch": epoch, "train_loss": train_loss, **({"ce": ce, "kd": kd} if targets else {}),
                "test_acc": accuracy(model, data.x_test, data.y_test), "lr": lr,
                "seconds": time.perf_counter() - started}

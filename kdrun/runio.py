@@ -9,8 +9,8 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 import tempfile
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +86,12 @@ def save_checkpoint(path: Path, model: nn.Module, *, arch: str, arch_kwargs: dic
     write_atomic(path, lambda f: torch.save(payload, f))
 
 
+def _blocked(error: Exception) -> str:
+    """The global that weights_only refused, e.g. 'posix.system', from torch's long message."""
+    found = re.search(r"GLOBAL (\S+)", str(error))
+    return f"it references {found.group(1)}" if found else "not loadable as weights only"
+
+
 def load_payload(path: Path) -> Any:
     """Whatever `path` holds, loaded as data only (`weights_only=True`): never runs code from it."""
     if not path.is_file():
@@ -93,11 +99,12 @@ def load_payload(path: Path) -> Any:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        raise KdrunError(f"{path} holds more than tensors and plain data, so it was not loaded "
-                         f"({str(error).splitlines()[0][:120]}); use a checkpoint written by kdrun") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as error:
-        raise KdrunError(f"{path} is truncated or corrupt ({str(error).splitlines()[0][:120]}); "
-                         "delete it and train again") from None
+        raise KdrunError(f"{path} holds Python objects beyond tensors and plain data ({_blocked(error)}), so it was "
+                         "not loaded: unpickling it could run code; use a checkpoint written by kdrun") from None
+    except Exception as error:  # noqa: BLE001 - a damaged file fails in many ways (zip, legacy pickle, EOF)
+        reason = f"{type(error).__name__}: {(str(error).splitlines() or [""])[0][:100]}"
+        raise KdrunError(f"{path} is truncated, corrupt or not a torch file ({reason}); "
+                         "delete it and train again, or pass a checkpoint written by kdrun") from None
     return payload
 
 

@@ -59,10 +59,24 @@ def run_task(cfg: DictConfig) -> float | None:
             except Interrupted as interrupted:
                 stop_interrupted(cfg, run_dir, interrupted, stop.exit_code)
     except KdrunError as error:
-        from kdrun.runio import write_failure
+        fail(run_dir, str(error))
+    except OSError as error:  # a full disk, a read-only teacher store, ...: the path and the reason, no traceback
+        fail(run_dir, f"cannot write or read {error.filename or 'a file'} ({error.strerror or error}); "
+                      "check free disk space and permissions, or choose another path")
 
-        write_failure(run_dir, str(error))
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
-        print(f"kdrun: error: {error}", file=sys.stderr)
-        sys.exit(2)
+
+def fail(run_dir: Path, message: str) -> None:
+    """One line on stderr, status.json `failed` (if it can still be written), exit 2.
+
+    Called while handling the error: with HYDRA_FULL_ERROR=1 it re-raises it for the traceback.
+    """
+    from kdrun.runio import write_failure
+
+    try:
+        write_failure(run_dir, message)
+    except OSError:
+        pass
+    if os.environ.get("HYDRA_FULL_ERROR") == "1":
+        raise
+    print(f"kdrun: error: {message}", file=sys.stderr)
+    sys.exit(2)
