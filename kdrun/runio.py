@@ -102,7 +102,8 @@ def load_payload(path: Path) -> Any:
         raise KdrunError(f"{path} holds Python objects beyond tensors and plain data ({_blocked(error)}), so it was "
                          "not loaded: unpickling it could run code; use a checkpoint written by kdrun") from None
     except Exception as error:  # noqa: BLE001 - a damaged file fails in many ways (zip, legacy pickle, EOF)
-        reason = f"{type(error).__name__}: {(str(error).splitlines() or [""])[0][:100]}"
+        first_line = (str(error).splitlines() or [""])[0][:100]
+        reason = f"{type(error).__name__}: {first_line}"
         raise KdrunError(f"{path} is truncated, corrupt or not a torch file ({reason}); "
                          "delete it and train again, or pass a checkpoint written by kdrun") from None
     return payload
