@@ -59,9 +59,13 @@ def _check_group(override: Override, options: dict[str, list[str]]) -> None:
 def _check_key(cfg: DictConfig, key: str) -> None:
     if OmegaConf.select(cfg, key, default=_MISSING) is not _MISSING:
         return
-    parent, _, _ = key.rpartition(".")
-    node = OmegaConf.select(cfg, parent) if parent else cfg
-    valid = ", ".join(str(k) for k in node.keys()) if isinstance(node, DictConfig) else ""
+    parent = key
+    while parent:  # the deepest part of the key that exists, whose keys are the valid choices
+        parent = parent.rpartition(".")[0]
+        node = OmegaConf.select(cfg, parent, default=_MISSING) if parent else cfg
+        if node is not _MISSING:
+            break
+    valid = ", ".join(str(k) for k in node.keys()) if isinstance(node, DictConfig) else "none"
     where = f" under '{parent}'" if parent else ""
     raise ConfigError(f"unknown key '{key}' for this command; valid keys{where}: {valid}")
 
