@@ -42,7 +42,7 @@ def check_run_dir(run_dir: Path, config_name: str) -> dict[str, Any]:
     if not saved.is_file():
         raise KdrunError(f"{run_dir} is not a kdrun run directory (no .hydra/config.yaml); pass the directory "
                          "of the interrupted run, e.g. resume=outputs/distill/<time>")
-    config = OmegaConf.to_container(OmegaConf.load(saved))
+    config = OmegaConf.to_container(OmegaConf.load(saved), resolve=True)  # train-teacher: epochs: ${teacher...}
     command = config.get("command") if isinstance(config, dict) else None
     if command != config_name:
         raise KdrunError(f"{run_dir} is a '{command}' run, not '{config_name}'; resume it with "

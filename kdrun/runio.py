@@ -92,6 +92,13 @@ def _blocked(error: Exception) -> str:
     return f"it references {found.group(1)}" if found else "not loadable as weights only"
 
 
+def _unpickler_reason(error: Exception) -> str:
+    """The one informative line of torch's weights-only message (e.g. 'Unsupported operand 110')."""
+    noise = ("Weights only load failed", "Please file an issue", "Check the documentation")
+    lines = [line.strip() for line in str(error).splitlines() if line.strip() and not line.startswith(noise)]
+    return lines[0][:100] if lines else type(error).__name__
+
+
 def load_payload(path: Path) -> Any:
     """Whatever `path` holds, loaded as data only (`weights_only=True`): never runs code from it."""
     if not path.is_file():
@@ -99,6 +106,9 @@ def load_payload(path: Path) -> Any:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
+        if "GLOBAL" not in str(error):  # no refused code reference: the bytes are not a valid pickle
+            raise KdrunError(f"{path} is truncated, corrupt or not a torch file ({_unpickler_reason(error)}); "
+                             "delete it and train again, or pass a checkpoint written by kdrun") from None
         raise KdrunError(f"{path} holds Python objects beyond tensors and plain data ({_blocked(error)}), so it was "
                          "not loaded: unpickling it could run code; use a checkpoint written by kdrun") from None
     except Exception as error:  # noqa: BLE001 - a damaged file fails in many ways (zip, legacy pickle, EOF)
