@@ -13,7 +13,9 @@ bitwise-identically on CPU: the snapshot holds every random state the loop draws
 from __future__ import annotations
 
 import math
+import re
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Protocol
 
@@ -133,6 +135,24 @@ class Loop:
         restore_rng(state["rng"], self.order, self.augment_rng)
 
 
+def _epoch_start(partial: Optional[dict[str, Any]], order: torch.Generator, n: int,
+                 device: torch.device) -> tuple[torch.Tensor, int, torch.Tensor, torch.Tensor]:
+    """Batch order, first step, running sums and first-bad-step record: fresh, or an interrupted epoch's."""
+    if partial:
+        return partial["perm"], partial["step"], partial["sums"].to(device), partial["bad_step"].to(device)
+    bad_step = torch.zeros((), dtype=torch.long, device=device)  # first non-finite step (1-based), 0 = none
+    return torch.randperm(n, generator=order), 0, torch.zeros(3, device=device), bad_step
+
+
+def _schedule_step(scheduler: Any, resumed_after_last_step: bool) -> None:
+    """Advance the LR schedule. Resumed right after an epoch's last step, this process has not called
+    optimizer.step() yet and torch warns of a wrong order that did not happen; silence only that."""
+    with warnings.catch_warnings():
+        if resumed_after_last_step:
+            warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()`"))
+        scheduler.step()
+
+
 def _checkpoint_due(epoch: int, every: int, epochs: int) -> bool:
     return every > 0 and (epoch % every == 0 or epoch == epochs)
 
@@ -166,13 +186,7 @@ def fit(model: nn.Module, data: TensorData, recipe: Recipe, device: torch.device
     for epoch in range(len(history) + 1, recipe.epochs + 1):
         started = time.perf_counter() - (partial["seconds"] if partial else 0.0)
         lr = optimizer.param_groups[0]["lr"]
-        if partial:  # the rest of an interrupted epoch: its batch order and running sums
-            perm, first = partial["perm"], partial["step"]
-            sums, bad_step = partial["sums"].to(device), partial["bad_step"].to(device)
-        else:
-            perm, first = torch.randperm(n, generator=loop.order), 0
-            sums = torch.zeros(3, device=device)
-            bad_step = torch.zeros((), dtype=torch.long, device=device)  # first non-finite step, 0 = none
+        perm, first, sums, bad_step = _epoch_start(partial, loop.order, n, device)
         partial = None
         batches = perm.to(device).split(recipe.batch_size)
         if progress:
@@ -199,7 +213,7 @@ def fit(model: nn.Module, data: TensorData, recipe: Recipe, device: torch.device
                 if checkpoint:
                     checkpoint(loop.snapshot(step + 1, perm, sums, bad_step, time.perf_counter() - started))
                 raise Interrupted(epoch, step + 1, saved=checkpoint is not None)
-        scheduler.step()
+        _schedule_step(scheduler, resumed_after_last_step=first == steps)
         train_loss, ce, kd = (sums / n).tolist()
         if not math.isfinite(train_loss):
             raise KdrunError(f"training loss became {train_loss} in epoch {epoch}, step {int(bad_step)} of {steps}; "
