@@ -65,12 +65,17 @@ def main(argv: list[str] | None = None) -> int:
         return plain_command(command, rest)
 
     from kdrun.config import config_dir, register_schemas
-    from kdrun.preflight import check_overrides
+    from kdrun.preflight import check_output_dir, check_overrides
+    from kdrun.resume import is_resume, resume_overrides
 
     register_schemas()
     if not any(flag in rest for flag in INFO_FLAGS):
         try:
+            if is_resume(rest):
+                rest = resume_overrides(command.config_name, rest)
             check_overrides(command.config_name, [a for a in rest if "=" in a and not a.startswith("-")])
+            check_output_dir(rest, multirun=any(a in ("-m", "--multirun") for a in rest),
+                             create=not any(a in ("--cfg", "-c") for a in rest))
         except KdrunError as error:
             if os.environ.get("HYDRA_FULL_ERROR") == "1":
                 raise

@@ -121,6 +121,10 @@ class RunConfig:
     threads: int = 0
     progress: bool = True
     logger: str = "none"
+    # Write last.pt (everything needed to continue) every N epochs and at the last; 0: never.
+    checkpoint_every: int = 1
+    # Set by `kdrun <command> resume=RUN_DIR` (see kdrun/resume.py); not for typing by hand.
+    resume: Optional[str] = None
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     latency: LatencyConfig = field(default_factory=LatencyConfig)
 
@@ -209,6 +213,7 @@ def validate(cfg: Any) -> None:
            f"device must be auto, cpu, cuda, cuda:N or mps (got '{cfg.device}')")
     _check(cfg.epochs >= 1, f"epochs must be >= 1 (got {cfg.epochs}); try epochs=10")
     _check(cfg.logger in LOGGERS, f"logger must be one of {', '.join(LOGGERS)} (got '{cfg.logger}')")
+    _check(cfg.checkpoint_every >= 0, f"checkpoint_every must be >= 0, 0 meaning never (got {cfg.checkpoint_every})")
     _check(cfg.threads >= 0, f"threads must be >= 0, 0 meaning torch's default (got {cfg.threads})")
     _validate_dataset(cfg.dataset)
     if "teacher" in cfg:

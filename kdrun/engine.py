@@ -5,12 +5,17 @@ indexed from tensors already on the device. The frozen teacher's logits come fro
 computed once when the dataset has no random augmentation; with augmentation the teacher
 sees the same augmented batch as the student ("consistent teaching", Beyer et al. 2022).
 The loop keeps running sums on the device and syncs with the host once per epoch.
+
+A run can be checkpointed (`Loop.snapshot`) after any step and continued from that snapshot
+bitwise-identically on CPU: the snapshot holds every random state the loop draws from.
 """
 
 from __future__ import annotations
 
 import math
+import re
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Protocol
 
@@ -18,9 +23,10 @@ import torch
 from torch import nn
 
 from kdrun.data import TensorData
-from kdrun.errors import KdrunError
+from kdrun.errors import Interrupted, KdrunError
 from kdrun.losses import Loss, LossParts, cross_entropy
 from kdrun.runtime import memory_format
+from kdrun.trainstate import capture_rng, plain_scheduler_state, restore_rng, restore_scheduler
 
 
 class StepProgress(Protocol):
@@ -96,50 +102,131 @@ class TeacherTargets:
         return self.cache[index] if self.cache is not None else predict(self.teacher, inputs, len(inputs))
 
 
+@dataclass
+class Loop:
+    """What a training run carries between steps: everything `last.pt` must hold to continue it."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    order: torch.Generator
+    augment_rng: torch.Generator
+    history: list[dict[str, float]]
+
+    def snapshot(self, step: int = 0, perm: Optional[torch.Tensor] = None, sums: Optional[torch.Tensor] = None,
+                 bad_step: Optional[torch.Tensor] = None, seconds: float = 0.0) -> dict[str, Any]:
+        """The state after `len(history)` whole epochs plus `step` steps of the next (0: at an epoch boundary)."""
+        return {
+            "epoch": len(self.history), "step": step, "seconds": seconds,
+            "perm": perm, "sums": None if sums is None else sums.cpu(),
+            "bad_step": None if bad_step is None else bad_step.cpu(),
+            "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": plain_scheduler_state(self.scheduler.state_dict()),
+            "scaler": None,  # bf16 autocast needs no GradScaler
+            "rng": capture_rng(self.order, self.augment_rng),
+            "history": [dict(row) for row in self.history],
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Continue from a snapshot; the random states last, after anything that might draw from them."""
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        restore_scheduler(self.scheduler, state["scheduler"])
+        self.history[:] = [dict(row) for row in state["history"]]
+        restore_rng(state["rng"], self.order, self.augment_rng)
+
+
+def _epoch_start(partial: Optional[dict[str, Any]], order: torch.Generator, n: int,
+                 device: torch.device) -> tuple[torch.Tensor, int, torch.Tensor, torch.Tensor]:
+    """Batch order, first step, running sums and first-bad-step record: fresh, or an interrupted epoch's."""
+    if partial:
+        return partial["perm"], partial["step"], partial["sums"].to(device), partial["bad_step"].to(device)
+    bad_step = torch.zeros((), dtype=torch.long, device=device)  # first non-finite step (1-based), 0 = none
+    return torch.randperm(n, generator=order), 0, torch.zeros(3, device=device), bad_step
+
+
+def _schedule_step(scheduler: Any, resumed_after_last_step: bool) -> None:
+    """Advance the LR schedule. Resumed right after an epoch's last step, this process has not called
+    optimizer.step() yet and torch warns of a wrong order that did not happen; silence only that."""
+    with warnings.catch_warnings():
+        if resumed_after_last_step:
+            warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()`"))
+        scheduler.step()
+
+
+def _checkpoint_due(epoch: int, every: int, epochs: int) -> bool:
+    return every > 0 and (epoch % every == 0 or epoch == epochs)
+
+
 def fit(model: nn.Module, data: TensorData, recipe: Recipe, device: torch.device, *,
         loss: Loss = cross_entropy, teacher: Optional[nn.Module] = None,
         on_epoch: Optional[Callable[[dict[str, float]], None]] = None,
-        progress: Optional[StepProgress] = None) -> list[dict[str, float]]:
+        progress: Optional[StepProgress] = None,
+        state: Optional[dict[str, Any]] = None,
+        checkpoint: Optional[Callable[[dict[str, Any]], None]] = None,
+        checkpoint_every: int = 1,
+        stop: Optional[Callable[[], bool]] = None) -> list[dict[str, float]]:
     """Train `model` on `data` (already on `device`) by `loss`, fed the frozen teacher's logits if given.
 
     Returns one metrics dict per epoch: epoch, train_loss, test_acc, lr, seconds (+ ce, kd with a teacher).
+    `checkpoint(snapshot)` is called every `checkpoint_every` epochs (and at the last), `state` (such a
+    snapshot) continues a run exactly where it stopped, and `stop()` is asked after every step: when true,
+    the loop checkpoints mid-epoch and raises `Interrupted`. `stop` must be a cheap host-side flag.
     """
     model.to(device, memory_format=memory_format(device, data.x_train.dim())).train()
     forward = torch.compile(model) if recipe.compile else model
     targets = TeacherTargets(teacher, data) if teacher is not None else None
     optimizer, scheduler = make_optimizer(model, recipe)
-    order = torch.Generator().manual_seed(recipe.seed)
-    augment_rng = torch.Generator(device=device).manual_seed(recipe.seed + 1)
-    n, history = len(data.x_train), []
+    loop = Loop(model, optimizer, scheduler, torch.Generator().manual_seed(recipe.seed),
+                torch.Generator(device=device).manual_seed(recipe.seed + 1), [])
+    partial = None
+    if state is not None:
+        loop.restore(state)
+        partial = state if state["step"] else None
+    n, history = len(data.x_train), loop.history
     steps = math.ceil(n / recipe.batch_size)
-    for epoch in range(1, recipe.epochs + 1):
-        started = time.perf_counter()
+    for epoch in range(len(history) + 1, recipe.epochs + 1):
+        started = time.perf_counter() - (partial["seconds"] if partial else 0.0)
         lr = optimizer.param_groups[0]["lr"]
-        sums = torch.zeros(3, device=device)
+        perm, first, sums, bad_step = _epoch_start(partial, loop.order, n, device)
+        partial = None
+        batches = perm.to(device).split(recipe.batch_size)
         if progress:
             progress.start_epoch(epoch, steps)
-        for index in torch.randperm(n, generator=order).to(device).split(recipe.batch_size):
+            for _ in range(first):
+                progress.advance()
+        for step in range(first, steps):
+            index = batches[step]
             inputs, labels = data.x_train[index], data.y_train[index]
             if data.augment is not None:
-                inputs = data.augment(inputs, augment_rng)
+                inputs = data.augment(inputs, loop.augment_rng)
             with autocast(device):
                 logits = forward(inputs).float()
             parts = loss(logits, labels, targets(index, inputs) if targets else None)
             optimizer.zero_grad(set_to_none=True)
             parts.total.backward()
             optimizer.step()
+            total = parts.total.detach()
             sums += torch.stack([p.detach() for p in parts]) * len(index)
+            bad_step = torch.where((bad_step == 0) & ~torch.isfinite(total), step + 1, bad_step)  # no host sync
             if progress:
                 progress.advance()
-        scheduler.step()
+            if stop is not None and stop():
+                if checkpoint:
+                    checkpoint(loop.snapshot(step + 1, perm, sums, bad_step, time.perf_counter() - started))
+                raise Interrupted(epoch, step + 1, saved=checkpoint is not None)
+        _schedule_step(scheduler, resumed_after_last_step=first == steps)
         train_loss, ce, kd = (sums / n).tolist()
         if not math.isfinite(train_loss):
-            raise KdrunError(f"training loss became {train_loss} in epoch {epoch}; lower the learning rate "
-                             f"(e.g. optim.lr={recipe.lr / 10:g})")
+            raise KdrunError(f"training loss became {train_loss} in epoch {epoch}, step {int(bad_step)} of {steps}; "
+                             f"lower the learning rate (it is {recipe.lr:g}; try {recipe.lr / 10:g} or less)")
         row = {"epoch": epoch, "train_loss": train_loss, **({"ce": ce, "kd": kd} if targets else {}),
                "test_acc": accuracy(model, data.x_test, data.y_test), "lr": lr,
                "seconds": time.perf_counter() - started}
         history.append(row)
         if on_epoch:
             on_epoch(row)
+        if checkpoint and _checkpoint_due(epoch, checkpoint_every, recipe.epochs):
+            checkpoint(loop.snapshot())
     return history

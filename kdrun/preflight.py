@@ -8,6 +8,7 @@ first problem becomes a `KdrunError` whose message names the key and what is all
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
@@ -58,9 +59,13 @@ def _check_group(override: Override, options: dict[str, list[str]]) -> None:
 def _check_key(cfg: DictConfig, key: str) -> None:
     if OmegaConf.select(cfg, key, default=_MISSING) is not _MISSING:
         return
-    parent, _, _ = key.rpartition(".")
-    node = OmegaConf.select(cfg, parent) if parent else cfg
-    valid = ", ".join(str(k) for k in node.keys()) if isinstance(node, DictConfig) else ""
+    parent = key
+    while parent:  # the deepest part of the key that exists, whose keys are the valid choices
+        parent = parent.rpartition(".")[0]
+        node = OmegaConf.select(cfg, parent, default=_MISSING) if parent else cfg
+        if node is not _MISSING:
+            break
+    valid = ", ".join(str(k) for k in node.keys()) if isinstance(node, DictConfig) else "none"
     where = f" under '{parent}'" if parent else ""
     raise ConfigError(f"unknown key '{key}' for this command; valid keys{where}: {valid}")
 
@@ -108,3 +113,40 @@ def check_overrides(config_name: str, overrides: list[str]) -> None:
         for override in (o for o in parsed if o.is_sweep_override()):
             for value in _values(override) or []:
                 _compose(config_name, fixed + [f"{override.get_key_element()}={value}"])
+
+
+def compose_plain(config_name: str, overrides: list[str]) -> dict:
+    """The config these overrides compose to, as plain data (what Hydra saves as .hydra/config.yaml)."""
+    task = [o.input_line for o in _parse(overrides) if not o.is_hydra_override()]
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3", job_name="preflight"):
+        return OmegaConf.to_container(_compose(config_name, task, check=False))
+
+
+def _static_prefix(path: str) -> Path:
+    """The part of a run-dir pattern before its first interpolation (`outputs/${command}/...` -> outputs)."""
+    head = path.split("${", 1)[0]
+    return Path(head if head.endswith("/") or "${" not in path else head.rsplit("/", 1)[0] or ".").expanduser()
+
+
+def check_output_dir(overrides: list[str], multirun: bool, create: bool = True) -> None:
+    """Fail before Hydra does (with a traceback) when the run dir cannot be created.
+
+    With `create`, the fixed part of the path is made now (Hydra would make it next anyway):
+    the only test that no permission bit or special filesystem (/proc) can fool.
+    """
+    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    chosen = [o.split("=", 1)[1] for o in overrides if o.startswith(f"{key}=")]
+    target = _static_prefix(chosen[-1] if chosen else "outputs/${command}").resolve()
+    existing = next(p for p in (target, *target.parents) if p.exists())
+    if not existing.is_dir():
+        raise ConfigError(f"cannot create the run directory {target}: {existing} is a file, not a directory; "
+                          f"pass {key}=DIR somewhere writable")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"cannot create the run directory {target}: {existing} is not writable; "
+                          f"pass {key}=DIR somewhere writable, or run from a writable directory")
+    if create:
+        try:
+            target.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise ConfigError(f"cannot create the run directory {target} ({error.strerror}); "
+                              f"pass {key}=DIR somewhere writable") from None

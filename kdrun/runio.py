@@ -9,8 +9,8 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 import tempfile
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -54,8 +54,23 @@ def write_summary(run_dir: Path, summary: dict[str, Any]) -> Path:
     return path
 
 
+def write_status(run_dir: Path, status: str, **fields: Any) -> None:
+    """`status.json` for a run that did not finish: `failed` (with the error) or `interrupted` (with how to resume)."""
+    write_json(run_dir / "status.json", {"status": status, **fields})
+
+
+def delete_status(run_dir: Path) -> None:
+    """A resumed run is running again: its old `interrupted` status no longer holds."""
+    (run_dir / "status.json").unlink(missing_ok=True)
+
+
 def write_failure(run_dir: Path, message: str) -> None:
-    write_json(run_dir / "status.json", {"status": "failed", "error": message})
+    write_status(run_dir, "failed", error=message)
+
+
+def rewrite_metrics(run_dir: Path, rows: list[dict[str, Any]]) -> None:
+    """Replace metrics.jsonl by `rows` (a resumed run's history), so no epoch appears twice."""
+    write_atomic(run_dir / "metrics.jsonl", lambda f: f.write("".join(json.dumps(r) + "\n" for r in rows).encode()))
 
 
 def save_checkpoint(path: Path, model: nn.Module, *, arch: str, arch_kwargs: dict[str, Any], num_classes: int,
@@ -71,18 +86,42 @@ def save_checkpoint(path: Path, model: nn.Module, *, arch: str, arch_kwargs: dic
     write_atomic(path, lambda f: torch.save(payload, f))
 
 
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    """Load a kdrun checkpoint as data only (`weights_only=True`): never runs code from it."""
+def _blocked(error: Exception) -> str:
+    """The global that weights_only refused, e.g. 'posix.system', from torch's long message."""
+    found = re.search(r"GLOBAL (\S+)", str(error))
+    return f"it references {found.group(1)}" if found else "not loadable as weights only"
+
+
+def _unpickler_reason(error: Exception) -> str:
+    """The one informative line of torch's weights-only message (e.g. 'Unsupported operand 110')."""
+    noise = ("Weights only load failed", "Please file an issue", "Check the documentation")
+    lines = [line.strip() for line in str(error).splitlines() if line.strip() and not line.startswith(noise)]
+    return lines[0][:100] if lines else type(error).__name__
+
+
+def load_payload(path: Path) -> Any:
+    """Whatever `path` holds, loaded as data only (`weights_only=True`): never runs code from it."""
     if not path.is_file():
         raise KdrunError(f"checkpoint not found: {path}; check the path or train one with `kdrun train-teacher`")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        raise KdrunError(f"{path} holds more than tensors and plain data, so it was not loaded "
-                         f"({str(error).splitlines()[0][:120]}); use a checkpoint written by kdrun") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as error:
-        raise KdrunError(f"{path} is truncated or corrupt ({str(error).splitlines()[0][:120]}); "
-                         "delete it and train again") from None
+        if "GLOBAL" not in str(error):  # no refused code reference: the bytes are not a valid pickle
+            raise KdrunError(f"{path} is truncated, corrupt or not a torch file ({_unpickler_reason(error)}); "
+                             "delete it and train again, or pass a checkpoint written by kdrun") from None
+        raise KdrunError(f"{path} holds Python objects beyond tensors and plain data ({_blocked(error)}), so it was "
+                         "not loaded: unpickling it could run code; use a checkpoint written by kdrun") from None
+    except Exception as error:  # noqa: BLE001 - a damaged file fails in many ways (zip, legacy pickle, EOF)
+        first_line = (str(error).splitlines() or [""])[0][:100]
+        reason = f"{type(error).__name__}: {first_line}"
+        raise KdrunError(f"{path} is truncated, corrupt or not a torch file ({reason}); "
+                         "delete it and train again, or pass a checkpoint written by kdrun") from None
+    return payload
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """A kdrun model checkpoint, checked by its header."""
+    payload = load_payload(path)
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise KdrunError(f"{path} is not a kdrun checkpoint (no '{CHECKPOINT_FORMAT}' header); "
                          "use one written by `kdrun train-teacher` or `kdrun distill`")

@@ -88,10 +88,12 @@ def smoothed_cross_entropy(epsilon: float) -> Loss:
 
 def train_teacher(teacher: DictConfig, data: TensorData, device: Any, progress: Optional[StepProgress] = None,
                   on_epoch: Optional[Callable[[dict[str, float]], None]] = None,
-                  snapshots: Optional[dict[int, Callable[[nn.Module, dict], None]]] = None) -> tuple[nn.Module, list[dict]]:
+                  snapshots: Optional[dict[int, Callable[[nn.Module, dict], None]]] = None,
+                  fit_hooks: Optional[dict[str, Any]] = None) -> tuple[nn.Module, list[dict]]:
     """Train a fresh teacher on hard labels (smoothed if its recipe says so) with its own recipe and seed.
 
-    `snapshots` maps an epoch to a function called with the model and that epoch's row (to save it).
+    `snapshots` maps an epoch to a function called with the model and that epoch's row (to save it);
+    `fit_hooks` reach the engine (stop/checkpoint/resume).
     """
     seed_everything(teacher.train.seed)
     model = build_model(teacher.name, data.num_classes, data.input_shape, teacher.kwargs).to(device)
@@ -105,7 +107,7 @@ def train_teacher(teacher: DictConfig, data: TensorData, device: Any, progress: 
         if on_epoch:
             on_epoch(row)
 
-    history = fit(model, data, recipe, device, loss=loss, progress=progress, on_epoch=epoch_done)
+    history = fit(model, data, recipe, device, loss=loss, progress=progress, on_epoch=epoch_done, **(fit_hooks or {}))
     return model, history
 
 
@@ -137,14 +139,25 @@ def train_command_hint(teacher: DictConfig, dataset: DictConfig) -> str:
             f"epochs={teacher.train.epochs} seed={teacher.train.seed}")
 
 
+def remove_stale_temps(path: Path) -> None:
+    """Temp files of a job killed mid-write (`.<name>.*.tmp`, never matching `*.pt`); call with the lock held."""
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):
+        log.info("Removing a temp file left by a killed job: %s", stale)
+        stale.unlink(missing_ok=True)
+
+
 def obtain_teacher(teacher: DictConfig, dataset: DictConfig, data: TensorData, device: Any, config: dict,
                    progress: Optional[StepProgress] = None,
                    on_epoch: Optional[Callable[[dict[str, float]], None]] = None,
-                   epoch: Optional[int] = None) -> Teacher:
+                   epoch: Optional[int] = None, fit_hooks: Optional[dict[str, Any]] = None) -> Teacher:
     """An explicit checkpoint, else the stored one for this recipe, else train and store it.
 
     With `epoch`, the snapshot after that epoch of the recipe (`<stem>-e<epoch>.pt`); a stored
     full teacher without that snapshot is trained again (same recipe, same seed) to make it.
+    `fit_hooks` reach the engine when the teacher is trained here (signals, and for
+    train-teacher its run's last.pt). A job killed while it holds the lock leaves no
+    half-written file: the lock is an flock the OS releases with the process, and the
+    checkpoint appears only by rename; the next holder removes the dead job's temp files.
     """
     if teacher.checkpoint:
         return load_teacher(Path(teacher.checkpoint).expanduser().resolve(), teacher.name, data, device)
@@ -162,6 +175,7 @@ def obtain_teacher(teacher: DictConfig, dataset: DictConfig, data: TensorData, d
         if wanted.exists():  # another job trained it while we waited for the lock
             log.info("Using teacher trained by a parallel job: %s", wanted)
             return load_teacher(wanted, teacher.name, data, device)
+        remove_stale_temps(path)
         if path.exists():
             log.info("Stored teacher %s has no snapshot after epoch %s: training its recipe again to make one",
                      path, epoch)
@@ -172,7 +186,7 @@ def obtain_teacher(teacher: DictConfig, dataset: DictConfig, data: TensorData, d
         if epoch is not None:
             snapshots[epoch] = lambda model, row: save_checkpoint(
                 wanted, model, **meta, metrics={"test_acc": row["test_acc"], "epoch": epoch})
-        model, history = train_teacher(teacher, data, device, progress, on_epoch, snapshots)
+        model, history = train_teacher(teacher, data, device, progress, on_epoch, snapshots, fit_hooks)
         test_acc = history[-1]["test_acc"]
         if not path.exists():
             save_checkpoint(path, model, **meta, metrics={"test_acc": test_acc, "history": history})

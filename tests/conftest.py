@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -33,3 +34,29 @@ def summary(run_dir: Path) -> dict:
 @pytest.fixture
 def workdir(tmp_path: Path) -> Path:
     return tmp_path
+
+
+def start_kdrun(cwd: Path, *args: str) -> subprocess.Popen:
+    """The CLI in the background, for tests that signal or kill it mid-run."""
+    environment = {**os.environ, "KDRUN_TEST": "1"}
+    environment.pop("HYDRA_FULL_ERROR", None)
+    return subprocess.Popen([sys.executable, "-m", "kdrun", *args], cwd=cwd, env=environment,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_until(condition, process: subprocess.Popen | None = None, timeout: float = 120, poll: float = 0.02) -> None:
+    """Poll `condition()` until true; fail early if `process` ended first (the kill would come too late)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if process is not None and process.poll() is not None:
+            raise AssertionError(f"the run ended (rc {process.returncode}) before the condition held: "
+                                 f"{process.stderr.read()[-2000:]}")
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out waiting for the run")
+        time.sleep(poll)
+
+
+def metric_rows(run_dir: Path) -> list[dict]:
+    path = run_dir / "metrics.jsonl"
+    complete = path.read_text().split("\n")[:-1] if path.exists() else []  # a line being written is left out
+    return [json.loads(line) for line in complete]

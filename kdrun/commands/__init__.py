@@ -3,7 +3,8 @@
 A command module exposes `run(cfg, run_dir) -> float` (its final test accuracy, which a
 sweeper such as Optuna maximises). Hydra calls `run_task` once per job (a single run or each
 job of a sweep); a `KdrunError` becomes one line on stderr, a `status.json` saying the run
-failed, and exit code 2.
+failed, and exit code 2. SIGINT/SIGTERM stop a run after its current step: it checkpoints,
+`status.json` says `interrupted` and how to resume, and the exit code is 130/143.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from kdrun.config import validate
-from kdrun.errors import KdrunError
+from kdrun.errors import Interrupted, KdrunError
+from kdrun.lifecycle import report_interrupted, resume_command, stop_on_signals
 
 
 def parallel_jobs(hydra_cfg: DictConfig) -> int:
@@ -29,6 +31,21 @@ def parallel_jobs(hydra_cfg: DictConfig) -> int:
     return (os.cpu_count() or 1) if n_jobs < 0 else n_jobs
 
 
+def stop_interrupted(cfg: DictConfig, run_dir: Path, interrupted: Interrupted, code: int) -> None:
+    """Mark the run interrupted (never finished), say how to continue it, exit 130/143."""
+    from kdrun.runio import write_status
+
+    where = f"epoch {interrupted.epoch} after step {interrupted.step}"
+    if interrupted.saved:
+        resume = resume_command(cfg.command, run_dir)
+        write_status(run_dir, "interrupted", epoch=interrupted.epoch, step=interrupted.step, resume=resume)
+        report_interrupted(f"kdrun: interrupted in {where}, state saved to {run_dir / 'last.pt'}; resume with: {resume}")
+    else:
+        write_status(run_dir, "interrupted", epoch=interrupted.epoch, step=interrupted.step, resume=None)
+        report_interrupted(f"kdrun: interrupted in {where} (teacher training, not resumable); run the command again")
+    sys.exit(code)
+
+
 def run_task(cfg: DictConfig) -> float | None:
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir).resolve()
@@ -36,12 +53,30 @@ def run_task(cfg: DictConfig) -> float | None:
         cfg.threads = max(1, (os.cpu_count() or 1) // parallel_jobs(hydra_cfg))
     try:
         validate(cfg)
-        return importlib.import_module(f"kdrun.commands.{cfg.command}").run(cfg, run_dir)
+        with stop_on_signals() as stop:
+            try:
+                return importlib.import_module(f"kdrun.commands.{cfg.command}").run(cfg, run_dir)
+            except Interrupted as interrupted:
+                stop_interrupted(cfg, run_dir, interrupted, stop.exit_code)
     except KdrunError as error:
-        from kdrun.runio import write_failure
+        fail(run_dir, str(error))
+    except OSError as error:  # a full disk, a read-only teacher store, ...: the path and the reason, no traceback
+        fail(run_dir, f"cannot write or read {error.filename or 'a file'} ({error.strerror or error}); "
+                      "check free disk space and permissions, or choose another path")
 
-        write_failure(run_dir, str(error))
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
-        print(f"kdrun: error: {error}", file=sys.stderr)
-        sys.exit(2)
+
+def fail(run_dir: Path, message: str) -> None:
+    """One line on stderr, status.json `failed` (if it can still be written), exit 2.
+
+    Called while handling the error: with HYDRA_FULL_ERROR=1 it re-raises it for the traceback.
+    """
+    from kdrun.runio import write_failure
+
+    try:
+        write_failure(run_dir, message)
+    except OSError:
+        pass
+    if os.environ.get("HYDRA_FULL_ERROR") == "1":
+        raise
+    print(f"kdrun: error: {message}", file=sys.stderr)
+    sys.exit(2)

@@ -18,9 +18,11 @@ from kdrun.errors import KdrunError
 from kdrun.latency import profile
 from kdrun.losses import Loss, cross_entropy
 from kdrun.models import build_model
-from kdrun.runio import append_metrics, save_checkpoint
+from kdrun.lifecycle import active
+from kdrun.runio import append_metrics, delete_status, rewrite_metrics, save_checkpoint
 from kdrun.runtime import resolve_device, seed_everything, set_threads
 from kdrun.teacher import recipe_from_optim
+from kdrun.trainstate import LAST, load_state, save_state
 from kdrun.ui import epoch_progress
 
 log = logging.getLogger("kdrun")
@@ -72,6 +74,24 @@ def epoch_recorder(run_dir: Path, label: str, logger: str = "none") -> Callable[
     return record
 
 
+def stop_hook() -> dict[str, Any]:
+    """Only the signal check: for training that cannot be resumed (a teacher trained inside distill)."""
+    return {"stop": active()}
+
+
+def training_hooks(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    """`fit` keywords that make this run's training resumable: last.pt writer, resume state, stop flag."""
+    path = run_dir / LAST
+    state = None
+    if cfg.resume:
+        state = load_state(path)
+        rewrite_metrics(run_dir, state["history"])  # drop rows written after the checkpoint
+        log.info("Resuming from %s: %d epochs done, %d steps into the next", path, state["epoch"], state["step"])
+        delete_status(run_dir)
+    return {"state": state, "checkpoint": lambda snapshot: save_state(path, snapshot),
+            "checkpoint_every": cfg.checkpoint_every, **stop_hook()}
+
+
 def history_summary(history: list[dict[str, float]]) -> dict[str, Any]:
     """Final and best-epoch accuracy: both reported, so nobody has to argue which."""
     best = max(history, key=lambda row: row["test_acc"])
@@ -119,10 +139,13 @@ def train_student(cfg: DictConfig, env: Setup, run_dir: Path, teacher: torch.nn.
     seed_everything(cfg.seed)
     student = build_model(cfg.student.name, data.num_classes, data.input_shape, cfg.student.kwargs).to(env.device)
     hooks = epoch_hooks(student) if epoch_hooks else []
+    resumable = training_hooks(cfg, run_dir)
+    if resumable["state"] is not None and hasattr(loss, "start_epoch"):  # DKD's warm-up goes on where it stopped
+        loss.start_epoch(resumable["state"]["epoch"] + 1)
     with epoch_progress(cfg.progress, "student") as progress:
         history = fit(student, data, recipe_from_optim(cfg.optim, cfg.epochs, cfg.seed, cfg.compile), env.device,
                       loss=loss, teacher=teacher, on_epoch=chain(*hooks, epoch_recorder(run_dir, "student", cfg.logger)),
-                      progress=progress)
+                      progress=progress, **resumable)
     result = history_summary(history)
     save_checkpoint(run_dir / "checkpoint.pt", student, arch=cfg.student.name,
                     arch_kwargs=OmegaConf.to_container(cfg.student.kwargs), num_classes=data.num_classes,

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from kdrun.commands.common import Setup, log, model_cost, plain_config, run_header, setup, train_student
+from kdrun.commands.common import Setup, log, model_cost, plain_config, run_header, setup, stop_hook, train_student
 from kdrun.engine import predict
 from kdrun.knowledge import gradient_probe, probe_subset, teacher_stats
 from kdrun.losses import build_loss
@@ -36,7 +36,7 @@ def run(cfg: DictConfig, run_dir: Path) -> float:
     env = setup(cfg)
     with epoch_progress(cfg.progress, "teacher") as progress:
         teacher = obtain_teacher(cfg.teacher, cfg.dataset, env.data, env.device, plain_config(cfg), progress,
-                                 epoch=cfg.teacher_epoch)
+                                 epoch=cfg.teacher_epoch, fit_hooks=stop_hook())
     teacher_logits = predict(teacher.model, env.data.x_train)  # un-augmented training set: stats and probe
     stats = teacher_stats(teacher_logits, env.data.y_train, cfg.T, env.data.num_classes)
     loss = build_loss(cfg, stats)

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
 
-from kdrun.commands.common import log, model_cost, plain_config, run_header, setup
+from kdrun.commands.common import log, model_cost, plain_config, run_header, setup, stop_hook
 from kdrun.engine import predict
 from kdrun.knowledge import calibration_by_temperature, class_matrix
 from kdrun.losses import true_class_prob
@@ -62,7 +62,7 @@ def run(cfg: DictConfig, run_dir: Path) -> float:
     env = setup(cfg)
     with epoch_progress(cfg.progress, "teacher") as progress:
         teacher = obtain_teacher(cfg.teacher, cfg.dataset, env.data, env.device, plain_config(cfg), progress,
-                                 epoch=cfg.teacher_epoch)
+                                 epoch=cfg.teacher_epoch, fit_hooks=stop_hook())
     train_logits, test_logits = predict(teacher.model, env.data.x_train), predict(teacher.model, env.data.x_test)
     numbers = knowledge_numbers(cfg, train_logits, test_logits, env.data)
     write_json(run_dir / "knowledge.json", {"teacher": cfg.teacher.name, "checkpoint": str(teacher.checkpoint),

@@ -9,7 +9,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from kdrun.commands.common import (epoch_recorder, history_summary, log, model_cost, plain_config, run_header,
-                                   setup)
+                                   setup, training_hooks)
 from kdrun.runio import append_metrics, write_summary
 from kdrun.teacher import obtain_teacher
 from kdrun.ui import epoch_progress, show_results
@@ -28,7 +28,7 @@ def run(cfg: DictConfig, run_dir: Path) -> float:
     env = setup(cfg)
     with epoch_progress(cfg.progress, "teacher") as progress:
         teacher = obtain_teacher(cfg.teacher, cfg.dataset, env.data, env.device, plain_config(cfg), progress,
-                                 epoch_recorder(run_dir, "teacher", cfg.logger))
+                                 epoch_recorder(run_dir, "teacher", cfg.logger), fit_hooks=training_hooks(cfg, run_dir))
     if not teacher.trained_now:
         log.info("Reused the stored teacher: %s (retrain by deleting it)", teacher.checkpoint)
         for row in teacher.history:

@@ -1,0 +1,80 @@
+"""`kdrun <command> resume=RUN_DIR`: continue an interrupted run in its own directory.
+
+Before Hydra starts, the run dir is checked (a kdrun run of this command, not finished,
+with a `last.pt`), and the command line is rebuilt from the run's own saved overrides plus
+`resume=RUN_DIR hydra.run.dir=RUN_DIR`: the run continues with the config it started with,
+in the directory it started in. The composed config is compared with the saved
+`.hydra/config.yaml`, so a run whose config files changed since is refused rather than
+silently continued with other settings. No torch here: this runs in the CLI.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from kdrun.errors import KdrunError
+
+LAST = "last.pt"  # kdrun.trainstate.LAST, without importing torch
+
+
+def is_resume(args: list[str]) -> bool:
+    return any(a.startswith("resume=") for a in args)
+
+
+def _run_dir(args: list[str]) -> Path:
+    chosen = [a for a in args if a.startswith("resume=")]
+    others = [a for a in args if not a.startswith("resume=")]
+    if len(chosen) > 1 or others:
+        raise KdrunError(f"resume=RUN_DIR takes no other arguments (got {' '.join(others or chosen)}); "
+                         "the run continues with its own saved config")
+    value = chosen[0].split("=", 1)[1]
+    if not value:
+        raise KdrunError("resume= needs the run directory, e.g. resume=outputs/distill/<time>")
+    return Path(value).expanduser().resolve()
+
+
+def check_run_dir(run_dir: Path, config_name: str) -> dict[str, Any]:
+    """The run's saved config, or a one-line error saying why this dir cannot be resumed."""
+    saved = run_dir / ".hydra" / "config.yaml"
+    if not saved.is_file():
+        raise KdrunError(f"{run_dir} is not a kdrun run directory (no .hydra/config.yaml); pass the directory "
+                         "of the interrupted run, e.g. resume=outputs/distill/<time>")
+    config = OmegaConf.to_container(OmegaConf.load(saved), resolve=True)  # train-teacher: epochs: ${teacher...}
+    command = config.get("command") if isinstance(config, dict) else None
+    if command != config_name:
+        raise KdrunError(f"{run_dir} is a '{command}' run, not '{config_name}'; resume it with "
+                         f"`kdrun {str(command).replace('_', '-')} resume={run_dir}`")
+    if (run_dir / "summary.json").exists():
+        raise KdrunError(f"{run_dir} already finished (it has summary.json); nothing to resume, start a new run")
+    if not (run_dir / LAST).is_file():
+        raise KdrunError(f"{run_dir} has no {LAST}, so there is nothing to resume (it stopped before its first "
+                         "checkpoint, or ran with checkpoint_every=0); start the run again")
+    return config
+
+
+def differences(saved: Any, now: Any, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two plain configs."""
+    if isinstance(saved, dict) and isinstance(now, dict):
+        keys = sorted(set(saved) | set(now), key=str)
+        return [d for k in keys for d in differences(saved.get(k), now.get(k), f"{prefix}{k}.")]
+    return [] if saved == now else [prefix.rstrip(".")]
+
+
+def resume_overrides(config_name: str, args: list[str]) -> list[str]:
+    """The overrides that relaunch the run in `resume=` with its own config and directory."""
+    from kdrun.preflight import compose_plain
+
+    run_dir = _run_dir(args)
+    saved = check_run_dir(run_dir, config_name)
+    overrides_file = run_dir / ".hydra" / "overrides.yaml"
+    original = [str(o) for o in OmegaConf.load(overrides_file)] if overrides_file.is_file() else []
+    original = [o for o in original if not o.startswith("resume=")]
+    changed = differences({k: v for k, v in saved.items() if k != "resume"},
+                          {k: v for k, v in compose_plain(config_name, original).items() if k != "resume"})
+    if changed:
+        raise KdrunError(f"{run_dir}'s overrides no longer give its saved config (differs in: {', '.join(changed[:5])}); "
+                         "the config files changed since the run, so it cannot be resumed exactly")
+    return [*original, f"resume={run_dir}", f"hydra.run.dir={run_dir}"]

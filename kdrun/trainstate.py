@@ -1,0 +1,82 @@
+"""The resumable state of a training run (`last.pt`): weights, optimiser, schedule, RNGs, history.
+
+Everything is stored as tensors and plain Python values, so `torch.load(weights_only=True)`
+reads it back without running code from the file. The random states are all of them the
+run consumes: python, numpy, torch's global generator (dropout), CUDA's, and the engine's
+own generators for batch order and augmentation, so a resumed run draws exactly the
+numbers the uninterrupted one would have drawn.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from kdrun.errors import KdrunError
+from kdrun.runio import load_payload, write_atomic
+
+STATE_FORMAT = "kdrun-train-state"
+STATE_VERSION = 1
+LAST = "last.pt"
+
+
+def capture_rng(order: torch.Generator, augment: torch.Generator) -> dict[str, Any]:
+    """Every random state a run draws from, as tensors and ints."""
+    version, mt_state, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "python": {"version": version, "state": list(mt_state), "gauss": gauss},
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached": float(cached)},
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "order": order.get_state(),
+        "augment": augment.get_state(),
+    }
+
+
+def restore_rng(rng: dict[str, Any], order: torch.Generator, augment: torch.Generator) -> None:
+    """The inverse of `capture_rng`."""
+    python = rng["python"]
+    random.setstate((python["version"], tuple(python["state"]), python["gauss"]))
+    numpy = rng["numpy"]
+    np.random.set_state((numpy["kind"], numpy["keys"].numpy().astype(np.uint32), numpy["pos"],
+                         numpy["has_gauss"], numpy["cached"]))
+    torch.set_rng_state(rng["torch"])
+    if rng["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    order.set_state(rng["order"])
+    augment.set_state(rng["augment"])
+
+
+def plain_scheduler_state(state: dict[str, Any]) -> dict[str, Any]:
+    """MultiStepLR keeps its milestones in a Counter, which weights_only refuses: store a dict."""
+    return {k: dict(v) if isinstance(v, Counter) else v for k, v in state.items()}
+
+
+def restore_scheduler(scheduler: Any, state: dict[str, Any]) -> None:
+    if isinstance(getattr(scheduler, "milestones", None), Counter):
+        state = {**state, "milestones": Counter(state["milestones"])}
+    scheduler.load_state_dict(state)
+
+
+def save_state(path: Path, state: dict[str, Any]) -> None:
+    """Write `last.pt` atomically: a kill during the write leaves the previous one intact."""
+    write_atomic(path, lambda f: torch.save({"format": STATE_FORMAT, "version": STATE_VERSION, **state}, f))
+
+
+def load_state(path: Path) -> dict[str, Any]:
+    """Read `last.pt` as data only; anything else is a one-line error."""
+    payload = load_payload(path)
+    if not isinstance(payload, dict) or payload.get("format") != STATE_FORMAT:
+        raise KdrunError(f"{path} is not a kdrun training state (no '{STATE_FORMAT}' header); "
+                         "it cannot be resumed, start the run again")
+    if payload.get("version") != STATE_VERSION:
+        raise KdrunError(f"{path} has training-state version {payload.get('version')}, this kdrun reads "
+                         f"{STATE_VERSION}; start the run again")
+    return payload
