@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 # Tiny settings: a fake 1-D dataset, a thin teacher, one epoch, short latency timing.
 FAST = ["dataset=fake", "teacher.kwargs.channels=8", "teacher.train.epochs=1", "progress=false",
@@ -60,3 +61,12 @@ def metric_rows(run_dir: Path) -> list[dict]:
     path = run_dir / "metrics.jsonl"
     complete = path.read_text().split("\n")[:-1] if path.exists() else []  # a line being written is left out
     return [json.loads(line) for line in complete]
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models train faster on one thread than on oversubscribed cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

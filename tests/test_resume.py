@@ -29,13 +29,7 @@ SLOW = {"distill": [*FAST, "dataset.kwargs.num_train=20000", "epochs=4", "+stude
 SLOW["train-student"] = [a for a in SLOW["distill"] if not a.startswith("teacher.")]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models train faster on one thread than on oversubscribed cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # --- the engine, in-process ----------------------------------------------------------------------

@@ -35,12 +35,7 @@ CRD_RECIPE = {"epochs": 240, "seed": 0, "optim": {
     "milestones": [150, 180, 210], "gamma": 0.1, "batch_size": 64}}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def vgg_params(convs_per_block: tuple[int, ...], classes: int = 100) -> int:
