@@ -36,8 +36,8 @@ class StopRequest:
             os._exit(130)
         if self.signum is None:
             name = signal.Signals(signum).name
-            os.write(2, f"kdrun: {name} received; stopping after this step and saving a checkpoint "
-                        "(Ctrl-C again to exit at once)\n".encode())
+            hint = " (Ctrl-C again to exit at once)" if signum == signal.SIGINT else ""
+            os.write(2, f"kdrun: {name} received; stopping after this step and saving a checkpoint{hint}\n".encode())
         self.signum = signum
 
 

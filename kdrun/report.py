@@ -82,8 +82,10 @@ class Row:
 
     @property
     def role(self) -> str:
-        """A distill run with `loss=ce` is the hard-label baseline inside a distill sweep."""
-        if self.command == "distill" and self.field("loss") == "ce":
+        """A distill run on hard labels alone (`loss=ce`, or `alpha=0` with a loss that alpha weights: all but
+        dkd) is the baseline inside a distill sweep."""
+        hard_labels_only = self.field("loss") == "ce" or (self.field("alpha") == 0 and self.field("loss") != "dkd")
+        if self.command == "distill" and hard_labels_only:
             return "baseline"
         return ROLES.get(self.command, self.command)
 

@@ -169,6 +169,13 @@ def test_a_key_left_at_its_default_in_one_sweep_still_separates_rows(tmp_path):
                                                                                  ({"alpha": "0.9"}, 0.7)]
 
 
+def test_alpha_zero_inside_a_distill_sweep_is_the_baseline(tmp_path):
+    write_run(tmp_path / "0", "distill", 0, 0.61, alpha=0.0)
+    write_run(tmp_path / "1", "distill", 0, 0.64, alpha=0.9)
+    report = build_report([tmp_path])
+    assert [(row.role, row.gain) for row in report.rows] == [("baseline", None), ("distill", pytest.approx(0.03))]
+
+
 def test_a_baseline_with_another_recipe_gives_no_gain_and_says_so(tmp_path):
     write_run(tmp_path / "kd", "distill", 0, 0.7, T=2.0, alpha=0.9)
     write_run(tmp_path / "plain", "train_student", 0, 0.6, epochs=50)
