@@ -24,7 +24,7 @@ from torch import nn
 
 from kdrun.data import TensorData
 from kdrun.errors import Interrupted, KdrunError
-from kdrun.losses import Loss, LossParts, cross_entropy
+from kdrun.losses import Loss, cross_entropy
 from kdrun.runtime import memory_format
 from kdrun.trainstate import capture_rng, plain_scheduler_state, restore_rng, restore_scheduler
 

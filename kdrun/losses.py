@@ -7,6 +7,7 @@ from typing import Any, NamedTuple, Optional, Protocol
 import torch
 import torch.nn.functional as F
 
+from kdrun.config import LOSSES  # one list of loss names; config imports no torch
 
 class LossParts(NamedTuple):
     total: torch.Tensor
@@ -26,6 +27,17 @@ def cross_entropy(student_logits: torch.Tensor, targets: torch.Tensor,
     """Hard labels alone: the teacher's and the baseline student's loss."""
     ce = F.cross_entropy(student_logits, targets)
     return LossParts(ce, ce, torch.zeros_like(ce))
+
+
+def smoothed_cross_entropy(epsilon: float) -> Loss:
+    """CE against (1 - epsilon) onehot + epsilon / K (Szegedy et al. 2016), for training a smoothed teacher."""
+
+    def loss(student_logits: torch.Tensor, targets: torch.Tensor,
+             teacher_logits: Optional[torch.Tensor] = None) -> LossParts:
+        ce = F.cross_entropy(student_logits, targets, label_smoothing=epsilon)
+        return LossParts(ce, ce, torch.zeros_like(ce))
+
+    return loss
 
 
 def soft_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, T: float) -> torch.Tensor:
@@ -209,10 +221,6 @@ def dkd_terms(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels
     hat_t = log_hat_t.exp()
     nckd = (hat_t * (log_hat_t - log_hat_s)).masked_fill(mask, 0).sum(1).mean()
     return tckd, nckd
-
-
-from kdrun.config import LOSSES  # noqa: E402  (one list of names; config imports no torch)
-NEEDS_TEACHER_STATS = ("ls", "kd_sim")
 
 
 def build_loss(cfg: Any, teacher_stats: Any = None) -> Loss:

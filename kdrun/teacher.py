@@ -16,8 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-import torch
-import torch.nn.functional as F
 from filelock import FileLock
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
@@ -25,7 +23,7 @@ from torch import nn
 from kdrun.data import TensorData
 from kdrun.engine import Recipe, StepProgress, accuracy, fit
 from kdrun.errors import KdrunError
-from kdrun.losses import Loss, LossParts, cross_entropy
+from kdrun.losses import cross_entropy, smoothed_cross_entropy
 from kdrun.models import build_model
 from kdrun.runio import load_checkpoint, model_from_checkpoint, save_checkpoint
 from kdrun.runtime import seed_everything
@@ -74,16 +72,6 @@ def recipe_from_optim(optim: DictConfig, epochs: int, seed: int, compile: bool =
 def snapshot_path(path: Path, epoch: int) -> Path:
     """The stored teacher after `epoch` of its recipe: `<stem>-e<epoch>.pt` beside the full one."""
     return path.with_name(f"{path.stem}-e{epoch}.pt")
-
-
-def smoothed_cross_entropy(epsilon: float) -> Loss:
-    """CE against (1 - epsilon) onehot + epsilon / K (Szegedy et al. 2016), for training a teacher."""
-
-    def loss(student_logits: Any, targets: Any, teacher_logits: Any = None) -> LossParts:
-        ce = F.cross_entropy(student_logits, targets, label_smoothing=epsilon)
-        return LossParts(ce, ce, torch.zeros_like(ce))
-
-    return loss
 
 
 def train_teacher(teacher: DictConfig, data: TensorData, device: Any, progress: Optional[StepProgress] = None,

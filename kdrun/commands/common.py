@@ -140,8 +140,9 @@ def train_student(cfg: DictConfig, env: Setup, run_dir: Path, teacher: torch.nn.
     student = build_model(cfg.student.name, data.num_classes, data.input_shape, cfg.student.kwargs).to(env.device)
     hooks = epoch_hooks(student) if epoch_hooks else []
     resumable = training_hooks(cfg, run_dir)
-    if resumable["state"] is not None and hasattr(loss, "start_epoch"):  # DKD's warm-up goes on where it stopped
-        loss.start_epoch(resumable["state"]["epoch"] + 1)
+    if hasattr(loss, "start_epoch"):  # a loss that follows the epoch (DKD's warm-up), also across a resume
+        loss.start_epoch(resumable["state"]["epoch"] + 1 if resumable["state"] else 1)
+        hooks.append(lambda row: loss.start_epoch(int(row["epoch"]) + 1))
     with epoch_progress(cfg.progress, "student") as progress:
         history = fit(student, data, recipe_from_optim(cfg.optim, cfg.epochs, cfg.seed, cfg.compile), env.device,
                       loss=loss, teacher=teacher, on_epoch=chain(*hooks, epoch_recorder(run_dir, "student", cfg.logger)),

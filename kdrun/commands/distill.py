@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import torch
 from omegaconf import DictConfig
 
-from kdrun.commands.common import Setup, log, model_cost, plain_config, run_header, setup, stop_hook, train_student
+from kdrun.commands.common import EpochHook, Setup, log, model_cost, plain_config, run_header, setup, stop_hook, train_student
 from kdrun.engine import predict
 from kdrun.knowledge import gradient_probe, probe_subset, teacher_stats
 from kdrun.losses import build_loss
@@ -16,18 +17,16 @@ from kdrun.teacher import obtain_teacher
 from kdrun.ui import epoch_progress, show_results
 
 
-def epoch_hooks(cfg: DictConfig, env: Setup, teacher_logits: torch.Tensor, loss: object):
-    """Per-epoch extras: the gradient-rescaling probe (cfg.probe) and DKD's warm-up epoch counter."""
+def epoch_hooks(cfg: DictConfig, env: Setup,
+                teacher_logits: torch.Tensor) -> Callable[[torch.nn.Module], list[EpochHook]]:
+    """Per-epoch extras for the student: the gradient-rescaling probe (cfg.probe)."""
 
-    def hooks(student: torch.nn.Module) -> list:
-        found = []
-        if cfg.probe:
-            index = probe_subset(len(env.data.x_train), cfg.probe_examples).to(env.device)
-            found.append(gradient_probe(student, teacher_logits[index], env.data.x_train[index],
-                                        env.data.y_train[index], cfg.T))
-        if hasattr(loss, "start_epoch"):
-            found.append(lambda row: loss.start_epoch(int(row["epoch"]) + 1))
-        return found
+    def hooks(student: torch.nn.Module) -> list[EpochHook]:
+        if not cfg.probe:
+            return []
+        index = probe_subset(len(env.data.x_train), cfg.probe_examples).to(env.device)
+        return [gradient_probe(student, teacher_logits[index], env.data.x_train[index],
+                               env.data.y_train[index], cfg.T)]
 
     return hooks
 
@@ -44,7 +43,7 @@ def run(cfg: DictConfig, run_dir: Path) -> float:
         log.info("ls: epsilon %.4f (%s)", loss.epsilon, "the teacher's mean non-target mass at T=%g" % cfg.T
                  if cfg.loss.epsilon is None else "loss.epsilon")
     student, result = train_student(cfg, env, run_dir, teacher.model, loss=loss,
-                                    epoch_hooks=epoch_hooks(cfg, env, teacher_logits, loss))
+                                    epoch_hooks=epoch_hooks(cfg, env, teacher_logits))
     student_cost = model_cost(student, env.data, cfg, env.device)
     teacher_cost = model_cost(teacher.model, env.data, cfg, env.device)
     speedup = teacher_cost["latency"]["batch1_ms_median"] / student_cost["latency"]["batch1_ms_median"]
