@@ -16,8 +16,9 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from kdrun.errors import KdrunError
+from kdrun.lifecycle import resume_command
 
-LAST = "last.pt"  # kdrun.trainstate.LAST, without importing torch
+LAST = "last.pt"  # the resumable state in a run dir (written by kdrun.trainstate)
 
 
 def is_resume(args: list[str]) -> bool:
@@ -46,7 +47,7 @@ def check_run_dir(run_dir: Path, config_name: str) -> dict[str, Any]:
     command = config.get("command") if isinstance(config, dict) else None
     if command != config_name:
         raise KdrunError(f"{run_dir} is a '{command}' run, not '{config_name}'; resume it with "
-                         f"`kdrun {str(command).replace('_', '-')} resume={run_dir}`")
+                         f"`{resume_command(str(command), run_dir)}`")
     if (run_dir / "summary.json").exists():
         raise KdrunError(f"{run_dir} already finished (it has summary.json); nothing to resume, start a new run")
     if not (run_dir / LAST).is_file():

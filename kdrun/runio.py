@@ -99,6 +99,11 @@ def _unpickler_reason(error: Exception) -> str:
     return lines[0][:100] if lines else type(error).__name__
 
 
+def _damaged(path: Path, reason: str) -> KdrunError:
+    return KdrunError(f"{path} is truncated, corrupt or not a torch file ({reason}); "
+                      "delete it and train again, or pass a checkpoint written by kdrun")
+
+
 def load_payload(path: Path) -> Any:
     """Whatever `path` holds, loaded as data only (`weights_only=True`): never runs code from it."""
     if not path.is_file():
@@ -107,15 +112,12 @@ def load_payload(path: Path) -> Any:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         if "GLOBAL" not in str(error):  # no refused code reference: the bytes are not a valid pickle
-            raise KdrunError(f"{path} is truncated, corrupt or not a torch file ({_unpickler_reason(error)}); "
-                             "delete it and train again, or pass a checkpoint written by kdrun") from None
+            raise _damaged(path, _unpickler_reason(error)) from None
         raise KdrunError(f"{path} holds Python objects beyond tensors and plain data ({_blocked(error)}), so it was "
                          "not loaded: unpickling it could run code; use a checkpoint written by kdrun") from None
     except Exception as error:  # noqa: BLE001 - a damaged file fails in many ways (zip, legacy pickle, EOF)
         first_line = (str(error).splitlines() or [""])[0][:100]
-        reason = f"{type(error).__name__}: {first_line}"
-        raise KdrunError(f"{path} is truncated, corrupt or not a torch file ({reason}); "
-                         "delete it and train again, or pass a checkpoint written by kdrun") from None
+        raise _damaged(path, f"{type(error).__name__}: {first_line}") from None
     return payload
 
 

@@ -18,11 +18,11 @@ import numpy as np
 import torch
 
 from kdrun.errors import KdrunError
+from kdrun.resume import LAST  # the name lives where the torch-free CLI can read it
 from kdrun.runio import load_payload, write_atomic
 
 STATE_FORMAT = "kdrun-train-state"
 STATE_VERSION = 1
-LAST = "last.pt"
 
 
 def capture_rng(order: torch.Generator, augment: torch.Generator) -> dict[str, Any]:
