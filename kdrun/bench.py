@@ -31,7 +31,7 @@ from kdrun.data import TensorData, load_dataset
 from kdrun.engine import Recipe, autocast, fit, predict
 from kdrun.losses import KDLoss
 from kdrun.models import build_model
-from kdrun.runio import write_json
+from kdrun.rundir import write_json
 from kdrun.runtime import resolve_device, seed_everything
 from kdrun.ui import console
 

@@ -18,7 +18,7 @@ from omegaconf import OmegaConf
 from kdrun.errors import KdrunError
 from kdrun.lifecycle import resume_command
 
-LAST = "last.pt"  # the resumable state in a run dir (written by kdrun.trainstate)
+from kdrun.rundir import LAST, SUMMARY
 
 
 def is_resume(args: list[str]) -> bool:
@@ -48,7 +48,7 @@ def check_run_dir(run_dir: Path, config_name: str) -> dict[str, Any]:
     if command != config_name:
         raise KdrunError(f"{run_dir} is a '{command}' run, not '{config_name}'; resume it with "
                          f"`{resume_command(str(command), run_dir)}`")
-    if (run_dir / "summary.json").exists():
+    if (run_dir / SUMMARY).exists():
         raise KdrunError(f"{run_dir} already finished (it has summary.json); nothing to resume, start a new run")
     if not (run_dir / LAST).is_file():
         raise KdrunError(f"{run_dir} has no {LAST}, so there is nothing to resume (it stopped before its first "

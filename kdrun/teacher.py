@@ -25,7 +25,7 @@ from kdrun.engine import Recipe, StepProgress, accuracy, fit
 from kdrun.errors import KdrunError
 from kdrun.losses import cross_entropy, smoothed_cross_entropy
 from kdrun.models import build_model
-from kdrun.runio import load_checkpoint, model_from_checkpoint, save_checkpoint
+from kdrun.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from kdrun.runtime import seed_everything
 
 log = logging.getLogger(__name__)

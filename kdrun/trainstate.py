@@ -19,7 +19,8 @@ import torch
 
 from kdrun.errors import KdrunError
 from kdrun.resume import LAST  # the name lives where the torch-free CLI can read it
-from kdrun.runio import load_payload, write_atomic
+from kdrun.checkpoint import load_payload
+from kdrun.rundir import write_atomic
 
 STATE_FORMAT = "kdrun-train-state"
 STATE_VERSION = 1

@@ -33,7 +33,7 @@ def parallel_jobs(hydra_cfg: DictConfig) -> int:
 
 def stop_interrupted(cfg: DictConfig, run_dir: Path, interrupted: Interrupted, code: int) -> None:
     """Mark the run interrupted (never finished), say how to continue it, exit 130/143."""
-    from kdrun.runio import write_status
+    from kdrun.rundir import write_status
 
     where = f"epoch {interrupted.epoch} after step {interrupted.step}"
     if interrupted.saved:
@@ -70,7 +70,7 @@ def fail(run_dir: Path, message: str) -> None:
 
     Called while handling the error: with HYDRA_FULL_ERROR=1 it re-raises it for the traceback.
     """
-    from kdrun.runio import write_failure
+    from kdrun.rundir import write_failure
 
     try:
         write_failure(run_dir, message)

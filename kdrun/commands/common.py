@@ -19,7 +19,8 @@ from kdrun.latency import profile
 from kdrun.losses import Loss, cross_entropy
 from kdrun.models import build_model
 from kdrun.lifecycle import active
-from kdrun.runio import append_metrics, delete_status, rewrite_metrics, save_checkpoint
+from kdrun.checkpoint import save_checkpoint
+from kdrun.rundir import CHECKPOINT, append_metrics, delete_status, rewrite_metrics
 from kdrun.runtime import resolve_device, seed_everything, set_threads
 from kdrun.teacher import recipe_from_optim
 from kdrun.trainstate import LAST, load_state, save_state
@@ -148,8 +149,8 @@ def train_student(cfg: DictConfig, env: Setup, run_dir: Path, teacher: torch.nn.
                       loss=loss, teacher=teacher, on_epoch=chain(*hooks, epoch_recorder(run_dir, "student", cfg.logger)),
                       progress=progress, **resumable)
     result = history_summary(history)
-    save_checkpoint(run_dir / "checkpoint.pt", student, arch=cfg.student.name,
+    save_checkpoint(run_dir / CHECKPOINT, student, arch=cfg.student.name,
                     arch_kwargs=OmegaConf.to_container(cfg.student.kwargs), num_classes=data.num_classes,
                     input_shape=data.input_shape, dataset=data.name, config=plain_config(cfg),
                     metrics={**result, "history": history})
-    return student, {**result, "checkpoint": str(run_dir / "checkpoint.pt")}
+    return student, {**result, "checkpoint": str(run_dir / CHECKPOINT)}

@@ -12,7 +12,7 @@ from kdrun.commands.common import EpochHook, Setup, log, model_cost, plain_confi
 from kdrun.engine import predict
 from kdrun.knowledge import gradient_probe, probe_subset, teacher_stats
 from kdrun.losses import build_loss
-from kdrun.runio import write_summary
+from kdrun.rundir import write_summary
 from kdrun.teacher import obtain_teacher
 from kdrun.ui import epoch_progress, show_results
 

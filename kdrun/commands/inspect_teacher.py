@@ -20,7 +20,7 @@ from kdrun.commands.common import log, model_cost, plain_config, run_header, set
 from kdrun.engine import predict
 from kdrun.knowledge import calibration_by_temperature, class_matrix
 from kdrun.losses import true_class_prob
-from kdrun.runio import write_json, write_summary
+from kdrun.rundir import write_json, write_summary
 from kdrun.teacher import obtain_teacher
 from kdrun.teacher_plots import plot_class_matrix, plot_dark_knowledge, plot_true_class_prob
 from kdrun.ui import epoch_progress, show_results

@@ -7,7 +7,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from kdrun.commands.common import model_cost, run_header, setup, train_student
-from kdrun.runio import write_summary
+from kdrun.rundir import write_summary
 from kdrun.ui import show_results
 
 

@@ -10,7 +10,7 @@ from omegaconf import DictConfig
 
 from kdrun.commands.common import (epoch_recorder, history_summary, log, model_cost, plain_config, run_header,
                                    setup, training_hooks)
-from kdrun.runio import append_metrics, write_summary
+from kdrun.rundir import append_metrics, write_summary
 from kdrun.teacher import obtain_teacher
 from kdrun.ui import epoch_progress, show_results
 

@@ -1,16 +1,14 @@
-"""Everything a run writes: atomic JSON, metrics.jsonl, self-describing checkpoints, summary.
+"""Model checkpoints: kdrun's self-describing format, and loading any file as data only.
 
-`summary.json` is written last: its presence means the run finished. A run that fails
-gets `status.json` with the error instead, so nothing unfinished looks finished.
+A checkpoint holds the architecture name and kwargs, num_classes, input shape, dataset, the
+config, metrics and the state_dict. Files are read with `torch.load(weights_only=True)`:
+a checkpoint is data, never code.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import pickle
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -19,58 +17,10 @@ from torch import nn
 
 from kdrun.errors import KdrunError
 from kdrun.models import build_model
+from kdrun.rundir import write_atomic
 
 CHECKPOINT_FORMAT = "kdrun-checkpoint"
 CHECKPOINT_VERSION = 1
-
-
-def write_atomic(path: Path, write: Any) -> None:
-    """Call `write(file)` on a temporary file beside `path`, fsync, then rename over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    write_atomic(path, lambda f: f.write((json.dumps(data, indent=2) + "\n").encode()))
-
-
-def append_metrics(run_dir: Path, row: dict[str, Any]) -> None:
-    with open(run_dir / "metrics.jsonl", "a") as handle:
-        handle.write(json.dumps(row) + "\n")
-
-
-def write_summary(run_dir: Path, summary: dict[str, Any]) -> Path:
-    path = run_dir / "summary.json"
-    write_json(path, summary)
-    return path
-
-
-def write_status(run_dir: Path, status: str, **fields: Any) -> None:
-    """`status.json` for a run that did not finish: `failed` (with the error) or `interrupted` (with how to resume)."""
-    write_json(run_dir / "status.json", {"status": status, **fields})
-
-
-def delete_status(run_dir: Path) -> None:
-    """A resumed run is running again: its old `interrupted` status no longer holds."""
-    (run_dir / "status.json").unlink(missing_ok=True)
-
-
-def write_failure(run_dir: Path, message: str) -> None:
-    write_status(run_dir, "failed", error=message)
-
-
-def rewrite_metrics(run_dir: Path, rows: list[dict[str, Any]]) -> None:
-    """Replace metrics.jsonl by `rows` (a resumed run's history), so no epoch appears twice."""
-    write_atomic(run_dir / "metrics.jsonl", lambda f: f.write("".join(json.dumps(r) + "\n" for r in rows).encode()))
 
 
 def save_checkpoint(path: Path, model: nn.Module, *, arch: str, arch_kwargs: dict[str, Any], num_classes: int,
