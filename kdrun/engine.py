@@ -6,6 +6,11 @@ computed once when the dataset has no random augmentation; with augmentation the
 sees the same augmented batch as the student ("consistent teaching", Beyer et al. 2022).
 The loop keeps running sums on the device and syncs with the host once per epoch.
 
+The loss is a `kdrun.methods.Method`: each step it gets one `Batch` (student logits, labels,
+teacher logits, sample indices, and the named stage features it asked for). A method's own
+trainable parts are optimised with the student and saved in every snapshot. A method that reads
+teacher features runs the teacher live on every batch: features are never cached.
+
 A run can be checkpointed (`Loop.snapshot`) after any step and continued from that snapshot
 bitwise-identically on CPU: the snapshot holds every random state the loop draws from.
 """
@@ -24,7 +29,9 @@ from torch import nn
 
 from kdrun.data import TensorData
 from kdrun.errors import Interrupted, KdrunError
-from kdrun.losses import Loss, cross_entropy
+from kdrun.losses import cross_entropy
+from kdrun.methods import Batch, Method, as_method
+from kdrun.models.stages import tap
 from kdrun.runtime import memory_format
 from kdrun.trainstate import capture_rng, plain_scheduler_state, restore_rng, restore_scheduler
 
@@ -52,13 +59,13 @@ class Recipe:
     compile: bool = False
 
 
-def make_optimizer(model: nn.Module, recipe: Recipe) -> tuple[torch.optim.Optimizer, Any]:
-    """The optimiser and a per-epoch learning-rate schedule."""
+def make_optimizer(params: list[nn.Parameter], recipe: Recipe) -> tuple[torch.optim.Optimizer, Any]:
+    """The optimiser (of the student's and the method's parameters) and a per-epoch learning-rate schedule."""
     if recipe.optimizer == "sgd":
-        optimizer = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum,
+        optimizer = torch.optim.SGD(params, lr=recipe.lr, momentum=recipe.momentum,
                                     weight_decay=recipe.weight_decay, nesterov=recipe.nesterov)
     else:
-        optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
+        optimizer = torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
     if recipe.schedule == "cosine":
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=recipe.epochs)
     elif recipe.schedule == "multistep":
@@ -88,18 +95,26 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
 
 
 class TeacherTargets:
-    """The frozen teacher's logits for a training batch: cached by index, or computed live.
+    """The frozen teacher's logits (and named stage features) for a training batch: cached or live.
 
-    The cache is keyed by sample index, which is only correct when the student sees the
-    un-augmented sample; with augmentation the teacher runs on the augmented batch.
+    The logit cache is keyed by sample index, which is only correct when the student sees the
+    un-augmented sample; with augmentation, or when stage features are asked for, the teacher
+    runs on the batch itself.
     """
 
-    def __init__(self, teacher: nn.Module, data: TensorData) -> None:
+    def __init__(self, teacher: nn.Module, data: TensorData, stages: tuple[str, ...] = ()) -> None:
         self.teacher = teacher.eval().requires_grad_(False)
-        self.cache = predict(teacher, data.x_train) if data.augment is None else None
+        self.stages = list(stages)
+        self.cache = predict(teacher, data.x_train) if data.augment is None and not stages else None
 
-    def __call__(self, index: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
-        return self.cache[index] if self.cache is not None else predict(self.teacher, inputs, len(inputs))
+    def __call__(self, index: torch.Tensor, inputs: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        if self.cache is not None:
+            return self.cache[index], {}
+        if not self.stages:
+            return predict(self.teacher, inputs, len(inputs)), {}
+        with torch.no_grad(), autocast(inputs.device), tap(self.teacher, self.stages) as features:
+            logits = self.teacher(inputs).float()
+        return logits, {name: f.float() for name, f in features.items()}
 
 
 @dataclass
@@ -107,6 +122,7 @@ class Loop:
     """What a training run carries between steps: everything `last.pt` must hold to continue it."""
 
     model: nn.Module
+    method: Method
     optimizer: torch.optim.Optimizer
     scheduler: Any
     order: torch.Generator
@@ -121,6 +137,7 @@ class Loop:
             "perm": perm, "sums": None if sums is None else sums.cpu(),
             "bad_step": None if bad_step is None else bad_step.cpu(),
             "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            "method": {k: v.detach().cpu() for k, v in self.method.state_dict().items()},
             "optimizer": self.optimizer.state_dict(),
             "scheduler": plain_scheduler_state(self.scheduler.state_dict()),
             "scaler": None,  # bf16 autocast needs no GradScaler
@@ -131,6 +148,7 @@ class Loop:
     def restore(self, state: dict[str, Any]) -> None:
         """Continue from a snapshot; the random states last, after anything that might draw from them."""
         self.model.load_state_dict(state["model"])
+        self.method.load_state_dict(state.get("method", {}))
         self.optimizer.load_state_dict(state["optimizer"])
         restore_scheduler(self.scheduler, state["scheduler"])
         self.history[:] = [dict(row) for row in state["history"]]
@@ -159,26 +177,43 @@ def _checkpoint_due(epoch: int, every: int, epochs: int) -> bool:
     return every > 0 and (epoch % every == 0 or epoch == epochs)
 
 
+def student_step(forward: Callable, model: nn.Module, stages: tuple[str, ...], inputs: torch.Tensor,
+                 device: torch.device) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The student's logits and the stage features its method reads (float32)."""
+    with autocast(device), tap(model, list(stages)) as features:
+        logits = forward(inputs).float()
+    return logits, {name: f.float() for name, f in features.items()}
+
+
+def epoch_accuracy(model: nn.Module, data: TensorData) -> dict[str, float]:
+    """Test accuracy, and validation accuracy when the dataset holds a validation split."""
+    held_out = {"val_acc": accuracy(model, data.x_val, data.y_val)} if data.x_val is not None else {}
+    return {**held_out, "test_acc": accuracy(model, data.x_test, data.y_test)}
+
+
 def fit(model: nn.Module, data: TensorData, recipe: Recipe, device: torch.device, *,
-        loss: Loss = cross_entropy, teacher: Optional[nn.Module] = None,
+        loss: Any = cross_entropy, teacher: Optional[nn.Module] = None,
         on_epoch: Optional[Callable[[dict[str, float]], None]] = None,
         progress: Optional[StepProgress] = None,
         state: Optional[dict[str, Any]] = None,
         checkpoint: Optional[Callable[[dict[str, Any]], None]] = None,
         checkpoint_every: int = 1,
         stop: Optional[Callable[[], bool]] = None) -> list[dict[str, float]]:
-    """Train `model` on `data` (already on `device`) by `loss`, fed the frozen teacher's logits if given.
+    """Train `model` on `data` (already on `device`) by `loss` (a Method, or a plain logit loss), with the
+    frozen teacher's logits and features if given.
 
-    Returns one metrics dict per epoch: epoch, train_loss, test_acc, lr, seconds (+ ce, kd with a teacher).
+    Returns one metrics dict per epoch: epoch, train_loss, test_acc, lr, seconds (+ ce, kd with a teacher;
+    + val_acc with a validation split).
     `checkpoint(snapshot)` is called every `checkpoint_every` epochs (and at the last), `state` (such a
     snapshot) continues a run exactly where it stopped, and `stop()` is asked after every step: when true,
     the loop checkpoints mid-epoch and raises `Interrupted`. `stop` must be a cheap host-side flag.
     """
     model.to(device, memory_format=memory_format(device, data.x_train.dim())).train()
     forward = torch.compile(model) if recipe.compile else model
-    targets = TeacherTargets(teacher, data) if teacher is not None else None
-    optimizer, scheduler = make_optimizer(model, recipe)
-    loop = Loop(model, optimizer, scheduler, torch.Generator().manual_seed(recipe.seed),
+    method = as_method(loss).to(device).train()
+    targets = TeacherTargets(teacher, data, method.teacher_stages) if teacher is not None and method.needs_teacher else None
+    optimizer, scheduler = make_optimizer([*model.parameters(), *method.parameters()], recipe)
+    loop = Loop(model, method, optimizer, scheduler, torch.Generator().manual_seed(recipe.seed),
                 torch.Generator(device=device).manual_seed(recipe.seed + 1), [])
     partial = None
     if state is not None:
@@ -201,9 +236,9 @@ def fit(model: nn.Module, data: TensorData, recipe: Recipe, device: torch.device
             inputs, labels = data.x_train[index], data.y_train[index]
             if data.augment is not None:
                 inputs = data.augment(inputs, loop.augment_rng)
-            with autocast(device):
-                logits = forward(inputs).float()
-            parts = loss(logits, labels, targets(index, inputs) if targets else None)
+            logits, features = student_step(forward, model, method.student_stages, inputs, device)
+            teacher_logits, teacher_features = targets(index, inputs) if targets else (None, {})
+            parts = method(Batch(logits, labels, teacher_logits, index, features, teacher_features))
             optimizer.zero_grad(set_to_none=True)
             parts.total.backward()
             optimizer.step()
@@ -221,8 +256,8 @@ def fit(model: nn.Module, data: TensorData, recipe: Recipe, device: torch.device
         if not math.isfinite(train_loss):
             raise KdrunError(f"training loss became {train_loss} in epoch {epoch}, step {int(bad_step)} of {steps}; "
                              f"lower the learning rate (it is {recipe.lr:g}; try {recipe.lr / 10:g} or less)")
-        row = {"epoch": epoch, "train_loss": train_loss, **({"ce": ce, "kd": kd} if targets else {}),
-               "test_acc": accuracy(model, data.x_test, data.y_test), "lr": lr,
+        row = {"epoch": epoch, "train_loss": train_loss, **({"ce": ce, "kd": kd} if teacher is not None else {}),
+               **epoch_accuracy(model, data), "lr": lr,
                "seconds": time.perf_counter() - started}
         history.append(row)
         if on_epoch:

@@ -11,12 +11,13 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 import kdrun
-from kdrun.data import TensorData, load_dataset
+from kdrun.data import TensorData, holdout, load_dataset
 from kdrun.data.noise import with_label_noise
 from kdrun.engine import fit
 from kdrun.errors import KdrunError
 from kdrun.latency import profile
-from kdrun.losses import Loss, cross_entropy
+from kdrun.losses import cross_entropy
+from kdrun.methods import as_method
 from kdrun.models import build_model
 from kdrun.lifecycle import active
 from kdrun.checkpoint import save_checkpoint
@@ -46,6 +47,10 @@ def setup(cfg: DictConfig) -> Setup:
         data = with_label_noise(data, d.label_noise, d.noise_seed)
         log.info("label noise: %d of %d training labels flipped (noise_seed %d); test labels clean",
                  round(d.label_noise * len(data.y_train)), len(data.y_train), d.noise_seed)
+    if d.val_split > 0:
+        data = holdout(data, d.val_split, d.val_seed)
+        log.info("validation: %d training examples held out (dataset.val_split=%g, val_seed %d) to pick the "
+                 "best epoch", len(data.x_val), d.val_split, d.val_seed)
     log.info("%s: %d train / %d test, input %s, %d classes; device %s, %d threads", data.name,
              len(data.x_train), len(data.x_test), data.input_shape, data.num_classes, device, threads)
     return Setup(device, data.to(device), threads)
@@ -94,10 +99,16 @@ def training_hooks(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 
 
 def history_summary(history: list[dict[str, float]]) -> dict[str, Any]:
-    """Final and best-epoch accuracy: both reported, so nobody has to argue which."""
+    """Final accuracy, the best epoch picked on the test set (`best_test_acc`, optimistic: selection on
+    test, as published tables do), and with a validation split the honest pick: `test_acc_at_best_val`."""
     best = max(history, key=lambda row: row["test_acc"])
-    return {"test_acc": history[-1]["test_acc"], "best_test_acc": best["test_acc"], "best_epoch": best["epoch"],
-            "train_seconds": sum(row["seconds"] for row in history)}
+    summary = {"test_acc": history[-1]["test_acc"], "best_test_acc": best["test_acc"], "best_epoch": best["epoch"],
+               "train_seconds": sum(row["seconds"] for row in history)}
+    if "val_acc" in history[0]:
+        by_val = max(history, key=lambda row: row["val_acc"])  # the first of equal epochs
+        summary.update(best_val_acc=by_val["val_acc"], best_val_epoch=by_val["epoch"],
+                       test_acc_at_best_val=by_val["test_acc"])
+    return summary
 
 
 def model_cost(model: torch.nn.Module, data: TensorData, cfg: DictConfig, device: torch.device) -> dict[str, Any]:
@@ -129,21 +140,23 @@ def chain(*hooks: EpochHook) -> EpochHook:
 
 
 def train_student(cfg: DictConfig, env: Setup, run_dir: Path, teacher: torch.nn.Module | None = None,
-                  loss: Loss = cross_entropy,
+                  make_loss: Callable[[torch.nn.Module], Any] = lambda student: cross_entropy,
                   epoch_hooks: Callable[[torch.nn.Module], list[EpochHook]] | None = None,
                   ) -> tuple[torch.nn.Module, dict[str, Any]]:
     """Seed, build, train (with a teacher if given) and checkpoint the student; the same recipe either way.
 
+    `make_loss(student)` builds the loss (a method may size its connectors from the student);
     `epoch_hooks(student)` gives per-epoch extras (e.g. the gradient probe) run before the epoch is recorded.
     """
     data = env.data
     seed_everything(cfg.seed)
     student = build_model(cfg.student.name, data.num_classes, data.input_shape, cfg.student.kwargs).to(env.device)
+    loss = as_method(make_loss(student))
     hooks = epoch_hooks(student) if epoch_hooks else []
     resumable = training_hooks(cfg, run_dir)
-    if hasattr(loss, "start_epoch"):  # a loss that follows the epoch (DKD's warm-up), also across a resume
-        loss.start_epoch(resumable["state"]["epoch"] + 1 if resumable["state"] else 1)
-        hooks.append(lambda row: loss.start_epoch(int(row["epoch"]) + 1))
+    # A method that follows the epoch (DKD's and ReviewKD's warm-up), also across a resume.
+    loss.start_epoch(resumable["state"]["epoch"] + 1 if resumable["state"] else 1)
+    hooks.append(lambda row: loss.start_epoch(int(row["epoch"]) + 1))
     with epoch_progress(cfg.progress, "student") as progress:
         history = fit(student, data, recipe_from_optim(cfg.optim, cfg.epochs, cfg.seed, cfg.compile), env.device,
                       loss=loss, teacher=teacher, on_epoch=chain(*hooks, epoch_recorder(run_dir, "student", cfg.logger)),
@@ -152,5 +165,6 @@ def train_student(cfg: DictConfig, env: Setup, run_dir: Path, teacher: torch.nn.
     save_checkpoint(run_dir / CHECKPOINT, student, arch=cfg.student.name,
                     arch_kwargs=OmegaConf.to_container(cfg.student.kwargs), num_classes=data.num_classes,
                     input_shape=data.input_shape, dataset=data.name, config=plain_config(cfg),
-                    metrics={**result, "history": history})
-    return student, {**result, "checkpoint": str(run_dir / CHECKPOINT)}
+                    metrics={**result, "history": history},
+                    method_state={k: v.detach().cpu() for k, v in loss.state_dict().items()})
+    return student, {**result, **loss.summary(), "checkpoint": str(run_dir / CHECKPOINT)}

@@ -11,7 +11,7 @@ from omegaconf import DictConfig
 from kdrun.commands.common import EpochHook, Setup, log, model_cost, plain_config, run_header, setup, stop_hook, train_student
 from kdrun.engine import predict
 from kdrun.knowledge import gradient_probe, probe_subset, teacher_stats
-from kdrun.losses import build_loss
+from kdrun.methods import MethodContext, build_method
 from kdrun.rundir import write_summary
 from kdrun.teacher import obtain_teacher
 from kdrun.ui import epoch_progress, show_results
@@ -38,17 +38,23 @@ def run(cfg: DictConfig, run_dir: Path) -> float:
                                  epoch=cfg.teacher_epoch, fit_hooks=stop_hook())
     teacher_logits = predict(teacher.model, env.data.x_train)  # un-augmented training set: stats and probe
     stats = teacher_stats(teacher_logits, env.data.y_train, cfg.T, env.data.num_classes)
-    loss = build_loss(cfg, stats)
-    if cfg.loss.name == "ls":
-        log.info("ls: epsilon %.4f (%s)", loss.epsilon, "the teacher's mean non-target mass at T=%g" % cfg.T
-                 if cfg.loss.epsilon is None else "loss.epsilon")
-    student, result = train_student(cfg, env, run_dir, teacher.model, loss=loss,
+    data = env.data
+
+    def make_loss(student: torch.nn.Module) -> torch.nn.Module:
+        context = MethodContext(cfg.T, cfg.alpha, data.num_classes, len(data.x_train), student, teacher.model,
+                                data.x_train[:2], data.y_train, stats)
+        method = build_method(cfg.loss, context)
+        for key, value in method.summary().items():
+            log.info("%s: %s = %s", cfg.loss.name, key, value)
+        return method
+
+    student, result = train_student(cfg, env, run_dir, teacher.model, make_loss=make_loss,
                                     epoch_hooks=epoch_hooks(cfg, env, teacher_logits))
     student_cost = model_cost(student, env.data, cfg, env.device)
     teacher_cost = model_cost(teacher.model, env.data, cfg, env.device)
     speedup = teacher_cost["latency"]["batch1_ms_median"] / student_cost["latency"]["batch1_ms_median"]
     summary = {**run_header(cfg, run_dir), "model": cfg.student.name, "T": cfg.T, "alpha": cfg.alpha,
-               "loss": cfg.loss.name, **({"epsilon": loss.epsilon} if cfg.loss.name == "ls" else {}),
+               "loss": cfg.loss.name, "loss_options": plain_config(cfg)["loss"],
                "label_noise": cfg.dataset.label_noise, **result, **student_cost,
                "teacher": {"model": cfg.teacher.name, "test_acc": teacher.test_acc, **teacher_cost,
                            "checkpoint": str(teacher.checkpoint), "epoch": cfg.teacher_epoch,
