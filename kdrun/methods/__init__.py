@@ -144,8 +144,8 @@ def method_spec(name: str) -> MethodSpec:
 
 def parse_params(loss: Any) -> Any:
     """The `loss` config node as the method's typed schema: unknown keys, wrong types and ranges fail here."""
-    spec = method_spec(loss.name)
-    given = OmegaConf.to_container(loss, resolve=True) if not isinstance(loss, dict) else dict(loss)
+    given = dict(loss) if isinstance(loss, dict) else OmegaConf.to_container(loss, resolve=True)
+    spec = method_spec(given.get("name"))
     known = {f.name for f in fields(spec.params)}
     unknown = sorted(set(given) - known)
     if unknown:
