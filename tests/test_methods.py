@@ -268,3 +268,44 @@ def test_every_method_builds_and_returns_finite_parts_with_gradients(name):
     assert student[0].weight.grad is not None and student[0].weight.grad.abs().sum() > 0
     for p in method.parameters():
         assert p.grad is not None, f"{name}: a trainable part got no gradient"
+
+
+# --- trainable parts are optimised, saved and resumed bitwise --------------------------------------
+
+@pytest.mark.parametrize("name", ["crd", "fitnet", "reviewkd"])
+def test_a_methods_trainable_parts_resume_bitwise(tmp_path, name):
+    from kdrun.data import load_dataset
+    from kdrun.engine import Recipe, fit
+    from kdrun.errors import Interrupted
+    from kdrun.trainstate import load_state, save_state
+
+    torch.set_num_threads(1)
+    data = load_dataset("fake", "/unused", False, False, {"shape": [1, 16], "num_train": 64, "num_test": 16})
+    torch.manual_seed(0)
+    teacher = build_model("cnn1d", 10, (1, 16), {"channels": 6})
+    recipe = Recipe(epochs=2, batch_size=16, seed=2)
+
+    def fresh(seed):
+        torch.manual_seed(seed)
+        student = build_model("cnn1d", 10, (1, 16), {"channels": 3})
+        ctx = MethodContext(4.0, 0.9, 10, 64, student, teacher, data.x_train[:2], data.y_train)
+        return student, build_method({"name": name, "negatives": 8} if name == "crd" else {"name": name}, ctx)
+
+    student, method = fresh(0)
+    before = {k: v.clone() for k, v in method.state_dict().items()}
+    expected = fit(student, data, recipe, torch.device("cpu"), loss=method, teacher=teacher)
+    assert any(not torch.equal(v, method.state_dict()[k]) for k, v in before.items()), "the method's parts train"
+
+    path = tmp_path / "last.pt"
+    stopped, stopped_method = fresh(0)
+    steps = iter(range(100))
+    with pytest.raises(Interrupted):
+        fit(stopped, data, recipe, torch.device("cpu"), loss=stopped_method, teacher=teacher,
+            checkpoint=lambda s: save_state(path, s), stop=lambda: next(steps) >= 5)
+    resumed, resumed_method = fresh(7)  # other initial weights: everything must come from last.pt
+    history = fit(resumed, data, recipe, torch.device("cpu"), loss=resumed_method, teacher=teacher, state=load_state(path))
+    drop = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]  # noqa: E731
+    assert drop(history) == drop(expected)
+    for ours, theirs in ((resumed, student), (resumed_method, method)):
+        for key, tensor in theirs.state_dict().items():
+            assert torch.equal(tensor, ours.state_dict()[key]), key

@@ -75,8 +75,9 @@ def all_shapes(model: nn.Module, sample: torch.Tensor) -> dict[str, tuple[int, .
 
 
 def spatial(shapes: dict[str, tuple[int, ...]]) -> list[str]:
-    """Stages with a spatial extent (N, C, L) or (N, C, H, W), shallow to deep, the embedding excluded."""
-    return [name for name, shape in shapes.items() if name != EMBEDDING and len(shape) >= 3]
+    """Stages with a spatial extent (N, C, L) or (N, C, H, W), shallow to deep; the stem and the embedding
+    excluded, as mdistiller's AT and ReviewKD read feats[1:]."""
+    return [name for name, shape in shapes.items() if name not in (EMBEDDING, "stem") and len(shape) >= 3]
 
 
 def paired_spatial_stages(ctx: MethodContext, method: str) -> tuple[list[str], list[str], dict, dict]:
