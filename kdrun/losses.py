@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple, Optional, Protocol
+from typing import NamedTuple, Optional, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -15,7 +15,8 @@ class LossParts(NamedTuple):
 
 
 class Loss(Protocol):
-    """What the engine calls every step: student logits, hard labels, the teacher's logits (or None)."""
+    """A plain logit loss: student logits, hard labels, the teacher's logits (or None). The engine wraps it
+    as a `kdrun.methods.Method` (`as_method`)."""
 
     def __call__(self, student_logits: torch.Tensor, targets: torch.Tensor,
                  teacher_logits: Optional[torch.Tensor]) -> LossParts: ...

@@ -309,3 +309,22 @@ def test_a_methods_trainable_parts_resume_bitwise(tmp_path, name):
     for ours, theirs in ((resumed, student), (resumed_method, method)):
         for key, tensor in theirs.state_dict().items():
             assert torch.equal(tensor, ours.state_dict()[key]), key
+
+
+def test_dist_matches_a_hand_computation_of_both_relations():
+    from kdrun.methods.dist import DIST
+
+    zs, zt, y = _logits(n=5, k=4, seed=6)
+    T = 2.0
+    ps, pt = [_softmax(r, T) for r in zs.tolist()], [_softmax(r, T) for r in zt.tolist()]
+
+    def rho(a, b):
+        ma, mb = sum(a) / len(a), sum(b) / len(b)
+        num = sum((x - ma) * (z - mb) for x, z in zip(a, b))
+        return num / (math.sqrt(sum((x - ma) ** 2 for x in a)) * math.sqrt(sum((z - mb) ** 2 for z in b)))
+
+    inter = 1 - sum(rho(a, b) for a, b in zip(ps, pt)) / 5
+    intra = 1 - sum(rho([r[c] for r in ps], [r[c] for r in pt]) for c in range(4)) / 4
+    parts = DIST(T, beta=2.0, gamma=3.0, logit_std=False)(Batch(zs, y, zt))
+    assert parts.kd.item() == pytest.approx(T * T * (2 * inter + 3 * intra), rel=1e-6)
+    assert parts.total.item() == pytest.approx(F.cross_entropy(zs, y).item() + parts.kd.item(), rel=1e-9)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 from dataclasses import dataclass, field, fields
-from typing import Any, Callable, ClassVar, Optional
+from typing import Any, Callable, Optional
 
 import torch
 from omegaconf import MISSING, OmegaConf
