@@ -8,6 +8,7 @@ whole life, so no second process writes into it. No torch here: the CLI and `rep
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -47,8 +48,11 @@ def write_atomic(path: Path, write: Any) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as error:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(error, RuntimeError) and "write" in str(error):  # torch.save's word for a full disk
+            raise OSError(errno.EIO, f"writing failed, disk full or file too large? ({str(error)[:80]})",
+                          str(path)) from error
         raise
 
 

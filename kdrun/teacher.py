@@ -111,9 +111,27 @@ def _check_compatible(payload: dict[str, Any], path: Path, expected_arch: str, d
                          f"'{data.name}' has {data.input_shape}; pass a teacher trained on '{data.name}'")
 
 
-def load_teacher(path: Path, expected_arch: str, data: TensorData, device: Any) -> Teacher:
+def _check_matches_config(payload: dict[str, Any], path: Path, kwargs: dict[str, Any], data: TensorData) -> None:
+    """An explicit checkpoint must be the teacher the config describes: built with its teacher.kwargs, trained
+    on its dataset. Otherwise the run would silently distill from another model than the one it records."""
+    saved = payload.get("arch_kwargs") or {}
+    differ = [k for k in sorted(set(saved) | set(kwargs)) if saved.get(k) != kwargs.get(k)]
+    if differ:
+        raise KdrunError(f"{path} was built with " + ", ".join(f"teacher.kwargs.{k}={saved.get(k)}" for k in differ)
+                         + " but the config says " + ", ".join(f"{kwargs.get(k)}" for k in differ)
+                         + "; set those keys to the checkpoint's values or pass the matching checkpoint")
+    if payload.get("dataset") != data.name:
+        raise KdrunError(f"{path} was trained on '{payload.get('dataset')}' but dataset={data.name}; "
+                         f"pass a teacher trained on '{data.name}'")
+
+
+def load_teacher(path: Path, expected_arch: str, data: TensorData, device: Any,
+                 config_kwargs: Optional[dict[str, Any]] = None) -> Teacher:
+    """A teacher from a kdrun checkpoint; with `config_kwargs` (an explicit teacher.checkpoint) it must match them."""
     payload = load_checkpoint(path)
     _check_compatible(payload, path, expected_arch, data)
+    if config_kwargs is not None:
+        _check_matches_config(payload, path, config_kwargs, data)
     try:
         model = model_from_checkpoint(payload).to(device)
     except RuntimeError as error:
@@ -148,7 +166,8 @@ def obtain_teacher(teacher: DictConfig, dataset: DictConfig, data: TensorData, d
     checkpoint appears only by rename; the next holder removes the dead job's temp files.
     """
     if teacher.checkpoint:
-        return load_teacher(Path(teacher.checkpoint).expanduser().resolve(), teacher.name, data, device)
+        return load_teacher(Path(teacher.checkpoint).expanduser().resolve(), teacher.name, data, device,
+                            OmegaConf.to_container(teacher.kwargs, resolve=True))
     recipe = teacher_recipe(teacher, dataset)
     path = store_path(Path(teacher.store).expanduser().resolve(), recipe)
     wanted = snapshot_path(path, epoch) if epoch is not None else path
