@@ -63,7 +63,7 @@ def load_payload(path: Path) -> Any:
         raise KdrunError(f"checkpoint not found: {path}; check the path or train one with `kdrun train-teacher`")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except OSError as error:  # unreadable is not damaged: never advise deleting it
+    except PermissionError as error:  # unreadable is not damaged: never advise deleting it
         raise KdrunError(f"cannot read {path} ({error.strerror or error}); check its permissions") from None
     except pickle.UnpicklingError as error:
         if "GLOBAL" not in str(error):  # no refused code reference: the bytes are not a valid pickle

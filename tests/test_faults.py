@@ -180,3 +180,21 @@ def test_report_out_on_a_file_is_one_line(tmp_path, capsys):
     assert cli(["report", str(tmp_path / "run"), "--out", str(a_file)]) == 2
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and "cannot write the report to" in error and "--out DIR" in error
+
+
+def test_a_closed_stdout_stops_the_run_with_a_status_and_it_resumes(tmp_path):
+    run_dir = tmp_path / "run"
+    env = {**os.environ, "KDRUN_TEST": "1"}
+    env.pop("HYDRA_FULL_ERROR", None)
+    child = subprocess.Popen([sys.executable, "-m", "kdrun", "train-student", *STUDENT, "epochs=3",
+                              f"hydra.run.dir={run_dir}"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    child.stdout.readline()  # `kdrun ... | head -1`
+    child.stdout.close()
+    assert child.wait(timeout=240) == 141
+    stderr = child.stderr.read()
+    assert "Traceback" not in stderr and "kdrun: the output was closed (SIGPIPE" in stderr
+    assert job_state(run_dir)["status"] == "interrupted" and (run_dir / "last.pt").exists()
+    resumed = kdrun(tmp_path, "train-student", f"resume={run_dir}")
+    assert resumed.returncode == 0, resumed.stderr
+    assert [row["epoch"] for row in metric_rows(run_dir)] == [1, 2, 3]
