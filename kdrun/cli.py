@@ -7,12 +7,11 @@ on stderr and exit code 2, and leaves nothing behind that looks like a run.
 
 from __future__ import annotations
 
-import os
 import signal
 import sys
 from dataclasses import dataclass
 
-from kdrun.errors import KdrunError
+from kdrun.errors import KdrunError, fail
 
 
 @dataclass(frozen=True)
@@ -45,11 +44,6 @@ def usage() -> str:
     return "\n".join(lines)
 
 
-def fail(message: str) -> int:
-    print(f"kdrun: error: {message}", file=sys.stderr)
-    return 2
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if hasattr(signal, "SIGPIPE"):  # `kdrun distill --help | head` ends quietly, like any CLI
@@ -77,8 +71,6 @@ def main(argv: list[str] | None = None) -> int:
             check_output_dir(rest, multirun=any(a in ("-m", "--multirun") for a in rest),
                              create=not any(a in ("--cfg", "-c") for a in rest))
         except KdrunError as error:
-            if os.environ.get("HYDRA_FULL_ERROR") == "1":
-                raise
             return fail(str(error))
     return launch(name, command, config_dir(), rest)
 
@@ -90,8 +82,6 @@ def plain_command(command: Command, rest: list[str]) -> int:
     try:
         return importlib.import_module(command.module).main(rest)
     except KdrunError as error:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
         return fail(str(error))
 
 
@@ -99,7 +89,7 @@ def launch(name: str, command: Command, conf: object, rest: list[str]) -> int:
     """Run Hydra's own main with this command's config; results go to files, not returns."""
     import hydra
 
-    from kdrun.commands import run_task
+    from kdrun.task import run_task
 
     sys.argv = [f"kdrun {name}", *rest]
     hydra.main(config_path=str(conf), config_name=command.config_name, version_base="1.3")(run_task)()

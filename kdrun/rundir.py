@@ -1,8 +1,9 @@
-"""The run directory's one owner: its file names, atomic writes, metrics, status and summary.
+"""The run directory's one owner: its file names, atomic writes, metrics, status, summary and lock.
 
 `summary.json` is written last: its presence means the run finished. A run that fails
-gets `status.json` with the error instead, so nothing unfinished looks finished.
-No torch here: the CLI and `report` use it too.
+gets `status.json` with the error instead, so nothing unfinished looks finished. A run
+holds its directory's lock (`.kdrun.lock`, an flock the OS drops with the process) for its
+whole life, so no second process writes into it. No torch here: the CLI and `report` use it too.
 """
 
 from __future__ import annotations
@@ -10,8 +11,13 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
+
+from filelock import FileLock, Timeout
+
+from kdrun.errors import KdrunError
 
 SUMMARY = "summary.json"  # written last: the run finished
 STATUS = "status.json"  # a run that did not finish: failed or interrupted
@@ -19,6 +25,13 @@ METRICS = "metrics.jsonl"  # one JSON object per epoch
 CHECKPOINT = "checkpoint.pt"  # the trained model (kdrun.checkpoint format)
 LAST = "last.pt"  # the resumable training state (kdrun.trainstate)
 HYDRA = ".hydra"  # Hydra's resolved config and overrides
+LOCK = ".kdrun.lock"  # held by the process that runs in this directory
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_atomic(path: Path, write: Any) -> None:
@@ -26,6 +39,7 @@ def write_atomic(path: Path, write: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp's 0600 would keep a shared teacher store private
         with os.fdopen(fd, "wb") as handle:
             write(handle)
             handle.flush()
@@ -70,3 +84,33 @@ def rewrite_metrics(run_dir: Path, rows: list[dict[str, Any]]) -> None:
     write_atomic(run_dir / METRICS, lambda f: f.write("".join(json.dumps(r) + "\n" for r in rows).encode()))
 
 
+
+
+class RunDirInUse(KdrunError):
+    """Another live process holds this run directory."""
+
+
+def _lock(run_dir: Path) -> FileLock:
+    return FileLock(str(run_dir / LOCK), mode=0o666 & ~_umask())
+
+
+@contextmanager
+def owned(run_dir: Path) -> Iterator[None]:
+    """Hold `run_dir` for the life of a run; a second process gets a one-line error instead of writing into it."""
+    lock = _lock(run_dir)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise RunDirInUse(f"{run_dir} is in use by another kdrun process; wait for it to end, "
+                         "or start a new run elsewhere") from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def check_not_in_use(run_dir: Path) -> None:
+    """Raise the `owned` error now (before Hydra rewrites the dir's .hydra/ and log) if another process holds it."""
+    if (run_dir / LOCK).exists():
+        with owned(run_dir):
+            pass

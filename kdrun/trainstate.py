@@ -18,7 +18,6 @@ import numpy as np
 import torch
 
 from kdrun.errors import KdrunError
-from kdrun.resume import LAST  # the name lives where the torch-free CLI can read it
 from kdrun.checkpoint import load_payload
 from kdrun.rundir import write_atomic
 

@@ -1,4 +1,4 @@
-"""Summarise finished runs: one row per setting with its seeds aggregated; table, CSV, Markdown, plots.
+"""Finding, loading and grouping finished runs: one row per setting with its seeds aggregated.
 
 What "swept keys" means here. A sweep's jobs differ only in what the sweep varied, and
 Hydra records each job's command-line overrides in `.hydra/overrides.yaml`. The keys named
@@ -21,7 +21,6 @@ epochs without configs), on final accuracy: picking the best epoch on the test s
 
 from __future__ import annotations
 
-import csv
 import json
 import statistics
 from dataclasses import dataclass, field
@@ -29,10 +28,9 @@ from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
-from rich import box
-from rich.table import Table
 
 from kdrun.errors import KdrunError
+from kdrun.rundir import HYDRA, METRICS, SUMMARY
 
 ROLES = {"train_teacher": "teacher", "train_student": "baseline", "distill": "distill"}
 NOT_TRAINING = ("inspect_teacher",)  # finished runs that train nothing: never rows of a report
@@ -124,20 +122,20 @@ def find_runs(paths: list[Path]) -> tuple[list[Path], int]:
                              "e.g. kdrun report outputs/distill-sweep/<time>")
         if path.is_file():
             path = path.parent
-        finished |= {p.parent.resolve() for p in path.rglob("summary.json")}
-        unfinished |= {p.parent.resolve() for marker in (".hydra", "metrics.jsonl") for p in path.rglob(marker)}
+        finished |= {p.parent.resolve() for p in path.rglob(SUMMARY)}
+        unfinished |= {p.parent.resolve() for marker in (HYDRA, METRICS) for p in path.rglob(marker)}
     return sorted(finished), len(unfinished - finished)
 
 
 def load_run(run_dir: Path) -> Run:
     try:
-        summary = json.loads((run_dir / "summary.json").read_text())
+        summary = json.loads((run_dir / SUMMARY).read_text())
     except json.JSONDecodeError as error:
-        raise KdrunError(f"{run_dir / 'summary.json'} is not valid JSON ({error}); rerun that job") from None
+        raise KdrunError(f"{run_dir / SUMMARY} is not valid JSON ({error}); rerun that job") from None
     missing = [k for k in ("command", "model", "dataset", "test_acc", "best_test_acc", "latency") if k not in summary]
     if missing:
-        raise KdrunError(f"{run_dir / 'summary.json'} lacks {', '.join(missing)}; it was not written by kdrun")
-    hydra = run_dir / ".hydra"
+        raise KdrunError(f"{run_dir / SUMMARY} lacks {', '.join(missing)}; it was not written by kdrun")
+    hydra = run_dir / HYDRA
     overrides = read_overrides(hydra / "overrides.yaml") if (hydra / "overrides.yaml").is_file() else None
     config = OmegaConf.load(hydra / "config.yaml") if (hydra / "config.yaml").is_file() else None
     return Run(run_dir, summary, overrides, config)
@@ -285,106 +283,3 @@ def build_report(paths: list[Path]) -> Report:
     if unfinished:
         notes.append(f"ignored {unfinished} unfinished run(s) (no summary.json yet, or failed)")
     return Report(keys, rows, notes)
-
-
-def _pct(stat: Stat) -> str:
-    return f"{100 * stat.mean:.2f}" + (f" ± {100 * stat.std:.2f}" if stat.std is not None else "")
-
-
-def _fmt(value: float | None, pattern: str, scale: float = 1.0) -> str:
-    return "" if value is None else pattern.format(scale * value)
-
-
-def headers(report: Report) -> list[str]:
-    return [*FIXED, *report.keys, "seeds", *HEADERS]
-
-
-def cells(report: Report, row: Row) -> list[str]:
-    """A row as the table and Markdown show it: accuracies in %, gain in percentage points."""
-    return [row.role, str(row.field("model")), str(row.field("dataset")),
-            *(row.setting.get(k, "") for k in report.keys), str(len(row.runs)),
-            _pct(row.stat("test_acc")), _pct(row.stat("best_test_acc")), _fmt(row.gain, "{:+.2f}", 100),
-            _fmt(row.mean("teacher", "test_acc"), "{:.2f}", 100),
-            _fmt(row.median("latency", "batch1_ms_median"), "{:.3f}"), _fmt(row.median("speedup"), "{:.1f}x")]
-
-
-def record(report: Report, row: Row) -> dict[str, Any]:
-    """A row for CSV: the same columns, numbers unformatted in summary.json's units (fractions, ms)."""
-    test, best = row.stat("test_acc"), row.stat("best_test_acc")
-    return {"role": row.role, "model": row.field("model"), "dataset": row.field("dataset"),
-            **{k: row.setting.get(k, "") for k in report.keys}, "seeds": test.n,
-            "test_acc_mean": test.mean, "test_acc_std": test.std, "best_test_acc_mean": best.mean,
-            "best_test_acc_std": best.std, "gain": row.gain, "teacher_test_acc": row.mean("teacher", "test_acc"),
-            "batch1_ms": row.median("latency", "batch1_ms_median"), "speedup": row.median("speedup")}
-
-
-def shown(report: Report) -> tuple[list[str], list[list[str]]]:
-    """Headers and cells for people: columns empty in every row are left out (the CSV keeps them)."""
-    names, rows = headers(report), [cells(report, row) for row in report.rows]
-    keep = [i for i in range(len(names)) if any(row[i] for row in rows)]
-    return [names[i] for i in keep], [[row[i] for i in keep] for row in rows]
-
-
-def table(report: Report) -> Table:
-    runs = sum(len(row.runs) for row in report.rows)
-    result = Table(box=box.SIMPLE_HEAD, title=f"kdrun report: {runs} run(s) in {len(report.rows)} row(s)",
-                   caption="accuracy: mean ± sample std over seeds; gain: final accuracy minus the baseline's")
-    names, rows = shown(report)
-    for name in names:
-        result.add_column(name, justify="left" if name in (*FIXED, *report.keys) else "right")
-    for row in rows:
-        result.add_row(*row)
-    return result
-
-
-def write_csv(report: Report, path: Path) -> Path:
-    with open(path, "w", newline="") as handle:
-        records = [record(report, row) for row in report.rows]
-        writer = csv.DictWriter(handle, fieldnames=list(records[0]))
-        writer.writeheader()
-        writer.writerows(records)
-    return path
-
-
-def write_markdown(report: Report, path: Path) -> Path:
-    def line(values: list[str]) -> str:
-        return "| " + " | ".join(v.replace("|", "\\|") for v in values) + " |"
-
-    names, rows = shown(report)
-    lines = ["Accuracy in %: mean ± sample std over the seeds; gain in percentage points of final accuracy "
-             "over the baseline with the same recipe.", "", line(names), line(["---"] * len(names)),
-             *(line(row) for row in rows)]
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
-def output_dir(paths: list[Path], out: Path | None) -> Path:
-    """`out`, else the first path given (a sweep or run dir; a file's folder)."""
-    target = out if out is not None else (paths[0] if paths[0].is_dir() else paths[0].parent)
-    target.mkdir(parents=True, exist_ok=True)
-    return target
-
-
-def make_report(paths: list[Path], out: Path | None = None) -> Report:
-    """Build the report and write report.csv, report.md and the plots; the files are listed in it."""
-    from kdrun.report_plots import (plot_acc_by_setting, plot_acc_vs_latency,  # matplotlib: only when plotting
-                                    plot_acc_vs_t)
-
-    report = build_report(paths)
-    target = output_dir(paths, out)
-    report.files = [write_csv(report, target / "report.csv"), write_markdown(report, target / "report.md")]
-    report.files += [p for p in (plot_acc_vs_t(report.rows, target / "acc_vs_T.png"),
-                                 plot_acc_vs_latency(report.rows, target / "acc_vs_latency.png"),
-                                 plot_acc_by_setting(report, target / "acc_by_setting.png")) if p]
-    return report
-
-
-def show_report(report: Report) -> None:
-    """The table, then the notes and the files written, one line each."""
-    from kdrun.ui import console
-
-    console.print(table(report))
-    for note in report.notes:
-        console.print(f"note: {note}", soft_wrap=True)
-    for path in report.files:
-        console.print(f"wrote {path}", soft_wrap=True)
