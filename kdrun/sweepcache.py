@@ -2,7 +2,7 @@
 cost, and the inference cost of an architecture. Computed once, then shared.
 
 The teacher's facts are a property of its checkpoint, the training inputs, the device and
-the thread count, so they live in a file beside the stored teacher (`.<name>.facts.pt`),
+the thread count, so they live in a file beside the stored teacher (`.<name>.facts`),
 one entry per such key, read and written under a file lock (parallel jobs compute them
 once) and replaced atomically. A store that cannot be written (a read-only explicit
 checkpoint) only costs the recomputation. An architecture's latency, parameters and FLOPs
@@ -64,7 +64,7 @@ def architecture_cost(name: str, kwargs: dict[str, Any], model: nn.Module, input
 
 
 def _facts_file(checkpoint: Path) -> Path:
-    return checkpoint.with_name(f".{checkpoint.name}.facts.pt")
+    return checkpoint.with_name(f".{checkpoint.name}.facts")  # not *.pt: store listings see teachers only
 
 
 def _read_entries(path: Path) -> dict[str, Any]:

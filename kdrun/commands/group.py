@@ -11,19 +11,19 @@ from __future__ import annotations
 
 import logging
 import sys
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
 from omegaconf import DictConfig
 
-from kdrun.commands import distill, fail, train_student
+from kdrun.commands import distill, train_student
 from kdrun.commands.common import (Setup, build_student, chain, epoch_recorder, log, save_student, setup,
                                    training_hooks)
-from kdrun.errors import Interrupted
+from kdrun.errors import Interrupted, fail
 from kdrun.lifecycle import report_interrupted, resume_command, stop_on_signals
-from kdrun.rundir import write_status
+from kdrun.rundir import owned, write_status
 from kdrun.stacked import Member, fit_group
 from kdrun.teacher import recipe_from_optim
 from kdrun.ui import epoch_progress
@@ -37,6 +37,7 @@ class Job:
     run_dir: Path
     log_files: list[logging.Handler]
     hooks: dict[str, Any]
+    held: ExitStack  # the run dir's lock (kdrun.rundir.owned), from open_job to close_job
     member: Optional[Member] = None
     extras: dict[str, Any] = field(default_factory=dict)  # distill: loss and teacher statistics
 
@@ -63,9 +64,11 @@ def logging_to(handlers: list[logging.Handler]) -> Iterator[None]:
 
 
 def open_job(cfg: DictConfig, run_dir: Path) -> Job:
-    """Inside the job's Hydra context: its log file, and its resume state if `resume=` is set."""
+    """Inside the job's Hydra context: hold its run dir, find its log file, load its resume state if `resume=` is set."""
+    held = ExitStack()
+    held.enter_context(owned(run_dir))
     files = [h for h in logging.getLogger().handlers if isinstance(h, logging.FileHandler)]
-    return Job(cfg, run_dir, files, training_hooks(cfg, run_dir))
+    return Job(cfg, run_dir, files, training_hooks(cfg, run_dir), held)
 
 
 def _member(job: Job, shared: Shared) -> Member:
@@ -137,10 +140,11 @@ def stop_group(jobs: list[Job], interrupted: Interrupted, code: int) -> None:
 def close_job(job: Job, shared: Shared) -> float:
     """Inside the job's Hydra context again: checkpoint.pt and summary.json, as a job run alone writes them."""
     cfg, member = job.cfg, job.member
-    if member.failed:
-        fail(job.run_dir, member.failed)
-    result = save_student(cfg, job.run_dir, member.model, shared.env.data, member.history)
-    if cfg.command == "distill":
-        return distill.finish(cfg, shared.env, job.run_dir, shared.teacher, shared.facts, job.extras["stats"],
-                              job.extras["loss"], member.model, result)
-    return train_student.finish(cfg, shared.env, job.run_dir, member.model, result)
+    with job.held:
+        if member.failed:
+            sys.exit(fail(member.failed, job.run_dir))
+        result = save_student(cfg, job.run_dir, member.model, shared.env.data, member.history)
+        if cfg.command == "distill":
+            return distill.finish(cfg, shared.env, job.run_dir, shared.teacher, shared.facts, job.extras["stats"],
+                                  job.extras["loss"], member.model, result)
+        return train_student.finish(cfg, shared.env, job.run_dir, member.model, result)
