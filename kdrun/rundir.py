@@ -26,6 +26,8 @@ CHECKPOINT = "checkpoint.pt"  # the trained model (kdrun.checkpoint format)
 LAST = "last.pt"  # the resumable training state (kdrun.trainstate)
 HYDRA = ".hydra"  # Hydra's resolved config and overrides
 LOCK = ".kdrun.lock"  # held by the process that runs in this directory
+MULTIRUN = "multirun.yaml"  # a sweep directory's own config (written by Hydra's basic sweeper)
+OUTPUTS = (SUMMARY, STATUS, METRICS, CHECKPOINT, LAST)  # what makes a directory hold a run
 
 
 def _umask() -> int:
@@ -77,6 +79,30 @@ def delete_status(run_dir: Path) -> None:
 
 def write_failure(run_dir: Path, message: str) -> None:
     write_status(run_dir, "failed", error=message)
+
+
+def holds_run(run_dir: Path) -> bool:
+    """A run wrote here (finished or not); only `.hydra/` and a log mean it died before writing anything."""
+    return any((run_dir / name).exists() for name in OUTPUTS)
+
+
+def run_state(run_dir: Path) -> tuple[str, str]:
+    """`finished`, `failed`, `interrupted` or `unfinished`, and the detail a person needs (error, resume command)."""
+    if (run_dir / SUMMARY).exists():
+        return "finished", ""
+    try:
+        status = json.loads((run_dir / STATUS).read_text())
+    except (OSError, ValueError):
+        return "unfinished", "no summary.json: killed, or still running"
+    if not isinstance(status, dict):
+        return "unfinished", f"{STATUS} is damaged"
+    return str(status.get("status", "unfinished")), str(status.get("error") or status.get("resume") or "")
+
+
+def forget_unfinished(run_dir: Path) -> None:
+    """Clear what a failed attempt left (metrics, status, a checkpoint) so a fresh attempt starts clean here."""
+    for name in (STATUS, METRICS, CHECKPOINT):
+        (run_dir / name).unlink(missing_ok=True)
 
 
 def rewrite_metrics(run_dir: Path, rows: list[dict[str, Any]]) -> None:

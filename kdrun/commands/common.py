@@ -17,7 +17,7 @@ from kdrun.engine import fit
 from kdrun.errors import KdrunError
 from kdrun.latency import profile
 from kdrun.losses import Loss, cross_entropy
-from kdrun.models import build_model
+from kdrun.models import build_model, model_kwargs
 from kdrun.lifecycle import active
 from kdrun.checkpoint import save_checkpoint
 from kdrun.rundir import CHECKPOINT, LAST, append_metrics, delete_status, rewrite_metrics
@@ -113,8 +113,8 @@ def model_cost(model: torch.nn.Module, data: TensorData, cfg: DictConfig, device
 
 def student_cost(cfg: DictConfig, student: torch.nn.Module, env: Setup) -> dict[str, Any]:
     """The student architecture's cost, measured once per process (its weights do not change it)."""
-    return architecture_cost(cfg.student.name, OmegaConf.to_container(cfg.student.kwargs, resolve=True), student,
-                             env.data.input_shape, env.device, latency_options(cfg))
+    return architecture_cost(cfg.student.name, model_kwargs(cfg.student), student, env.data.input_shape, env.device,
+                             latency_options(cfg))
 
 
 def run_header(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
@@ -142,7 +142,8 @@ def chain(*hooks: EpochHook) -> EpochHook:
 def build_student(cfg: DictConfig, env: Setup) -> torch.nn.Module:
     """The student's initial weights: a function of `seed` alone."""
     seed_everything(cfg.seed)
-    return build_model(cfg.student.name, env.data.num_classes, env.data.input_shape, cfg.student.kwargs).to(env.device)
+    return build_model(cfg.student.name, env.data.num_classes, env.data.input_shape,
+                       model_kwargs(cfg.student)).to(env.device)
 
 
 def save_student(cfg: DictConfig, run_dir: Path, student: torch.nn.Module, data: TensorData,
@@ -150,7 +151,7 @@ def save_student(cfg: DictConfig, run_dir: Path, student: torch.nn.Module, data:
     """checkpoint.pt for the trained student; its summary fields (accuracy, train time, checkpoint path)."""
     result = history_summary(history)
     save_checkpoint(run_dir / CHECKPOINT, student, arch=cfg.student.name,
-                    arch_kwargs=OmegaConf.to_container(cfg.student.kwargs), num_classes=data.num_classes,
+                    arch_kwargs=model_kwargs(cfg.student), num_classes=data.num_classes,
                     input_shape=data.input_shape, dataset=data.name, config=plain_config(cfg),
                     metrics={**result, "history": history})
     return {**result, "checkpoint": str(run_dir / CHECKPOINT)}
