@@ -140,7 +140,7 @@ def pretrained_teacher(teacher: DictConfig, data: TensorData, device: Any) -> Te
                                            model_kwargs(teacher))
     model.to(device)
     return Teacher(model, path, accuracy(model, data.x_test, data.y_test),
-                   source={"format": family, "weights": teacher.weights, "sha256": file_sha256(path)})
+                   source={"format": family, "weights": teacher.weights, "sha256": file_sha256(path) if path else None})
 
 
 def train_command_hint(teacher: DictConfig, dataset: DictConfig) -> str:
