@@ -28,6 +28,12 @@ from test_report import write_run
 ONE_EPOCH = [*STUDENT, "epochs=1"]
 
 
+def child_env() -> dict:
+    env = {**os.environ, "KDRUN_TEST": "1"}
+    env.pop("HYDRA_FULL_ERROR", None)
+    return env
+
+
 def job_state(job) -> dict:
     return json.loads((job / "status.json").read_text())
 
@@ -62,8 +68,7 @@ def _file_size_limit(limit: int):
 
 def test_a_full_disk_while_torch_writes_a_checkpoint_ends_in_one_line_and_a_status(tmp_path):
     run_dir = tmp_path / "run"
-    env = {**os.environ, "KDRUN_TEST": "1"}
-    env.pop("HYDRA_FULL_ERROR", None)
+    env = child_env()
     run = subprocess.run([sys.executable, "-m", "kdrun", "train-student", *ONE_EPOCH, "student.kwargs.hidden=[256]",
                           f"hydra.run.dir={run_dir}"], cwd=tmp_path, capture_output=True, text=True, env=env,
                          timeout=240, preexec_fn=_file_size_limit(64 * 1024))
@@ -184,8 +189,7 @@ def test_report_out_on_a_file_is_one_line(tmp_path, capsys):
 
 def test_a_closed_stdout_stops_the_run_with_a_status_and_it_resumes(tmp_path):
     run_dir = tmp_path / "run"
-    env = {**os.environ, "KDRUN_TEST": "1"}
-    env.pop("HYDRA_FULL_ERROR", None)
+    env = child_env()
     child = subprocess.Popen([sys.executable, "-m", "kdrun", "train-student", *STUDENT, "epochs=3",
                               f"hydra.run.dir={run_dir}"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True)
