@@ -126,6 +126,10 @@ def test_the_peers_metadata_is_checked_in_one_line(tmp_path):
     weights = read_weights(files["repdistiller/resnet8_last.pth"])
     assert (weights.format, weights.arch, weights.dataset) == ("repdistiller", "resnet8", "cifar10")
     assert read_weights(files["repdistiller/ckpt_epoch_240.pth"]).metrics == {"epoch": 240.0, "accuracy": 71.5}
+    student_last = tmp_path / "resnet8_last.pth"  # RepDistiller's train_student.py names the model model_s
+    torch.save({"opt": argparse.Namespace(model_s="MobileNetV2", dataset="cifar100"), "model": model.state_dict()},
+               student_last)
+    assert read_weights(student_last).arch == "mobilenetv2"
     assert set(read_weights(files["mdistiller/epoch_240"]).state_dict) == set(model.state_dict())
     run = kdrun(tmp_path, "distill", *BASE, *QUICK, "teacher=resnet56", "teacher.name=resnet8",
                 "dataset.kwargs.shape=[3,32,32]", f"teacher.checkpoint={files['repdistiller/resnet8_last.pth']}")
