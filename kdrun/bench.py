@@ -13,7 +13,8 @@ first epoch of each run dropped as a warm-up) and the one-off set-up time outsid
   bare loop    a hand-written PyTorch loop doing the cached-KD work, as a yardstick
   compiled     (with --compile) kd cached with the student's step under torch.compile
 and prints images/s and ratios to `plain`, plus device, dtype, batch size and threads.
-Results also go to outputs/bench/<time>.json.
+`--sweep` adds the README's 24-job sweep run serially, with joblib and stacked (kdrun.bench_sweep;
+several minutes, so not by default). Results also go to outputs/bench/<time>.json.
 """
 
 from __future__ import annotations
@@ -149,13 +150,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=3, help="epochs per run of a scenario; the first is a warm-up")
     parser.add_argument("--rounds", type=int, default=3, help="round-robin passes over the scenarios")
     parser.add_argument("--compile", action="store_true", help="add a torch.compile scenario (slow to compile)")
+    parser.add_argument("--sweep", action="store_true",
+                        help="also the 24-job MNIST-1D sweep serial / joblib / stacked (minutes)")
+    parser.add_argument("--sweep-epochs", type=int, default=100, help="epochs per job of --sweep (README: 100)")
+    parser.add_argument("--sweep-args", nargs="*", default=[], help="extra overrides for --sweep's kdrun commands")
     args = parser.parse_args(argv)
+    stamp = f"{datetime.now():%Y-%m-%d_%H-%M-%S_%f}"
     results = []
     for pair in args.pairs:
         results.append(run_bench(pair, args.device, max(2, args.epochs), max(1, args.rounds), args.compile))
         show(results[-1])
-    out = Path("outputs/bench") / f"{datetime.now():%Y-%m-%d_%H-%M-%S_%f}.json"
-    write_json(out, {"results": results})
+    record = {"results": results}
+    if args.sweep:
+        from kdrun.bench_sweep import run_sweep_bench, show_sweep
+
+        record["sweep"] = run_sweep_bench(Path("outputs/bench") / f"sweep-{stamp}", args.sweep_epochs, args.sweep_args)
+        show_sweep(record["sweep"])
+    out = Path("outputs/bench") / f"{stamp}.json"
+    write_json(out, record)
     console.print(f"written: {out.resolve()}")
     return 0
 

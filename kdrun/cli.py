@@ -7,9 +7,12 @@ on stderr and exit code 2, and leaves nothing behind that looks like a run.
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 from dataclasses import dataclass
+
+from kdrun.rundir import HYDRA
 
 from kdrun.errors import KdrunError, fail
 
@@ -33,8 +36,9 @@ COMMANDS = {
                       module="kdrun.commands.report"),
 }
 
-# Hydra flags after which argv holds no overrides worth checking.
+# Hydra flags that start no run (the overrides are still checked: Hydra would print a traceback for them).
 INFO_FLAGS = ("--help", "-h", "--hydra-help", "--info", "-i", "--shell-completion", "-sc")
+COMPLETION_FLAGS = ("--shell-completion", "-sc")  # their `install=bash` is no override
 
 
 def usage() -> str:
@@ -60,16 +64,22 @@ def main(argv: list[str] | None = None) -> int:
 
     from kdrun.config import config_dir, register_schemas
     from kdrun.preflight import check_output_dir, check_overrides
-    from kdrun.resume import is_resume, resume_overrides
+    from kdrun.resume import is_resume, launch_dir, resume_overrides, resume_target
+    from kdrun.sweep import is_sweep_dir, resume_sweep
 
     register_schemas()
-    if not any(flag in rest for flag in INFO_FLAGS):
+    if not any(flag in rest for flag in COMPLETION_FLAGS):
         try:
             if is_resume(rest):
+                target = resume_target(rest)
+                if is_sweep_dir(target):
+                    return resume_sweep(name, command.config_name, target)
                 rest = resume_overrides(command.config_name, rest)
-            check_overrides(command.config_name, [a for a in rest if "=" in a and not a.startswith("-")])
-            check_output_dir(rest, multirun=any(a in ("-m", "--multirun") for a in rest),
-                             create=not any(a in ("--cfg", "-c") for a in rest))
+                os.chdir(launch_dir(target / HYDRA / "hydra.yaml"))  # relative paths in its config mean what they did
+            check_overrides(command.config_name, [a for a in rest if ("=" in a or a.startswith("~")) and not a.startswith("-")])
+            if not any(flag in rest for flag in INFO_FLAGS):
+                check_output_dir(rest, multirun=any(a in ("-m", "--multirun") for a in rest),
+                                 create=not any(a in ("--cfg", "-c") for a in rest), resuming=is_resume(rest))
         except KdrunError as error:
             return fail(str(error))
     return launch(name, command, config_dir(), rest)

@@ -22,7 +22,7 @@ import re
 import time
 import warnings
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Protocol
+from typing import Any, Callable, Iterable, Optional, Protocol
 
 import torch
 from torch import nn
@@ -59,8 +59,11 @@ class Recipe:
     compile: bool = False
 
 
-def make_optimizer(params: list[nn.Parameter], recipe: Recipe) -> tuple[torch.optim.Optimizer, Any]:
-    """The optimiser (of the student's and the method's parameters) and a per-epoch learning-rate schedule."""
+def make_optimizer(model: nn.Module, recipe: Recipe, extra: Iterable[nn.Parameter] = ()
+                   ) -> tuple[torch.optim.Optimizer, Any]:
+    """The optimiser of the model's parameters (and `extra` ones: a method's connectors) and a per-epoch
+    learning-rate schedule."""
+    params = [*model.parameters(), *extra]
     if recipe.optimizer == "sgd":
         optimizer = torch.optim.SGD(params, lr=recipe.lr, momentum=recipe.momentum,
                                     weight_decay=recipe.weight_decay, nesterov=recipe.nesterov)
@@ -102,10 +105,15 @@ class TeacherTargets:
     runs on the batch itself.
     """
 
-    def __init__(self, teacher: nn.Module, data: TensorData, stages: tuple[str, ...] = ()) -> None:
+    def __init__(self, teacher: nn.Module, data: TensorData, logits: Optional[torch.Tensor] = None,
+                 stages: tuple[str, ...] = ()) -> None:
+        """`logits`: the teacher's logits for `data.x_train` if already known (e.g. from the sweep's cache);
+        `stages`: the named stages whose features the method reads (then the teacher always runs live)."""
         self.teacher = teacher.eval().requires_grad_(False)
         self.stages = list(stages)
-        self.cache = predict(teacher, data.x_train) if data.augment is None and not stages else None
+        self.cache = None
+        if data.augment is None and not stages:
+            self.cache = logits if logits is not None else predict(teacher, data.x_train)
 
     def __call__(self, index: torch.Tensor, inputs: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         if self.cache is not None:
@@ -122,12 +130,12 @@ class Loop:
     """What a training run carries between steps: everything `last.pt` must hold to continue it."""
 
     model: nn.Module
-    method: Method
     optimizer: torch.optim.Optimizer
     scheduler: Any
     order: torch.Generator
     augment_rng: torch.Generator
     history: list[dict[str, float]]
+    method: Optional[Method] = None  # its trainable parts and buffers (connectors, CRD's memory bank)
 
     def snapshot(self, step: int = 0, perm: Optional[torch.Tensor] = None, sums: Optional[torch.Tensor] = None,
                  bad_step: Optional[torch.Tensor] = None, seconds: float = 0.0) -> dict[str, Any]:
@@ -137,7 +145,7 @@ class Loop:
             "perm": perm, "sums": None if sums is None else sums.cpu(),
             "bad_step": None if bad_step is None else bad_step.cpu(),
             "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
-            "method": {k: v.detach().cpu() for k, v in self.method.state_dict().items()},
+            "method": {} if self.method is None else {k: v.detach().cpu() for k, v in self.method.state_dict().items()},
             "optimizer": self.optimizer.state_dict(),
             "scheduler": plain_scheduler_state(self.scheduler.state_dict()),
             "scaler": None,  # bf16 autocast needs no GradScaler
@@ -148,7 +156,8 @@ class Loop:
     def restore(self, state: dict[str, Any]) -> None:
         """Continue from a snapshot; the random states last, after anything that might draw from them."""
         self.model.load_state_dict(state["model"])
-        self.method.load_state_dict(state.get("method", {}))
+        if self.method is not None:
+            self.method.load_state_dict(state.get("method", {}))
         self.optimizer.load_state_dict(state["optimizer"])
         restore_scheduler(self.scheduler, state["scheduler"])
         self.history[:] = [dict(row) for row in state["history"]]
@@ -177,6 +186,20 @@ def _checkpoint_due(epoch: int, every: int, epochs: int) -> bool:
     return every > 0 and (epoch % every == 0 or epoch == epochs)
 
 
+def nonfinite_cause(data: TensorData, recipe: Recipe, first_step: bool, distilling: bool, ce_finite: bool) -> str:
+    """The likely cause of a non-finite loss, most specific first: the data, the distillation term (T),
+    the model before any update, else the learning rate."""
+    if not (torch.isfinite(data.x_train).all() and torch.isfinite(data.x_test).all()):
+        return "the training data contains NaN or inf; check the dataset (and dataset.kwargs)"
+    if distilling and ce_finite:
+        return "the distillation term is not finite while cross-entropy is; check T (try T=4) and the teacher's logits"
+    if first_step:
+        return ("the very first step, before any update; check the data and the model"
+                + ("'s teacher and T" if distilling else ""))
+    return (f"lower the learning rate (it is optim.lr={recipe.lr:g}; try {recipe.lr / 10:g} or less)"
+            + (", or check T" if distilling else ""))
+
+
 def student_step(forward: Callable, model: nn.Module, stages: tuple[str, ...], inputs: torch.Tensor,
                  device: torch.device) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The student's logits and the stage features its method reads (float32)."""
@@ -193,6 +216,7 @@ def epoch_accuracy(model: nn.Module, data: TensorData) -> dict[str, float]:
 
 def fit(model: nn.Module, data: TensorData, recipe: Recipe, device: torch.device, *,
         loss: Any = cross_entropy, teacher: Optional[nn.Module] = None,
+        teacher_logits: Optional[torch.Tensor] = None,
         on_epoch: Optional[Callable[[dict[str, float]], None]] = None,
         progress: Optional[StepProgress] = None,
         state: Optional[dict[str, Any]] = None,
@@ -200,7 +224,8 @@ def fit(model: nn.Module, data: TensorData, recipe: Recipe, device: torch.device
         checkpoint_every: int = 1,
         stop: Optional[Callable[[], bool]] = None) -> list[dict[str, float]]:
     """Train `model` on `data` (already on `device`) by `loss` (a Method, or a plain logit loss), with the
-    frozen teacher's logits and features if given.
+    frozen teacher's logits and features if given (`teacher_logits`: its logits for the un-augmented
+    training set, when already computed).
 
     Returns one metrics dict per epoch: epoch, train_loss, test_acc, lr, seconds (+ ce, kd with a teacher;
     + val_acc with a validation split).
@@ -211,10 +236,11 @@ def fit(model: nn.Module, data: TensorData, recipe: Recipe, device: torch.device
     model.to(device, memory_format=memory_format(device, data.x_train.dim())).train()
     forward = torch.compile(model) if recipe.compile else model
     method = as_method(loss).to(device).train()
-    targets = TeacherTargets(teacher, data, method.teacher_stages) if teacher is not None and method.needs_teacher else None
-    optimizer, scheduler = make_optimizer([*model.parameters(), *method.parameters()], recipe)
-    loop = Loop(model, method, optimizer, scheduler, torch.Generator().manual_seed(recipe.seed),
-                torch.Generator(device=device).manual_seed(recipe.seed + 1), [])
+    targets = (TeacherTargets(teacher, data, teacher_logits, method.teacher_stages)
+               if teacher is not None and method.needs_teacher else None)
+    optimizer, scheduler = make_optimizer(model, recipe, extra=method.parameters())
+    loop = Loop(model, optimizer, scheduler, torch.Generator().manual_seed(recipe.seed),
+                torch.Generator(device=device).manual_seed(recipe.seed + 1), [], method)
     partial = None
     if state is not None:
         loop.restore(state)
@@ -237,8 +263,8 @@ def fit(model: nn.Module, data: TensorData, recipe: Recipe, device: torch.device
             if data.augment is not None:
                 inputs = data.augment(inputs, loop.augment_rng)
             logits, features = student_step(forward, model, method.student_stages, inputs, device)
-            teacher_logits, teacher_features = targets(index, inputs) if targets else (None, {})
-            parts = method(Batch(logits, labels, teacher_logits, index, features, teacher_features))
+            t_logits, t_features = targets(index, inputs) if targets else (None, {})
+            parts = method(Batch(logits, labels, t_logits, index, features, t_features))
             optimizer.zero_grad(set_to_none=True)
             parts.total.backward()
             optimizer.step()
@@ -255,7 +281,8 @@ def fit(model: nn.Module, data: TensorData, recipe: Recipe, device: torch.device
         train_loss, ce, kd = (sums / n).tolist()
         if not math.isfinite(train_loss):
             raise KdrunError(f"training loss became {train_loss} in epoch {epoch}, step {int(bad_step)} of {steps}; "
-                             f"lower the learning rate (it is {recipe.lr:g}; try {recipe.lr / 10:g} or less)")
+                             + nonfinite_cause(data, recipe, epoch == 1 and int(bad_step) == 1, targets is not None,
+                                               math.isfinite(ce)))
         row = {"epoch": epoch, "train_loss": train_loss, **({"ce": ce, "kd": kd} if teacher is not None else {}),
                **epoch_accuracy(model, data), "lr": lr,
                "seconds": time.perf_counter() - started}

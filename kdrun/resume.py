@@ -24,7 +24,17 @@ def is_resume(args: list[str]) -> bool:
     return any(a.startswith("resume=") for a in args)
 
 
-def _run_dir(args: list[str]) -> Path:
+def launch_dir(hydra_file: Path) -> Path:
+    """The directory a run (or sweep) was started from, as Hydra recorded it: relative paths in its
+    config (teacher store, data dir) mean what they meant then, whatever the current directory now."""
+    try:
+        cwd = OmegaConf.select(OmegaConf.load(hydra_file), "hydra.runtime.cwd", default=None)
+    except Exception:  # noqa: BLE001 - a damaged file: keep the current directory
+        cwd = None
+    return Path(cwd) if cwd and Path(cwd).is_dir() else Path.cwd()
+
+
+def resume_target(args: list[str]) -> Path:
     chosen = [a for a in args if a.startswith("resume=")]
     others = [a for a in args if not a.startswith("resume=")]
     if len(chosen) > 1 or others:
@@ -68,7 +78,7 @@ def resume_overrides(config_name: str, args: list[str]) -> list[str]:
     """The overrides that relaunch the run in `resume=` with its own config and directory."""
     from kdrun.preflight import compose_plain
 
-    run_dir = _run_dir(args)
+    run_dir = resume_target(args)
     saved = check_run_dir(run_dir, config_name)
     overrides_file = run_dir / HYDRA / "overrides.yaml"
     original = [str(o) for o in OmegaConf.load(overrides_file)] if overrides_file.is_file() else []

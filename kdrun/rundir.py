@@ -8,6 +8,7 @@ whole life, so no second process writes into it. No torch here: the CLI and `rep
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -26,6 +27,8 @@ CHECKPOINT = "checkpoint.pt"  # the trained model (kdrun.checkpoint format)
 LAST = "last.pt"  # the resumable training state (kdrun.trainstate)
 HYDRA = ".hydra"  # Hydra's resolved config and overrides
 LOCK = ".kdrun.lock"  # held by the process that runs in this directory
+MULTIRUN = "multirun.yaml"  # a sweep directory's own config (written by Hydra's basic sweeper)
+OUTPUTS = (SUMMARY, STATUS, METRICS, CHECKPOINT, LAST)  # what makes a directory hold a run
 
 
 def _umask() -> int:
@@ -45,9 +48,17 @@ def write_atomic(path: Path, write: Any) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as error:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(error, RuntimeError) and ("inline_container" in str(error) or "write" in str(error)):
+            raise _write_failed(error, path) from error  # torch.save wraps a full disk's OSError in a RuntimeError
         raise
+
+
+def _write_failed(error: RuntimeError, path: Path) -> OSError:
+    cause = error.__context__ if isinstance(error.__context__, OSError) else None
+    reason = cause.strerror if cause else f"torch could not write it: {str(error)[:80]}"
+    return OSError(cause.errno if cause else errno.EIO, f"{reason}; disk full or file too large?", str(path))
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
@@ -77,6 +88,30 @@ def delete_status(run_dir: Path) -> None:
 
 def write_failure(run_dir: Path, message: str) -> None:
     write_status(run_dir, "failed", error=message)
+
+
+def holds_run(run_dir: Path) -> bool:
+    """A run wrote here (finished or not); only `.hydra/` and a log mean it died before writing anything."""
+    return any((run_dir / name).exists() for name in OUTPUTS)
+
+
+def run_state(run_dir: Path) -> tuple[str, str]:
+    """`finished`, `failed`, `interrupted` or `unfinished`, and the detail a person needs (error, resume command)."""
+    if (run_dir / SUMMARY).exists():
+        return "finished", ""
+    try:
+        status = json.loads((run_dir / STATUS).read_text())
+    except (OSError, ValueError):
+        return "unfinished", "no summary.json: killed, or still running"
+    if not isinstance(status, dict):
+        return "unfinished", f"{STATUS} is damaged"
+    return str(status.get("status", "unfinished")), str(status.get("error") or status.get("resume") or "")
+
+
+def forget_unfinished(run_dir: Path) -> None:
+    """Clear what a failed attempt left (metrics, status, a checkpoint) so a fresh attempt starts clean here."""
+    for name in (STATUS, METRICS, CHECKPOINT):
+        (run_dir / name).unlink(missing_ok=True)
 
 
 def rewrite_metrics(run_dir: Path, rows: list[dict[str, Any]]) -> None:

@@ -2,25 +2,37 @@
 
 A command module exposes `run(cfg, run_dir) -> float` (its final test accuracy, which a
 sweeper such as Optuna maximises). Hydra calls `run_task` once per job (a single run or each
-job of a sweep); a `KdrunError` becomes one line on stderr, a `status.json` saying the run
-failed, and exit code 2. SIGINT/SIGTERM stop a run after its current step: it checkpoints,
-`status.json` says `interrupted` and how to resume, and the exit code is 130/143.
+job of a sweep) and holds the job's run dir (`kdrun.rundir.owned`) while it runs.
+
+How a job ends, the interface a launcher relies on (the basic, joblib and submitit launchers,
+and any launcher that runs jobs of a sweep its own way):
+- finished: `summary.json` in its run dir; the return value is the final test accuracy.
+- failed (a bad value, NaN loss, full disk, out of memory, a missing file; in a sweep also
+  any unexpected error): `status.json` `{"status": "failed", "error": <one line>}` and that
+  line on stderr. A single run exits 2; a job of a sweep returns NaN, so the launcher goes on
+  with the other jobs, and `kdrun.callbacks.ReportCallback` lists it and exits 2 at the end.
+- interrupted (SIGINT/SIGTERM): it stops after its current step, checkpoints `last.pt`,
+  `status.json` says `interrupted` and how to resume, and the process exits 130/143.
+A job's state is read back with `kdrun.rundir.run_state(run_dir)`; `kdrun <command>
+resume=SWEEP_DIR` (kdrun.sweep) reruns the jobs that did not finish.
 """
 
 from __future__ import annotations
 
 import importlib
+import math
 import os
 import sys
 from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from kdrun.config import validate
 from kdrun.errors import Interrupted, KdrunError, fail
 from kdrun.lifecycle import report_interrupted, resume_command, stop_on_signals
-from kdrun.rundir import LAST, RunDirInUse, owned, write_status
+from kdrun.rundir import LAST, SUMMARY, RunDirInUse, owned, write_status
 
 
 def parallel_jobs(hydra_cfg: DictConfig) -> int:
@@ -46,19 +58,21 @@ def stop_interrupted(cfg: DictConfig, run_dir: Path, interrupted: Interrupted, c
 
 
 def run_task(cfg: DictConfig) -> float | None:
+    """Hydra's task function: one job, in its own run dir, held for its whole life."""
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir).resolve()
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
     if cfg.threads == 0 and parallel_jobs(hydra_cfg) > 1:  # share the cores instead of oversubscribing them
         cfg.threads = max(1, (os.cpu_count() or 1) // parallel_jobs(hydra_cfg))
     try:
         with owned(run_dir):
-            return run_owned(cfg, run_dir)
+            return run_owned(cfg, run_dir, multirun)
     except RunDirInUse as error:  # not ours: write nothing into it
-        sys.exit(fail(str(error)))
+        return job_failed(fail(str(error)), multirun)
 
 
-def run_owned(cfg: DictConfig, run_dir: Path) -> float | None:
-    """The command's run, with the run dir held; every way it can end leaves `summary.json` or `status.json`."""
+def run_owned(cfg: DictConfig, run_dir: Path, multirun: bool) -> float | None:
+    """The command's run with the run dir held: it ends with `summary.json`, or `status.json` and one line."""
     try:
         validate(cfg)
         with stop_on_signals() as stop:
@@ -66,8 +80,40 @@ def run_owned(cfg: DictConfig, run_dir: Path) -> float | None:
                 return importlib.import_module(f"kdrun.commands.{cfg.command}").run(cfg, run_dir)
             except Interrupted as interrupted:
                 stop_interrupted(cfg, run_dir, interrupted, stop.exit_code)
-    except KdrunError as error:
-        sys.exit(fail(str(error), run_dir))
-    except OSError as error:  # a full disk, a read-only teacher store, ...: the path and the reason, no traceback
-        sys.exit(fail(f"cannot write or read {error.filename or 'a file'} ({error.strerror or error}); "
-                      "check free disk space and permissions, or choose another path", run_dir))
+    except Exception as error:  # noqa: BLE001 - sorted by failure_message; a bug outside a sweep keeps its traceback
+        if isinstance(error, BrokenPipeError) and (run_dir / SUMMARY).exists():
+            return None  # finished; only its closing table found no reader (`| head`)
+        message = failure_message(error)
+        if message is None and not multirun:
+            raise
+        message = message or f"{type(error).__name__}: {first_line(error)} (unexpected; rerun this job alone " \
+                             "with HYDRA_FULL_ERROR=1 for the traceback)"
+        return job_failed(fail(message, run_dir), multirun)
+    return None
+
+
+def first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [""])[0][:200]
+
+
+def failure_message(error: Exception) -> str | None:
+    """The one line for a failure the user can act on (bad value, full disk, out of memory); None for a bug."""
+    if isinstance(error, KdrunError):
+        return str(error)
+    if isinstance(error, BrokenPipeError):
+        return "the output was closed (stdout went to a program that exited, e.g. `| head`); redirect it to a file"
+    if isinstance(error, OSError):  # a full disk, a read-only teacher store, ...: the path and the reason
+        return (f"cannot write or read {error.filename or 'a file'} ({error.strerror or first_line(error)}); "
+                "check free disk space and permissions, or choose another path")
+    if type(error).__name__ == "OutOfMemoryError" or "out of memory" in str(error).lower():
+        return (f"out of memory ({first_line(error)[:120]}); lower optim.batch_size or latency.batch_size, "
+                "or pick a smaller model")
+    return None
+
+
+def job_failed(code: int, multirun: bool) -> float:
+    """A single run exits with `code`. In a sweep the job returns NaN instead (Optuna records a failed trial),
+    so the other jobs run; the sweep's end lists it and exits non-zero (kdrun.callbacks)."""
+    if not multirun:
+        sys.exit(code)
+    return math.nan

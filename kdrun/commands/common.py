@@ -17,12 +17,13 @@ from kdrun.engine import fit
 from kdrun.errors import KdrunError
 from kdrun.latency import profile
 from kdrun.losses import cross_entropy
-from kdrun.methods import as_method
-from kdrun.models import build_model
+from kdrun.methods import Method, as_method
+from kdrun.models import build_model, model_kwargs
 from kdrun.lifecycle import active
 from kdrun.checkpoint import save_checkpoint
 from kdrun.rundir import CHECKPOINT, LAST, append_metrics, delete_status, rewrite_metrics
 from kdrun.runtime import resolve_device, seed_everything, set_threads
+from kdrun.sweepcache import architecture_cost
 from kdrun.teacher import recipe_from_optim
 from kdrun.trainstate import load_state, save_state
 from kdrun.ui import epoch_progress
@@ -111,15 +112,34 @@ def history_summary(history: list[dict[str, float]]) -> dict[str, Any]:
     return summary
 
 
-def model_cost(model: torch.nn.Module, data: TensorData, cfg: DictConfig, device: torch.device) -> dict[str, Any]:
+def latency_options(cfg: DictConfig) -> dict[str, Any]:
     lat = cfg.latency
-    return profile(model, data.input_shape, device, batch_size=lat.batch_size, warmup=lat.warmup,
-                   min_reps=lat.min_reps, min_seconds=lat.min_seconds)
+    return {"batch_size": lat.batch_size, "warmup": lat.warmup, "min_reps": lat.min_reps,
+            "min_seconds": lat.min_seconds}
+
+
+def model_cost(model: torch.nn.Module, data: TensorData, cfg: DictConfig, device: torch.device) -> dict[str, Any]:
+    return profile(model, data.input_shape, device, **latency_options(cfg))
+
+
+def student_cost(cfg: DictConfig, student: torch.nn.Module, env: Setup) -> dict[str, Any]:
+    """The student architecture's cost, measured once per process (its weights do not change it)."""
+    return architecture_cost(cfg.student.name, model_kwargs(cfg.student), student, env.data.input_shape, env.device,
+                             latency_options(cfg))
+
+
+def absolute_paths(cfg: DictConfig) -> dict[str, str]:
+    """Every path the run used, absolute: where its data and teacher came from, whatever the cwd is later."""
+    paths = {"cwd": str(Path.cwd()), "data_dir": cfg.dataset.data_dir}
+    if "teacher" in cfg:
+        paths.update(teacher_store=cfg.teacher.store, teacher_checkpoint=cfg.teacher.checkpoint)
+    return {k: str(Path(v).expanduser().resolve()) for k, v in paths.items() if v}
 
 
 def run_header(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     return {"command": cfg.command, "dataset": cfg.dataset.name, "seed": cfg.seed, "epochs": cfg.epochs,
-            "run_dir": str(run_dir), "kdrun_version": kdrun.__version__, "torch_version": torch.__version__}
+            "run_dir": str(run_dir), "paths": absolute_paths(cfg), "kdrun_version": kdrun.__version__,
+            "torch_version": torch.__version__}
 
 
 def plain_config(cfg: DictConfig) -> dict[str, Any]:
@@ -139,8 +159,29 @@ def chain(*hooks: EpochHook) -> EpochHook:
     return run
 
 
+def build_student(cfg: DictConfig, env: Setup) -> torch.nn.Module:
+    """The student's initial weights: a function of `seed` alone."""
+    seed_everything(cfg.seed)
+    return build_model(cfg.student.name, env.data.num_classes, env.data.input_shape,
+                       model_kwargs(cfg.student)).to(env.device)
+
+
+def save_student(cfg: DictConfig, run_dir: Path, student: torch.nn.Module, data: TensorData,
+                 history: list[dict[str, float]], method: Method | None = None) -> dict[str, Any]:
+    """checkpoint.pt for the trained student (with the method's trained parts, if any); its summary
+    fields (accuracy, train time, checkpoint path)."""
+    result = history_summary(history)
+    method_state = {} if method is None else {k: v.detach().cpu() for k, v in method.state_dict().items()}
+    save_checkpoint(run_dir / CHECKPOINT, student, arch=cfg.student.name,
+                    arch_kwargs=model_kwargs(cfg.student), num_classes=data.num_classes,
+                    input_shape=data.input_shape, dataset=data.name, config=plain_config(cfg),
+                    metrics={**result, "history": history}, method_state=method_state)
+    return {**result, "checkpoint": str(run_dir / CHECKPOINT)}
+
+
 def train_student(cfg: DictConfig, env: Setup, run_dir: Path, teacher: torch.nn.Module | None = None,
                   make_loss: Callable[[torch.nn.Module], Any] = lambda student: cross_entropy,
+                  teacher_logits: torch.Tensor | None = None,
                   epoch_hooks: Callable[[torch.nn.Module], list[EpochHook]] | None = None,
                   ) -> tuple[torch.nn.Module, dict[str, Any]]:
     """Seed, build, train (with a teacher if given) and checkpoint the student; the same recipe either way.
@@ -149,8 +190,7 @@ def train_student(cfg: DictConfig, env: Setup, run_dir: Path, teacher: torch.nn.
     `epoch_hooks(student)` gives per-epoch extras (e.g. the gradient probe) run before the epoch is recorded.
     """
     data = env.data
-    seed_everything(cfg.seed)
-    student = build_model(cfg.student.name, data.num_classes, data.input_shape, cfg.student.kwargs).to(env.device)
+    student = build_student(cfg, env)
     loss = as_method(make_loss(student))
     hooks = epoch_hooks(student) if epoch_hooks else []
     resumable = training_hooks(cfg, run_dir)
@@ -159,12 +199,7 @@ def train_student(cfg: DictConfig, env: Setup, run_dir: Path, teacher: torch.nn.
     hooks.append(lambda row: loss.start_epoch(int(row["epoch"]) + 1))
     with epoch_progress(cfg.progress, "student") as progress:
         history = fit(student, data, recipe_from_optim(cfg.optim, cfg.epochs, cfg.seed, cfg.compile), env.device,
-                      loss=loss, teacher=teacher, on_epoch=chain(*hooks, epoch_recorder(run_dir, "student", cfg.logger)),
-                      progress=progress, **resumable)
-    result = history_summary(history)
-    save_checkpoint(run_dir / CHECKPOINT, student, arch=cfg.student.name,
-                    arch_kwargs=OmegaConf.to_container(cfg.student.kwargs), num_classes=data.num_classes,
-                    input_shape=data.input_shape, dataset=data.name, config=plain_config(cfg),
-                    metrics={**result, "history": history},
-                    method_state={k: v.detach().cpu() for k, v in loss.state_dict().items()})
-    return student, {**result, **loss.summary(), "checkpoint": str(run_dir / CHECKPOINT)}
+                      loss=loss, teacher=teacher, teacher_logits=teacher_logits,
+                      on_epoch=chain(*hooks, epoch_recorder(run_dir, "student", cfg.logger)), progress=progress,
+                      **resumable)
+    return student, save_student(cfg, run_dir, student, data, history, loss)

@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from omegaconf import DictConfig
 
-from kdrun.commands.common import EpochHook, Setup, log, model_cost, plain_config, run_header, setup, stop_hook, train_student
-from kdrun.engine import predict
-from kdrun.knowledge import gradient_probe, probe_subset, teacher_stats
-from kdrun.methods import MethodContext, build_method
+from kdrun.commands.common import (EpochHook, Setup, latency_options, log, plain_config, run_header, setup, stop_hook,
+                                   student_cost, train_student)
+from kdrun.knowledge import TeacherStats, gradient_probe, probe_subset, teacher_stats
+from kdrun.methods import Method, MethodContext, build_method
 from kdrun.rundir import write_summary
-from kdrun.teacher import obtain_teacher
+from kdrun.sweepcache import TeacherFacts, teacher_facts
+from kdrun.teacher import Teacher, obtain_teacher
 from kdrun.ui import epoch_progress, show_results
 
 
@@ -31,33 +32,43 @@ def epoch_hooks(cfg: DictConfig, env: Setup,
     return hooks
 
 
-def run(cfg: DictConfig, run_dir: Path) -> float:
-    env = setup(cfg)
+def prepare_teacher(cfg: DictConfig, env: Setup) -> tuple[Teacher, TeacherFacts]:
+    """The teacher (stored, or trained now) and its training-set logits and cost, shared across the sweep."""
     with epoch_progress(cfg.progress, "teacher") as progress:
         teacher = obtain_teacher(cfg.teacher, cfg.dataset, env.data, env.device, plain_config(cfg), progress,
                                  epoch=cfg.teacher_epoch, fit_hooks=stop_hook())
-    teacher_logits = predict(teacher.model, env.data.x_train)  # un-augmented training set: stats and probe
-    stats = teacher_stats(teacher_logits, env.data.y_train, cfg.T, env.data.num_classes)
+    return teacher, teacher_facts(teacher.model, teacher.checkpoint, env.data, env.device, latency_options(cfg))
+
+
+def job_stats(cfg: DictConfig, env: Setup, facts: TeacherFacts) -> TeacherStats:
+    """The teacher's statistics at this job's T (ls and kd_sim are built from them)."""
+    return teacher_stats(facts.train_logits, env.data.y_train, cfg.T, env.data.num_classes)
+
+
+def job_loss(cfg: DictConfig, env: Setup, stats: TeacherStats, teacher: torch.nn.Module,
+             student: torch.nn.Module) -> Method:
+    """This job's distillation method (`loss=`), sized for this teacher and student."""
     data = env.data
+    context = MethodContext(cfg.T, cfg.alpha, data.num_classes, len(data.x_train), student, teacher,
+                            data.x_train[:2], data.y_train, stats)
+    method = build_method(cfg.loss, context)
+    for key, value in method.summary().items():
+        log.info("%s: %s = %s", cfg.loss.name, key, value)
+    return method
 
-    def make_loss(student: torch.nn.Module) -> torch.nn.Module:
-        context = MethodContext(cfg.T, cfg.alpha, data.num_classes, len(data.x_train), student, teacher.model,
-                                data.x_train[:2], data.y_train, stats)
-        method = build_method(cfg.loss, context)
-        for key, value in method.summary().items():
-            log.info("%s: %s = %s", cfg.loss.name, key, value)
-        return method
 
-    student, result = train_student(cfg, env, run_dir, teacher.model, make_loss=make_loss,
-                                    epoch_hooks=epoch_hooks(cfg, env, teacher_logits))
-    student_cost = model_cost(student, env.data, cfg, env.device)
-    teacher_cost = model_cost(teacher.model, env.data, cfg, env.device)
-    speedup = teacher_cost["latency"]["batch1_ms_median"] / student_cost["latency"]["batch1_ms_median"]
+def finish(cfg: DictConfig, env: Setup, run_dir: Path, teacher: Teacher, facts: TeacherFacts, stats: TeacherStats,
+           loss: Method, student: torch.nn.Module, result: dict[str, Any]) -> float:
+    """summary.json (written last) and the results table for a trained student."""
+    own_cost, teacher_cost = student_cost(cfg, student, env), facts.cost
+    speedup = teacher_cost["latency"]["batch1_ms_median"] / own_cost["latency"]["batch1_ms_median"]
     summary = {**run_header(cfg, run_dir), "model": cfg.student.name, "T": cfg.T, "alpha": cfg.alpha,
-               "loss": cfg.loss.name, "loss_options": plain_config(cfg)["loss"],
-               "label_noise": cfg.dataset.label_noise, **result, **student_cost,
+               "loss": cfg.loss.name, "loss_options": plain_config(cfg)["loss"], **loss.summary(),
+               "label_noise": cfg.dataset.label_noise, **result, **own_cost,
                "teacher": {"model": cfg.teacher.name, "test_acc": teacher.test_acc, **teacher_cost,
-                           "checkpoint": str(teacher.checkpoint), "epoch": cfg.teacher_epoch,
+                           "checkpoint": str(teacher.checkpoint), "checkpoint_format": teacher.source.get("format"),
+                           "checkpoint_sha256": teacher.source.get("sha256"), "weights": cfg.teacher.weights,
+                           "epoch": cfg.teacher_epoch,
                            "label_smoothing": cfg.teacher.train.label_smoothing,
                            "train_nontarget_mass_at_T": stats.epsilon},
                "speedup": speedup}
@@ -68,3 +79,19 @@ def run(cfg: DictConfig, run_dir: Path) -> float:
                  title="kdrun distill", notes=[f"batch-1 speedup over the teacher: {speedup:.1f}x",
                                                f"teacher checkpoint: {teacher.checkpoint}", f"run dir: {run_dir}"])
     return summary["test_acc"]
+
+
+def run(cfg: DictConfig, run_dir: Path) -> float:
+    env = setup(cfg)
+    teacher, facts = prepare_teacher(cfg, env)
+    stats = job_stats(cfg, env, facts)
+    built: list[Method] = []  # the method, built once the student exists (connectors are sized from it)
+
+    def make_loss(student: torch.nn.Module) -> Method:
+        built.append(job_loss(cfg, env, stats, teacher.model, student))
+        return built[0]
+
+    student, result = train_student(cfg, env, run_dir, teacher.model, make_loss=make_loss,
+                                    teacher_logits=facts.train_logits,
+                                    epoch_hooks=epoch_hooks(cfg, env, facts.train_logits))
+    return finish(cfg, env, run_dir, teacher, facts, stats, built[0], student, result)

@@ -17,6 +17,15 @@ def build_model(name: str, num_classes: int, input_shape: tuple[int, ...], kwarg
     return MODELS.build(name, num_classes, tuple(input_shape), **dict(kwargs))
 
 
+def model_kwargs(spec: Any) -> dict[str, Any]:
+    """A model config's constructor options as plain data (they go into checkpoints): its kwargs,
+    plus the import path for `custom` models (`target`)."""
+    from omegaconf import OmegaConf
+
+    kwargs = OmegaConf.to_container(spec.kwargs, resolve=True)
+    return {**kwargs, "target": spec.target} if spec.get("target") else kwargs
+
+
 def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
@@ -29,7 +38,8 @@ def image_channels(input_shape: tuple[int, ...]) -> int:
     return input_shape[0]
 
 
-# Importing the modules registers their models; torchvision's classifiers wait for a `tv_` name.
-from kdrun.models import cifar, mnist1d  # noqa: E402,F401
+# Importing the modules registers their models; torchvision's and timm's wait for a `tv_` / `timm_` name.
+from kdrun.models import cifar, custom, mnist1d  # noqa: E402,F401
 
 MODELS.register_lazy("tv_", "kdrun.models.torchvision_models", "any torchvision.models classifier")
+MODELS.register_lazy("timm_", "kdrun.models.timm_models", "any timm model, with the extra kdrun[timm]")

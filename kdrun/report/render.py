@@ -9,6 +9,7 @@ from typing import Any
 from rich import box
 from rich.table import Table
 
+from kdrun.errors import KdrunError
 from kdrun.report.runs import FIXED, HEADERS, Report, Row, Stat, build_report
 
 
@@ -83,16 +84,9 @@ def write_markdown(report: Report, path: Path) -> Path:
     names, rows = shown(report)
     lines = ["Accuracy in %: mean ± sample std over the seeds; gain in percentage points of final accuracy "
              "over the baseline with the same recipe.", "", line(names), line(["---"] * len(names)),
-             *(line(row) for row in rows)]
+             *(line(row) for row in rows), "", *(f"- {note}" for note in report.notes)]
     path.write_text("\n".join(lines) + "\n")
     return path
-
-
-def output_dir(paths: list[Path], out: Path | None) -> Path:
-    """`out`, else the first path given (a sweep or run dir; a file's folder)."""
-    target = out if out is not None else (paths[0] if paths[0].is_dir() else paths[0].parent)
-    target.mkdir(parents=True, exist_ok=True)
-    return target
 
 
 def make_report(paths: list[Path], out: Path | None = None) -> Report:
@@ -101,11 +95,16 @@ def make_report(paths: list[Path], out: Path | None = None) -> Report:
                                     plot_acc_vs_t)
 
     report = build_report(paths)
-    target = output_dir(paths, out)
-    report.files = [write_csv(report, target / "report.csv"), write_markdown(report, target / "report.md")]
-    report.files += [p for p in (plot_acc_vs_t(report.rows, target / "acc_vs_T.png"),
-                                 plot_acc_vs_latency(report.rows, target / "acc_vs_latency.png"),
-                                 plot_acc_by_setting(report, target / "acc_by_setting.png")) if p]
+    target = out if out is not None else (paths[0] if paths[0].is_dir() else paths[0].parent)  # a file's folder
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+        report.files = [write_csv(report, target / "report.csv"), write_markdown(report, target / "report.md")]
+        report.files += [p for p in (plot_acc_vs_t(report.rows, target / "acc_vs_T.png"),
+                                     plot_acc_vs_latency(report.rows, target / "acc_vs_latency.png"),
+                                     plot_acc_by_setting(report, target / "acc_by_setting.png")) if p]
+    except OSError as error:
+        raise KdrunError(f"cannot write the report to {target} ({error.strerror or error}); "
+                         "pass --out DIR somewhere writable") from None
     return report
 
 

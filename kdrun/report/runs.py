@@ -22,6 +22,7 @@ epochs without configs), on final accuracy: picking the best epoch on the test s
 from __future__ import annotations
 
 import json
+import math
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +31,7 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from kdrun.errors import KdrunError
-from kdrun.rundir import HYDRA, METRICS, SUMMARY
+from kdrun.rundir import HYDRA, METRICS, SUMMARY, run_state
 
 ROLES = {"train_teacher": "teacher", "train_student": "baseline", "distill": "distill"}
 NOT_TRAINING = ("inspect_teacher",)  # finished runs that train nothing: never rows of a report
@@ -119,8 +120,8 @@ class Report:
 
 # --- finding and loading runs -------------------------------------------------------------
 
-def find_runs(paths: list[Path]) -> tuple[list[Path], int]:
-    """Finished run dirs (with summary.json) under `paths`, and how many job dirs are unfinished."""
+def find_runs(paths: list[Path]) -> tuple[list[Path], list[Path]]:
+    """Finished run dirs (with summary.json) under `paths`, and the run dirs that did not finish."""
     finished, unfinished = set(), set()
     for path in paths:
         if not path.exists():
@@ -130,27 +131,67 @@ def find_runs(paths: list[Path]) -> tuple[list[Path], int]:
             path = path.parent
         finished |= {p.parent.resolve() for p in path.rglob(SUMMARY)}
         unfinished |= {p.parent.resolve() for marker in (HYDRA, METRICS) for p in path.rglob(marker)}
-    return sorted(finished), len(unfinished - finished)
+    return sorted(finished), sorted(unfinished - finished)
 
 
 def load_run(run_dir: Path) -> Run:
+    """A finished run, or a KdrunError saying why it cannot be averaged (the report skips it and says so)."""
     try:
-        summary = json.loads((run_dir / SUMMARY).read_text())
-    except json.JSONDecodeError as error:
-        raise KdrunError(f"{run_dir / SUMMARY} is not valid JSON ({error}); rerun that job") from None
+        summary = json.loads((run_dir / SUMMARY).read_bytes().decode())
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        raise KdrunError(f"{SUMMARY} unreadable or not JSON ({str(error)[:80]})") from None
+    if not isinstance(summary, dict):
+        raise KdrunError(f"{SUMMARY} is not a JSON object")
     missing = [k for k in ("command", "model", "dataset", "test_acc", "best_test_acc", "latency") if k not in summary]
     if missing:
-        raise KdrunError(f"{run_dir / SUMMARY} lacks {', '.join(missing)}; it was not written by kdrun")
+        raise KdrunError(f"{SUMMARY} lacks {', '.join(missing)}; not written by kdrun")
+    if not all(isinstance(summary[k], str) for k in ("command", "model", "dataset")):
+        raise KdrunError(f"{SUMMARY}'s command, model and dataset are not all text")
+    for key in ("test_acc", "best_test_acc"):
+        if not (isinstance(summary[key], (int, float)) and math.isfinite(summary[key])):
+            raise KdrunError(f"{key} is {summary[key]}, not a number")
     hydra = run_dir / HYDRA
-    overrides = read_overrides(hydra / "overrides.yaml") if (hydra / "overrides.yaml").is_file() else None
-    config = OmegaConf.load(hydra / "config.yaml") if (hydra / "config.yaml").is_file() else None
+    try:
+        overrides = read_overrides(hydra / "overrides.yaml") if (hydra / "overrides.yaml").is_file() else None
+        config = OmegaConf.load(hydra / "config.yaml") if (hydra / "config.yaml").is_file() else None
+    except Exception as error:  # noqa: BLE001 - YAML, encoding and permission errors alike
+        raise KdrunError(f"{HYDRA}/ unreadable ({type(error).__name__}: {str(error).splitlines()[0][:80]})") from None
+    if config is not None and not isinstance(config, DictConfig):
+        raise KdrunError(f"{HYDRA}/config.yaml is not a mapping")
     return Run(run_dir, summary, overrides, config)
+
+
+def load_runs(run_dirs: list[Path]) -> tuple[list[Run], list[str]]:
+    """The runs that load, and a note per damaged one: a report never fails on one bad run."""
+    runs, skipped = [], []
+    for run_dir in run_dirs:
+        try:
+            runs.append(load_run(run_dir))
+        except KdrunError as error:
+            skipped.append(f"skipped {run_dir}: {error}")
+    return runs, skipped
+
+
+def unfinished_notes(run_dirs: list[Path], roots: list[Path]) -> list[str]:
+    """One line per run that did not finish, named by its job number (its path under the sweep dir)."""
+
+    def name(run_dir: Path) -> str:
+        for root in roots:
+            if run_dir.is_relative_to(root) and run_dir != root:
+                return str(run_dir.relative_to(root))
+        return str(run_dir)
+
+    notes = []
+    for run_dir in run_dirs:
+        state, detail = run_state(run_dir)
+        notes.append(f"job {name(run_dir)} {state}" + (f": {detail}" if detail else ""))
+    return notes
 
 
 def read_overrides(path: Path) -> dict[str, str]:
     """`key=value` lines of a job's task overrides, without Hydra's own and the +/++/~ prefixes."""
     overrides = {}
-    for line in OmegaConf.load(path):
+    for line in OmegaConf.load(path) or []:
         key, _, value = str(line).partition("=")
         key = key.lstrip("+~")
         if not key.startswith(("hydra.", "hydra/")):
@@ -268,11 +309,12 @@ def add_gains(rows: list[Row]) -> list[str]:
 def build_report(paths: list[Path]) -> Report:
     run_dirs, unfinished = find_runs(paths)
     where = " ".join(str(p) for p in paths)
-    if not run_dirs:
-        found = f" (only {unfinished} unfinished)" if unfinished else ""
+    runs, damaged = load_runs(run_dirs)
+    problems = damaged + unfinished_notes(unfinished, [p.resolve() for p in paths])
+    if not runs:
+        found = f" ({'; '.join(problems[:5])})" if problems else ""
         raise KdrunError(f"no finished runs (summary.json) under {where}{found}; "
                          "pass the run or sweep directories that kdrun wrote, e.g. outputs/distill-sweep/<time>")
-    runs = [load_run(d) for d in run_dirs]
     skipped = [run for run in runs if run.summary["command"] in NOT_TRAINING]
     runs = [run for run in runs if run.summary["command"] not in NOT_TRAINING]
     if not runs:
@@ -286,6 +328,4 @@ def build_report(paths: list[Path]) -> Report:
         seeds = row.values("seed")
         if len(set(seeds)) < len(seeds):
             notes.append(f"{row.label()}: {len(seeds)} runs but only {len(set(seeds))} distinct seed(s)")
-    if unfinished:
-        notes.append(f"ignored {unfinished} unfinished run(s) (no summary.json yet, or failed)")
-    return Report(keys, rows, notes)
+    return Report(keys, rows, notes + problems)
