@@ -202,3 +202,17 @@ def test_a_closed_stdout_stops_the_run_with_a_status_and_it_resumes(tmp_path):
     resumed = kdrun(tmp_path, "train-student", f"resume={run_dir}")
     assert resumed.returncode == 0, resumed.stderr
     assert [row["epoch"] for row in metric_rows(run_dir)] == [1, 2, 3]
+
+
+def test_resume_from_another_directory_uses_the_same_teacher(tmp_path):
+    here, elsewhere = tmp_path / "here", tmp_path / "elsewhere"
+    here.mkdir(), elsewhere.mkdir()
+    run_dir = here / "run"
+    assert kdrun(here, "distill", *FAST, "epochs=1", f"hydra.run.dir={run_dir}").returncode == 0
+    [stored] = (here / "outputs" / "teachers").glob("*.pt")
+    assert summary(run_dir)["paths"]["teacher_store"] == str(stored.parent)
+    (run_dir / "summary.json").unlink()  # killed after its last checkpoint
+    resumed = kdrun(elsewhere, "distill", f"resume={run_dir}")
+    assert resumed.returncode == 0, resumed.stderr
+    assert summary(run_dir)["teacher"]["checkpoint"] == str(stored)
+    assert not (elsewhere / "outputs").exists(), "no teacher retrained into the new working directory"
