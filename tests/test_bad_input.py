@@ -99,7 +99,7 @@ BEFORE_ANY_RUN = [
     ("alpha = nan in a sweep", ["distill", "-m", "alpha=0.5,nan"], "alpha must be a finite number (got nan)"),
     ("400-digit int", ["train-student", "epochs=1" + "0" * 400], "epochs is too large (got 10000000000000000000..., "
                                                                   "401 digits)"),
-    ("400-digit float", ["distill", "T=1" + "0" * 400], "is too large (int too large to convert to float)"),
+    ("400-digit float", ["distill", "T=1" + "0" * 400], "T is too large (int too large to convert to float); use a value below 1e308"),
     ("n_jobs=0", ["train-student", "-m", "seed=0,1", "hydra/launcher=local_parallel", "hydra.launcher.n_jobs=0"],
      "hydra.launcher.n_jobs must be >= 1"),
     ("unknown launcher", ["train-student", "-m", "seed=0,1", "hydra/launcher=nope"],
