@@ -78,6 +78,8 @@ def load_payload(path: Path, allowed: tuple[type, ...] = ()) -> Any:
     try:
         with torch.serialization.safe_globals(list(allowed)):
             payload = torch.load(path, map_location="cpu", weights_only=True)
+    except PermissionError as error:  # unreadable is not damaged: never advise deleting it
+        raise KdrunError(f"cannot read {path} ({error.strerror or error}); check its permissions") from None
     except pickle.UnpicklingError as error:
         if "GLOBAL" not in str(error):  # no refused code reference: the bytes are not a valid pickle
             raise _damaged(path, _unpickler_reason(error)) from None

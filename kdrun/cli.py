@@ -36,8 +36,9 @@ COMMANDS = {
                       module="kdrun.commands.report"),
 }
 
-# Hydra flags after which argv holds no overrides worth checking.
+# Hydra flags that start no run (the overrides are still checked: Hydra would print a traceback for them).
 INFO_FLAGS = ("--help", "-h", "--hydra-help", "--info", "-i", "--shell-completion", "-sc")
+COMPLETION_FLAGS = ("--shell-completion", "-sc")  # their `install=bash` is no override
 
 
 def usage() -> str:
@@ -67,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     from kdrun.sweep import is_sweep_dir, resume_sweep
 
     register_schemas()
-    if not any(flag in rest for flag in INFO_FLAGS):
+    if not any(flag in rest for flag in COMPLETION_FLAGS):
         try:
             if is_resume(rest):
                 target = resume_target(rest)
@@ -75,9 +76,10 @@ def main(argv: list[str] | None = None) -> int:
                     return resume_sweep(name, command.config_name, target)
                 rest = resume_overrides(command.config_name, rest)
                 os.chdir(launch_dir(target / HYDRA / "hydra.yaml"))  # relative paths in its config mean what they did
-            check_overrides(command.config_name, [a for a in rest if "=" in a and not a.startswith("-")])
-            check_output_dir(rest, multirun=any(a in ("-m", "--multirun") for a in rest),
-                             create=not any(a in ("--cfg", "-c") for a in rest), resuming=is_resume(rest))
+            check_overrides(command.config_name, [a for a in rest if ("=" in a or a.startswith("~")) and not a.startswith("-")])
+            if not any(flag in rest for flag in INFO_FLAGS):
+                check_output_dir(rest, multirun=any(a in ("-m", "--multirun") for a in rest),
+                                 create=not any(a in ("--cfg", "-c") for a in rest), resuming=is_resume(rest))
         except KdrunError as error:
             return fail(str(error))
     return launch(name, command, config_dir(), rest)

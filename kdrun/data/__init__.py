@@ -51,6 +51,9 @@ def load_dataset(name: str, data_dir: str, download: bool, augment: bool, kwargs
     """Build a registered dataset; `data_dir` is expanded and made absolute first."""
     root = Path(data_dir).expanduser().resolve()
     data = DATASETS.build(name, root=root, download=download, augment=augment, **kwargs)
+    if len(data.x_train) == 0 or len(data.x_test) == 0:
+        raise KdrunError(f"dataset '{name}' with these options has {len(data.x_train)} training and "
+                         f"{len(data.x_test)} test examples; a run needs both, check dataset.kwargs")
     if augment and data.augment is None:
         raise KdrunError(f"dataset '{name}' has no random augmentation; set dataset.augment=false")
     return data
