@@ -47,6 +47,8 @@ TABLE = [
     ("custom model without a target", ["distill", "student=custom"], "student=custom needs student.target="),
     ("custom target that cannot be imported", ["train-student", *STUDENT, "student=custom",
                                                "student.target=no_such_module:build"], "cannot import target"),
+    ("train-teacher given weights", ["train-teacher", "teacher=tv", "teacher.weights=IMAGENET1K_V1"],
+     "train-teacher trains a teacher from scratch"),
     ("pretrained weights for a zoo model", ["distill", *FAST, "teacher.weights=IMAGENET1K_V1"],
      "teacher.weights needs a tv_<name> or timm_<name> teacher (got 'cnn1d')"),
     ("missing dataset, download=false", ["train-student", *STUDENT, "dataset=mnist", "dataset.data_dir={empty}"],
