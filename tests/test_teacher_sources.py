@@ -89,11 +89,19 @@ FORMATS = {"repdistiller/ckpt_epoch_240.pth": "repdistiller", "repdistiller/resn
            "plain/state_dict.pt": "state_dict", "plain/wrapped.pt": "state_dict", "kdrun/checkpoint.pt": "kdrun"}
 
 
+THROUGH_THE_CLI = ("repdistiller/ckpt_epoch_240.pth", "mdistiller/epoch_240", "plain/wrapped.pt", "kdrun/checkpoint.pt")
+
+
 def test_every_format_loads_through_the_cli_and_scores_as_the_weights_do(tmp_path, monkeypatch):
     data_dir = tmp_path / "data"
     write_cifar10(data_dir / "cifar10", per_batch=20, num_test=300, rng=np.random.default_rng(0))
     model = trained_looking_resnet8()
     files = peer_files(tmp_path / "ckpts", model)
+    for name, path in files.items():  # every layout gives the same weights; one file per format goes through the CLI
+        weights = read_weights(path)
+        assert weights.format == FORMATS[name] and weights.state_dict.keys() == model.state_dict().keys(), name
+        assert all(torch.equal(weights.state_dict[k], v) for k, v in model.state_dict().items()), name
+    files = {name: files[name] for name in THROUGH_THE_CLI}
     script = tmp_path / "kdrun_no_md5.py"
     script.write_text(NO_MD5_CLI)
     env = {**os.environ, "KDRUN_TEST": "1"}
