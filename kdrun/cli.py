@@ -13,6 +13,7 @@ import sys
 from dataclasses import dataclass
 
 from kdrun.errors import KdrunError
+from kdrun.jobenv import under_torchrun
 
 
 @dataclass(frozen=True)
@@ -74,13 +75,27 @@ def main(argv: list[str] | None = None) -> int:
             if is_resume(rest):
                 rest = resume_overrides(command.config_name, rest)
             check_overrides(command.config_name, [a for a in rest if "=" in a and not a.startswith("-")])
-            check_output_dir(rest, multirun=any(a in ("-m", "--multirun") for a in rest),
-                             create=not any(a in ("--cfg", "-c") for a in rest))
+            multirun = any(a in ("-m", "--multirun") for a in rest)
+            check_output_dir(rest, multirun=multirun, create=not any(a in ("--cfg", "-c") for a in rest))
+            if under_torchrun():
+                rest = torchrun_overrides(name, command, rest, multirun)
         except KdrunError as error:
             if os.environ.get("HYDRA_FULL_ERROR") == "1":
                 raise
             return fail(str(error))
     return launch(name, command, config_dir(), rest)
+
+
+def torchrun_overrides(name: str, command: Command, rest: list[str], multirun: bool) -> list[str]:
+    """One run on all ranks: refuse what cannot be shared, then give every rank rank 0's run directory."""
+    if multirun:
+        raise KdrunError(f"torchrun runs one job on several processes; drop -m (sweep with hydra/launcher=slurm "
+                         f"and hydra.launcher.tasks_per_node=N instead)")
+    if command.config_name == "inspect_teacher":
+        raise KdrunError(f"{name} runs on one process; start it without torchrun")
+    from kdrun.distributed import shared_overrides  # torch: only under torchrun
+
+    return shared_overrides(command.config_name, rest)
 
 
 def plain_command(command: Command, rest: list[str]) -> int:

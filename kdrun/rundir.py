@@ -3,6 +3,9 @@
 `summary.json` is written last: its presence means the run finished. A run that fails
 gets `status.json` with the error instead, so nothing unfinished looks finished.
 No torch here: the CLI and `report` use it too.
+
+In a job of several processes (torchrun, SLURM) only rank 0 writes: every write to a run
+directory or the teacher store goes through this module, which drops the other ranks' writes.
 """
 
 from __future__ import annotations
@@ -20,9 +23,24 @@ CHECKPOINT = "checkpoint.pt"  # the trained model (kdrun.checkpoint format)
 LAST = "last.pt"  # the resumable training state (kdrun.trainstate)
 HYDRA = ".hydra"  # Hydra's resolved config and overrides
 
+_writes = True  # false on the ranks other than 0 of a distributed job
+
+
+def follow_rank(rank: int) -> None:
+    """Let only rank 0 of a distributed job write (see the module docstring)."""
+    global _writes
+    _writes = rank == 0
+
+
+def writes() -> bool:
+    """Whether this process writes run outputs (false on ranks other than 0)."""
+    return _writes
+
 
 def write_atomic(path: Path, write: Any) -> None:
-    """Call `write(file)` on a temporary file beside `path`, fsync, then rename over `path`."""
+    """Call `write(file)` on a temporary file beside `path`, fsync, then rename over `path` (rank 0 only)."""
+    if not _writes:
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -41,6 +59,8 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
 
 
 def append_metrics(run_dir: Path, row: dict[str, Any]) -> None:
+    if not _writes:
+        return
     with open(run_dir / METRICS, "a") as handle:
         handle.write(json.dumps(row) + "\n")
 
@@ -58,6 +78,8 @@ def write_status(run_dir: Path, status: str, **fields: Any) -> None:
 
 def delete_status(run_dir: Path) -> None:
     """A resumed run is running again: its old `interrupted` status no longer holds."""
+    if not _writes:
+        return
     (run_dir / STATUS).unlink(missing_ok=True)
 
 

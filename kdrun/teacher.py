@@ -12,16 +12,17 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 from filelock import FileLock
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from kdrun.data import TensorData
-from kdrun.engine import Recipe, StepProgress, accuracy, fit
+from kdrun import distributed
+from kdrun.engine import Recipe, StepProgress, evaluate, fit
 from kdrun.errors import KdrunError
 from kdrun.losses import cross_entropy, smoothed_cross_entropy
 from kdrun.models import build_model
@@ -43,8 +44,9 @@ class Teacher:
 def teacher_recipe(teacher: DictConfig, dataset: DictConfig) -> dict[str, Any]:
     """What makes two teachers the same; paths and switches are left out on purpose.
 
-    Label noise and the teacher's label smoothing count only when set, so a clean, unsmoothed
-    teacher keeps the hash it had before those options existed (stored teachers stay valid).
+    Label noise, the teacher's label smoothing and a streamed set's image size count only when set,
+    so a teacher keeps the hash it had before those options existed (stored teachers stay valid).
+    An image folder's path is its identity, so it counts.
     """
     train = OmegaConf.to_container(teacher.train, resolve=True)
     if not train.get("label_smoothing"):
@@ -52,6 +54,10 @@ def teacher_recipe(teacher: DictConfig, dataset: DictConfig) -> dict[str, Any]:
     data = {"name": dataset.name, "augment": dataset.augment, "kwargs": OmegaConf.to_container(dataset.kwargs, resolve=True)}
     if dataset.get("label_noise"):
         data.update(label_noise=dataset.label_noise, noise_seed=dataset.get("noise_seed", 0))
+    if dataset.get("image_size"):
+        data["image_size"] = dataset.image_size
+    if dataset.name == "image_folder":  # a user's folder is the dataset itself
+        data["data_dir"] = str(Path(dataset.data_dir).expanduser().resolve())
     return {"model": teacher.name, "kwargs": OmegaConf.to_container(teacher.kwargs, resolve=True),
             "dataset": data, "train": train}
 
@@ -74,7 +80,7 @@ def snapshot_path(path: Path, epoch: int) -> Path:
     return path.with_name(f"{path.stem}-e{epoch}.pt")
 
 
-def train_teacher(teacher: DictConfig, data: TensorData, device: Any, progress: Optional[StepProgress] = None,
+def train_teacher(teacher: DictConfig, data: Any, device: Any, progress: Optional[StepProgress] = None,
                   on_epoch: Optional[Callable[[dict[str, float]], None]] = None,
                   snapshots: Optional[dict[int, Callable[[nn.Module, dict], None]]] = None,
                   fit_hooks: Optional[dict[str, Any]] = None) -> tuple[nn.Module, list[dict]]:
@@ -99,7 +105,7 @@ def train_teacher(teacher: DictConfig, data: TensorData, device: Any, progress: 
     return model, history
 
 
-def _check_compatible(payload: dict[str, Any], path: Path, expected_arch: str, data: TensorData) -> None:
+def _check_compatible(payload: dict[str, Any], path: Path, expected_arch: str, data: Any) -> None:
     if payload["arch"] != expected_arch:
         raise KdrunError(f"{path} holds a '{payload['arch']}' but teacher={expected_arch}; "
                          f"set teacher={payload['arch']} or pass a {expected_arch} checkpoint")
@@ -111,7 +117,7 @@ def _check_compatible(payload: dict[str, Any], path: Path, expected_arch: str, d
                          f"'{data.name}' has {data.input_shape}; pass a teacher trained on '{data.name}'")
 
 
-def load_teacher(path: Path, expected_arch: str, data: TensorData, device: Any) -> Teacher:
+def load_teacher(path: Path, expected_arch: str, data: Any, device: Any) -> Teacher:
     payload = load_checkpoint(path)
     _check_compatible(payload, path, expected_arch, data)
     try:
@@ -119,7 +125,7 @@ def load_teacher(path: Path, expected_arch: str, data: TensorData, device: Any) 
     except RuntimeError as error:
         raise KdrunError(f"{path} does not fit a {expected_arch} with these options "
                          f"({str(error).splitlines()[0][:120]}); check teacher.kwargs") from None
-    return Teacher(model, path, accuracy(model, data.x_test, data.y_test), history=payload["metrics"].get("history", []))
+    return Teacher(model, path, evaluate(model, data, device), history=payload["metrics"].get("history", []))
 
 
 def train_command_hint(teacher: DictConfig, dataset: DictConfig) -> str:
@@ -134,7 +140,27 @@ def remove_stale_temps(path: Path) -> None:
         stale.unlink(missing_ok=True)
 
 
-def obtain_teacher(teacher: DictConfig, dataset: DictConfig, data: TensorData, device: Any, config: dict,
+@contextmanager
+def store_turn(path: Path, wanted: Path) -> Iterator[bool]:
+    """Hold the store's lock for `path` and say whether `wanted` is there now (trained by another job).
+
+    In a job of several processes rank 0 takes the lock and tells the others what it found, through the
+    job's store rather than a collective, so they can wait as long as another job keeps the lock; then
+    all ranks load the teacher, or train it together (only rank 0 writes it).
+    """
+    key = f"teacher/{wanted.name}"
+    if not distributed.context().is_main:
+        yield distributed.wait_for(key) == "stored"
+        return
+    with FileLock(str(path.with_name(f".{path.name}.lock"))):
+        stored = wanted.exists()
+        distributed.publish(key, "stored" if stored else "train")
+        if not stored:
+            remove_stale_temps(path)
+        yield stored
+
+
+def obtain_teacher(teacher: DictConfig, dataset: DictConfig, data: Any, device: Any, config: dict,
                    progress: Optional[StepProgress] = None,
                    on_epoch: Optional[Callable[[dict[str, float]], None]] = None,
                    epoch: Optional[int] = None, fit_hooks: Optional[dict[str, Any]] = None) -> Teacher:
@@ -159,11 +185,10 @@ def obtain_teacher(teacher: DictConfig, dataset: DictConfig, data: TensorData, d
         raise KdrunError(f"no trained teacher for this recipe in {path.parent}; run "
                          f"`{train_command_hint(teacher, dataset)}` first (or set teacher.train_if_missing=true)")
     path.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(path.with_name(f".{path.name}.lock"))):
-        if wanted.exists():  # another job trained it while we waited for the lock
+    with store_turn(path, wanted) as stored:
+        if stored:  # another job trained it while we waited for the lock
             log.info("Using teacher trained by a parallel job: %s", wanted)
             return load_teacher(wanted, teacher.name, data, device)
-        remove_stale_temps(path)
         if path.exists():
             log.info("Stored teacher %s has no snapshot after epoch %s: training its recipe again to make one",
                      path, epoch)

@@ -12,13 +12,16 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+from contextlib import nullcontext
 from pathlib import Path
+from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from kdrun.config import validate
 from kdrun.errors import Interrupted, KdrunError
+from kdrun.jobenv import launched
 from kdrun.lifecycle import report_interrupted, resume_command, stop_on_signals
 
 
@@ -33,17 +36,27 @@ def parallel_jobs(hydra_cfg: DictConfig) -> int:
 
 def stop_interrupted(cfg: DictConfig, run_dir: Path, interrupted: Interrupted, code: int) -> None:
     """Mark the run interrupted (never finished), say how to continue it, exit 130/143."""
-    from kdrun.rundir import write_status
+    from kdrun.rundir import write_status, writes
 
     where = f"epoch {interrupted.epoch} after step {interrupted.step}"
     if interrupted.saved:
         resume = resume_command(cfg.command, run_dir)
         write_status(run_dir, "interrupted", epoch=interrupted.epoch, step=interrupted.step, resume=resume)
-        report_interrupted(f"kdrun: interrupted in {where}, state saved to {run_dir / 'last.pt'}; resume with: {resume}")
+        if writes():  # rank 0 speaks for a job of several
+            report_interrupted(f"kdrun: interrupted in {where}, state saved to {run_dir / 'last.pt'}; resume with: {resume}")
     else:
         write_status(run_dir, "interrupted", epoch=interrupted.epoch, step=interrupted.step, resume=None)
         report_interrupted(f"kdrun: interrupted in {where} (teacher training, not resumable); run the command again")
     sys.exit(code)
+
+
+def job_process() -> Any:
+    """This process's part in a torchrun/SLURM job of several (kdrun.distributed), else nothing to do."""
+    if not launched():
+        return nullcontext()
+    from kdrun.distributed import job_process as joined  # torch: only in a job of several
+
+    return joined()
 
 
 def run_task(cfg: DictConfig) -> float | None:
@@ -53,7 +66,7 @@ def run_task(cfg: DictConfig) -> float | None:
         cfg.threads = max(1, (os.cpu_count() or 1) // parallel_jobs(hydra_cfg))
     try:
         validate(cfg)
-        with stop_on_signals() as stop:
+        with stop_on_signals() as stop, job_process():
             try:
                 return importlib.import_module(f"kdrun.commands.{cfg.command}").run(cfg, run_dir)
             except Interrupted as interrupted:

@@ -17,16 +17,16 @@ from kdrun.teacher import obtain_teacher
 from kdrun.ui import epoch_progress, show_results
 
 
-def epoch_hooks(cfg: DictConfig, env: Setup,
-                teacher_logits: torch.Tensor) -> Callable[[torch.nn.Module], list[EpochHook]]:
-    """Per-epoch extras for the student: the gradient-rescaling probe (cfg.probe)."""
+def epoch_hooks(cfg: DictConfig, env: Setup, teacher_logits: torch.Tensor,
+                reference: tuple[torch.Tensor, torch.Tensor]) -> Callable[[torch.nn.Module], list[EpochHook]]:
+    """Per-epoch extras for the student: the gradient-rescaling probe (cfg.probe) on the reference inputs."""
 
     def hooks(student: torch.nn.Module) -> list[EpochHook]:
         if not cfg.probe:
             return []
-        index = probe_subset(len(env.data.x_train), cfg.probe_examples).to(env.device)
-        return [gradient_probe(student, teacher_logits[index], env.data.x_train[index],
-                               env.data.y_train[index], cfg.T)]
+        x, y = reference
+        index = probe_subset(len(x), cfg.probe_examples).to(env.device)
+        return [gradient_probe(student, teacher_logits[index], x[index], y[index], cfg.T)]
 
     return hooks
 
@@ -36,14 +36,15 @@ def run(cfg: DictConfig, run_dir: Path) -> float:
     with epoch_progress(cfg.progress, "teacher") as progress:
         teacher = obtain_teacher(cfg.teacher, cfg.dataset, env.data, env.device, plain_config(cfg), progress,
                                  epoch=cfg.teacher_epoch, fit_hooks=stop_hook())
-    teacher_logits = predict(teacher.model, env.data.x_train)  # un-augmented training set: stats and probe
-    stats = teacher_stats(teacher_logits, env.data.y_train, cfg.T, env.data.num_classes)
+    reference = env.data.teacher_reference(env.device)  # un-augmented training inputs: stats and probe
+    teacher_logits = predict(teacher.model, reference[0])
+    stats = teacher_stats(teacher_logits, reference[1], cfg.T, env.data.num_classes)
     loss = build_loss(cfg, stats)
     if cfg.loss.name == "ls":
         log.info("ls: epsilon %.4f (%s)", loss.epsilon, "the teacher's mean non-target mass at T=%g" % cfg.T
                  if cfg.loss.epsilon is None else "loss.epsilon")
     student, result = train_student(cfg, env, run_dir, teacher.model, loss=loss,
-                                    epoch_hooks=epoch_hooks(cfg, env, teacher_logits))
+                                    epoch_hooks=epoch_hooks(cfg, env, teacher_logits, reference))
     student_cost = model_cost(student, env.data, cfg, env.device)
     teacher_cost = model_cost(teacher.model, env.data, cfg, env.device)
     speedup = teacher_cost["latency"]["batch1_ms_median"] / student_cost["latency"]["batch1_ms_median"]

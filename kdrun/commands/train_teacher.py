@@ -10,13 +10,15 @@ from omegaconf import DictConfig
 
 from kdrun.commands.common import (epoch_recorder, history_summary, log, model_cost, plain_config, run_header,
                                    setup, training_hooks)
-from kdrun.rundir import append_metrics, write_summary
+from kdrun.rundir import append_metrics, write_summary, writes
 from kdrun.teacher import obtain_teacher
 from kdrun.ui import epoch_progress, show_results
 
 
 def link_or_copy(source: Path, target: Path) -> None:
-    """A run dir's own handle on the stored checkpoint, without a second copy where possible."""
+    """A run dir's own handle on the stored checkpoint, without a second copy where possible (rank 0 only)."""
+    if not writes():
+        return
     try:
         os.link(source, target)
     except OSError:
