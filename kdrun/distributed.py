@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
@@ -145,8 +146,10 @@ def _is_collective_failure(error: Exception) -> bool:
 
 
 def _first_line(error: Exception) -> str:
+    """The first sentence of a collective's error, without gloo's source-location prefix."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return (lines[0] if lines else type(error).__name__)[:200]
+    text = re.sub(r"^\[[^\]]*\]\s*", "", lines[0] if lines else type(error).__name__)
+    return text.split(". ")[0][:160]
 
 
 def device_for(device: torch.device) -> torch.device:
@@ -161,6 +164,14 @@ def all_sum(tensor: torch.Tensor) -> torch.Tensor:
     if _context.distributed:
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
+
+
+def share_buffers(model: torch.nn.Module) -> None:
+    """Give every rank rank 0's buffers (BatchNorm running statistics): each rank updated them from its own
+    share of the last batches, and the checkpoint rank 0 writes holds rank 0's."""
+    if _context.distributed:
+        for buffer in model.buffers():
+            dist.broadcast(buffer, src=0)
 
 
 def any_rank(flag: bool, device: torch.device) -> bool:

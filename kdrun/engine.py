@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from kdrun.data import EpochPlan, batch_sizes
-from kdrun.distributed import all_sum, any_rank, context
+from kdrun.distributed import all_sum, any_rank, context, share_buffers
 from kdrun.errors import Interrupted, KdrunError
 from kdrun.losses import Loss, cross_entropy
 from kdrun.runtime import memory_format
@@ -246,6 +246,7 @@ def fit(model: nn.Module, data: Any, recipe: Recipe, device: torch.device, *,
                     checkpoint(loop.snapshot(step + 1, perm, sums, bad_step, time.perf_counter() - started))
                 raise Interrupted(epoch, step + 1, saved=checkpoint is not None)
         _schedule_step(scheduler, resumed_after_last_step=first == steps)
+        share_buffers(model)
         train_loss, ce, kd = (all_sum(sums) / seen).tolist()
         if not math.isfinite(train_loss):
             raise KdrunError(f"training loss became {train_loss} in epoch {epoch}, step {int(bad_step)} of {steps}; "
