@@ -68,7 +68,8 @@ def slurm_environment(environ: Mapping[str, str] = os.environ) -> dict[str, str]
 
     from submitit.helpers import TorchDistributedEnvironment
 
-    with mock.patch.dict(os.environ, dict(environ), clear=True):
+    # submitit's jobs say they are SLURM's; tasks started by a plain srun have only SLURM's variables.
+    with mock.patch.dict(os.environ, {"SUBMITIT_EXECUTOR": "slurm", **environ}, clear=True):
         slurm = TorchDistributedEnvironment()
     return {"MASTER_ADDR": slurm.master_addr, "MASTER_PORT": str(slurm.master_port), "RANK": str(slurm.rank),
             "WORLD_SIZE": str(slurm.world_size), "LOCAL_RANK": str(slurm.local_rank),
