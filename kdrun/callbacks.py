@@ -1,4 +1,4 @@
-"""Hydra callbacks: after a sweep, summarise it (`kdrun report` on the sweep dir).
+"""Hydra callbacks: after a sweep, summarise it (`kdrun report` on the sweep dir) and say which jobs failed.
 
 Imported by Hydra at the start of every run, so the report's own imports wait until a
 sweep has ended.
@@ -6,6 +6,7 @@ sweep has ended.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -14,16 +15,37 @@ from omegaconf import DictConfig
 
 
 class ReportCallback(Callback):
-    """Writes the report into the sweep dir and prints its table; a report problem never fails the sweep."""
+    """Writes the report into the sweep dir and prints its table (a report problem is one line, never a
+    traceback); then, if any job did not finish, names them and ends the sweep command with exit code 2."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        from kdrun.errors import KdrunError
-        from kdrun.report import make_report, show_report
-
         sweep_dir = Path(config.hydra.sweep.dir).resolve()
-        try:
-            show_report(make_report([sweep_dir]))
-        except KdrunError as error:
-            print(f"kdrun: no report for this sweep: {error}")
-        except Exception as error:  # the runs are on disk; the sweep itself succeeded
-            print(f"kdrun: report failed ({type(error).__name__}: {error}); retry with `kdrun report {sweep_dir}`")
+        if not sweep_dir.is_dir():  # a sweep with no jobs
+            return
+        unfinished = summarise_sweep(sweep_dir)
+        if unfinished:
+            sys.exit(end_of_incomplete_sweep(sweep_dir, config.command, unfinished))
+
+
+def summarise_sweep(sweep_dir: Path) -> list[Path]:
+    """Print the sweep's report (written into it) and return the job dirs that did not finish."""
+    from kdrun.errors import KdrunError
+    from kdrun.report import make_report, show_report
+    from kdrun.report.runs import find_runs
+
+    try:
+        show_report(make_report([sweep_dir]))
+    except KdrunError as error:
+        print(f"kdrun: no report for this sweep: {error}")
+    except Exception as error:  # noqa: BLE001 - the runs are on disk; say how to retry
+        print(f"kdrun: report failed ({type(error).__name__}: {error}); retry with `kdrun report {sweep_dir}`")
+    return find_runs([sweep_dir])[1]
+
+
+def end_of_incomplete_sweep(sweep_dir: Path, command: str, unfinished: list[Path]) -> int:
+    from kdrun.errors import fail
+    from kdrun.lifecycle import resume_command
+
+    jobs = ", ".join(p.name for p in unfinished)
+    return fail(f"{len(unfinished)} job(s) of this sweep did not finish (job {jobs}; see the notes above); "
+                f"fix the cause, then run the rest with `{resume_command(command, sweep_dir)}`")

@@ -7,6 +7,7 @@ a checkpoint is data, never code.
 
 from __future__ import annotations
 
+import logging
 import pickle
 import re
 from pathlib import Path
@@ -17,7 +18,9 @@ from torch import nn
 
 from kdrun.errors import KdrunError
 from kdrun.models import build_model
-from kdrun.rundir import write_atomic
+from kdrun.rundir import write_atomic, writes
+
+log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = "kdrun-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -26,7 +29,9 @@ CHECKPOINT_VERSION = 1
 def save_checkpoint(path: Path, model: nn.Module, *, arch: str, arch_kwargs: dict[str, Any], num_classes: int,
                     input_shape: tuple[int, ...], dataset: str, config: dict[str, Any],
                     metrics: dict[str, Any]) -> None:
-    """A checkpoint that says what it is: enough to rebuild the model without the config."""
+    """A checkpoint that says what it is: enough to rebuild the model without the config (rank 0 writes it)."""
+    if not writes():
+        return
     payload = {
         "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION,
         "arch": arch, "arch_kwargs": dict(arch_kwargs), "num_classes": num_classes,
@@ -82,5 +87,23 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
 
 def model_from_checkpoint(payload: dict[str, Any]) -> nn.Module:
     model = build_model(payload["arch"], payload["num_classes"], tuple(payload["input_shape"]), payload["arch_kwargs"])
-    model.load_state_dict(payload["state_dict"])
+    model.load_state_dict(renamed_sequential_keys(model, payload["state_dict"]))
     return model
+
+
+def renamed_sequential_keys(model: nn.Module, state_dict: dict[str, Any]) -> dict[str, Any]:
+    """Keys of kdrun's CIFAR zoo before it took the peers' module names (`0.0.weight ... 16.2.weight`,
+    nn.Sequential indices) renamed by position to `model`'s; any other state_dict is returned as it is.
+
+    The old and new zoo register the same tensors in the same order (their logits agree exactly),
+    so a rename is safe when every key is a Sequential index and every shape matches in order.
+    """
+    expected = model.state_dict()
+    if state_dict.keys() == expected.keys() or not all(key.split(".")[0].isdigit() for key in state_dict):
+        return state_dict
+    if len(state_dict) != len(expected) or any(old.shape != new.shape
+                                               for old, new in zip(state_dict.values(), expected.values())):
+        return state_dict
+    log.info("Renamed the state_dict keys of an earlier kdrun (nn.Sequential indices) to %s's module names",
+             type(model).__name__)
+    return dict(zip(expected, state_dict.values()))

@@ -12,7 +12,9 @@ import signal
 import sys
 from dataclasses import dataclass
 
-from kdrun.errors import KdrunError
+from kdrun.rundir import HYDRA, follow_rank
+
+from kdrun.errors import KdrunError, fail
 from kdrun.jobenv import under_torchrun
 
 
@@ -46,11 +48,6 @@ def usage() -> str:
     return "\n".join(lines)
 
 
-def fail(message: str) -> int:
-    print(f"kdrun: error: {message}", file=sys.stderr)
-    return 2
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if hasattr(signal, "SIGPIPE"):  # `kdrun distill --help | head` ends quietly, like any CLI
@@ -67,21 +64,27 @@ def main(argv: list[str] | None = None) -> int:
 
     from kdrun.config import config_dir, register_schemas
     from kdrun.preflight import check_output_dir, check_overrides
-    from kdrun.resume import is_resume, resume_overrides
+    from kdrun.resume import is_resume, launch_dir, resume_overrides, resume_target
+    from kdrun.sweep import is_sweep_dir, resume_sweep
 
     register_schemas()
+    if under_torchrun():  # rank 0 alone checks, holds and writes the run dir (kdrun.rundir)
+        follow_rank(int(os.environ.get("RANK", "0")))
     if not any(flag in rest for flag in INFO_FLAGS):
         try:
             if is_resume(rest):
+                target = resume_target(rest)
+                if is_sweep_dir(target):
+                    return resume_sweep(name, command.config_name, target)
                 rest = resume_overrides(command.config_name, rest)
+                os.chdir(launch_dir(target / HYDRA / "hydra.yaml"))  # relative paths in its config mean what they did
             check_overrides(command.config_name, [a for a in rest if "=" in a and not a.startswith("-")])
             multirun = any(a in ("-m", "--multirun") for a in rest)
-            check_output_dir(rest, multirun=multirun, create=not any(a in ("--cfg", "-c") for a in rest))
+            check_output_dir(rest, multirun=multirun, create=not any(a in ("--cfg", "-c") for a in rest),
+                             resuming=is_resume(rest))
             if under_torchrun():
                 rest = torchrun_overrides(name, command, rest, multirun)
         except KdrunError as error:
-            if os.environ.get("HYDRA_FULL_ERROR") == "1":
-                raise
             return fail(str(error))
     return launch(name, command, config_dir(), rest)
 
@@ -89,8 +92,8 @@ def main(argv: list[str] | None = None) -> int:
 def torchrun_overrides(name: str, command: Command, rest: list[str], multirun: bool) -> list[str]:
     """One run on all ranks: refuse what cannot be shared, then give every rank rank 0's run directory."""
     if multirun:
-        raise KdrunError(f"torchrun runs one job on several processes; drop -m (sweep with hydra/launcher=slurm "
-                         f"and hydra.launcher.tasks_per_node=N instead)")
+        raise KdrunError("torchrun runs one job on several processes; drop -m (a sweep of multi-process jobs: "
+                         "hydra/launcher=slurm with hydra.launcher.tasks_per_node=N)")
     if command.config_name == "inspect_teacher":
         raise KdrunError(f"{name} runs on one process; start it without torchrun")
     from kdrun.distributed import shared_overrides  # torch: only under torchrun
@@ -105,8 +108,6 @@ def plain_command(command: Command, rest: list[str]) -> int:
     try:
         return importlib.import_module(command.module).main(rest)
     except KdrunError as error:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
         return fail(str(error))
 
 
@@ -114,7 +115,7 @@ def launch(name: str, command: Command, conf: object, rest: list[str]) -> int:
     """Run Hydra's own main with this command's config; results go to files, not returns."""
     import hydra
 
-    from kdrun.commands import run_task
+    from kdrun.task import run_task
 
     sys.argv = [f"kdrun {name}", *rest]
     hydra.main(config_path=str(conf), config_name=command.config_name, version_base="1.3")(run_task)()

@@ -102,15 +102,13 @@ def shared_overrides(config_name: str, overrides: list[str]) -> list[str]:
     other ranks from writing its .hydra/ files there."""
     from kdrun.preflight import run_dir_of
 
-    ctx = join()
+    ctx = enter_job()
     run_dir = from_main(run_dir_of(config_name, overrides) if ctx.is_main else None)
     return [*overrides, f"hydra.run.dir={run_dir}", *([] if ctx.is_main else ["hydra.output_subdir=null"])]
 
 
-@contextmanager
-def job_process() -> Iterator[Context]:
-    """This process's part in a job of several: join the group; let only rank 0 write files and print; turn a
-    failed collective (a rank died, a peer timed out) into one line instead of a traceback."""
+def enter_job() -> Context:
+    """This process's part in a job of several: join the group; only rank 0 writes files, logs and prints."""
     from kdrun import ui
     from kdrun.rundir import follow_rank
 
@@ -119,12 +117,19 @@ def job_process() -> Iterator[Context]:
     if not ctx.is_main:
         _quiet()
         ui.console.quiet = True
+    return ctx
+
+
+@contextmanager
+def collective_failures() -> Iterator[None]:
+    """Turn a failed collective (a rank died, a peer timed out) into one line instead of a traceback; leave
+    the group when the run ends well."""
     try:
-        yield ctx
+        yield
     except (RuntimeError, dist.DistError) as error:
-        if isinstance(error, KdrunError) or not _is_collective_failure(error):
+        if not _is_collective_failure(error):
             raise
-        raise KdrunError(f"rank {ctx.rank} of {ctx.world_size}: the job's process group failed "
+        raise KdrunError(f"rank {_context.rank} of {_context.world_size}: the job's process group failed "
                          f"({_first_line(error)}); another rank failed or was killed: see its error") from None
     dist.destroy_process_group()
 

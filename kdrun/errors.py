@@ -1,4 +1,12 @@
-"""The one exception type that reaches the user as a sentence instead of a traceback."""
+"""The one exception type that reaches the user as a sentence instead of a traceback, and the one way out."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+EXIT_ERROR = 2  # a user error (bad input, a failed job); 130/143 mean interrupted
 
 
 class KdrunError(Exception):
@@ -14,3 +22,22 @@ class Interrupted(Exception):
     def __init__(self, epoch: int, step: int, saved: bool) -> None:
         super().__init__(f"interrupted in epoch {epoch} after step {step}")
         self.epoch, self.step, self.saved = epoch, step, saved
+
+
+def fail(message: str, run_dir: Path | None = None) -> int:
+    """The one failure path of the CLI and the task: `status.json` says `failed` (where a run dir is
+    ours to write), one line on stderr, and the exit code to return.
+
+    Called while handling the error, HYDRA_FULL_ERROR=1 re-raises it for the traceback.
+    """
+    if run_dir is not None:
+        from kdrun.rundir import write_failure
+
+        try:
+            write_failure(run_dir, message)
+        except OSError:  # the disk that failed the run may fail this too
+            pass
+    if os.environ.get("HYDRA_FULL_ERROR") == "1" and sys.exc_info()[0] is not None:
+        raise
+    print(f"kdrun: error: {message}", file=sys.stderr, flush=True)
+    return EXIT_ERROR

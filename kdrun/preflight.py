@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from kdrun.config import ConfigError, config_dir, validate
+from kdrun.rundir import MULTIRUN, SUMMARY, holds_run
 
 _MISSING = object()
 
@@ -136,8 +137,19 @@ def _static_prefix(path: str) -> Path:
     return Path(head if head.endswith("/") or "${" not in path else head.rsplit("/", 1)[0] or ".").expanduser()
 
 
-def check_output_dir(overrides: list[str], multirun: bool, create: bool = True) -> None:
-    """Fail before Hydra does (with a traceback) when the run dir cannot be created.
+def check_unused(target: Path, key: str) -> None:
+    """A run or sweep dir named by hand must not hold a run already: its files would mix with the new ones."""
+    if (target / MULTIRUN).exists():
+        raise ConfigError(f"{target} already holds a sweep; pass another {key}=DIR, "
+                          f"or run its unfinished jobs with resume={target}")
+    if holds_run(target):
+        finished = (target / SUMMARY).exists()
+        hint = "" if finished else f", or continue it with resume={target}"
+        raise ConfigError(f"{target} already holds a {'finished ' if finished else ''}run; pass another {key}=DIR{hint}")
+
+
+def check_output_dir(overrides: list[str], multirun: bool, create: bool = True, resuming: bool = False) -> None:
+    """Fail before Hydra does (with a traceback) when the run dir cannot be created, or holds another run.
 
     With `create`, the fixed part of the path is made now (Hydra would make it next anyway):
     the only test that no permission bit or special filesystem (/proc) can fool.
@@ -146,6 +158,8 @@ def check_output_dir(overrides: list[str], multirun: bool, create: bool = True) 
     chosen = [o.split("=", 1)[1] for o in overrides if o.startswith(f"{key}=")]
     target = _static_prefix(chosen[-1] if chosen else "outputs/${command}").resolve()
     existing = next(p for p in (target, *target.parents) if p.exists())
+    if chosen and "${" not in chosen[-1] and not resuming:
+        check_unused(target, key)
     if not existing.is_dir():
         raise ConfigError(f"cannot create the run directory {target}: {existing} is a file, not a directory; "
                           f"pass {key}=DIR somewhere writable")

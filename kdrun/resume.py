@@ -17,15 +17,24 @@ from omegaconf import OmegaConf
 
 from kdrun.errors import KdrunError
 from kdrun.lifecycle import resume_command
-
-from kdrun.rundir import LAST, SUMMARY
+from kdrun.rundir import HYDRA, LAST, SUMMARY, check_not_in_use
 
 
 def is_resume(args: list[str]) -> bool:
     return any(a.startswith("resume=") for a in args)
 
 
-def _run_dir(args: list[str]) -> Path:
+def launch_dir(hydra_file: Path) -> Path:
+    """The directory a run (or sweep) was started from, as Hydra recorded it: relative paths in its
+    config (teacher store, data dir) mean what they meant then, whatever the current directory now."""
+    try:
+        cwd = OmegaConf.select(OmegaConf.load(hydra_file), "hydra.runtime.cwd", default=None)
+    except Exception:  # noqa: BLE001 - a damaged file: keep the current directory
+        cwd = None
+    return Path(cwd) if cwd and Path(cwd).is_dir() else Path.cwd()
+
+
+def resume_target(args: list[str]) -> Path:
     chosen = [a for a in args if a.startswith("resume=")]
     others = [a for a in args if not a.startswith("resume=")]
     if len(chosen) > 1 or others:
@@ -39,7 +48,7 @@ def _run_dir(args: list[str]) -> Path:
 
 def check_run_dir(run_dir: Path, config_name: str) -> dict[str, Any]:
     """The run's saved config, or a one-line error saying why this dir cannot be resumed."""
-    saved = run_dir / ".hydra" / "config.yaml"
+    saved = run_dir / HYDRA / "config.yaml"
     if not saved.is_file():
         raise KdrunError(f"{run_dir} is not a kdrun run directory (no .hydra/config.yaml); pass the directory "
                          "of the interrupted run, e.g. resume=outputs/distill/<time>")
@@ -49,7 +58,8 @@ def check_run_dir(run_dir: Path, config_name: str) -> dict[str, Any]:
         raise KdrunError(f"{run_dir} is a '{command}' run, not '{config_name}'; resume it with "
                          f"`{resume_command(str(command), run_dir)}`")
     if (run_dir / SUMMARY).exists():
-        raise KdrunError(f"{run_dir} already finished (it has summary.json); nothing to resume, start a new run")
+        raise KdrunError(f"{run_dir} already finished (it has {SUMMARY}); nothing to resume, start a new run")
+    check_not_in_use(run_dir)
     if not (run_dir / LAST).is_file():
         raise KdrunError(f"{run_dir} has no {LAST}, so there is nothing to resume (it stopped before its first "
                          "checkpoint, or ran with checkpoint_every=0); start the run again")
@@ -68,9 +78,9 @@ def resume_overrides(config_name: str, args: list[str]) -> list[str]:
     """The overrides that relaunch the run in `resume=` with its own config and directory."""
     from kdrun.preflight import compose_plain
 
-    run_dir = _run_dir(args)
+    run_dir = resume_target(args)
     saved = check_run_dir(run_dir, config_name)
-    overrides_file = run_dir / ".hydra" / "overrides.yaml"
+    overrides_file = run_dir / HYDRA / "overrides.yaml"
     original = [str(o) for o in OmegaConf.load(overrides_file)] if overrides_file.is_file() else []
     original = [o for o in original if not o.startswith("resume=")]
     changed = differences({k: v for k, v in saved.items() if k != "resume"},

@@ -1,11 +1,13 @@
-"""The run directory's one owner: its file names, atomic writes, metrics, status and summary.
+"""The run directory's one owner: its file names, atomic writes, metrics, status, summary and lock.
 
 `summary.json` is written last: its presence means the run finished. A run that fails
-gets `status.json` with the error instead, so nothing unfinished looks finished.
-No torch here: the CLI and `report` use it too.
+gets `status.json` with the error instead, so nothing unfinished looks finished. A run
+holds its directory's lock (`.kdrun.lock`, an flock the OS drops with the process) for its
+whole life, so no second process writes into it. No torch here: the CLI and `report` use it too.
 
-In a job of several processes (torchrun, SLURM) only rank 0 writes: every write to a run
-directory or the teacher store goes through this module, which drops the other ranks' writes.
+In a job of several processes (torchrun, SLURM) only rank 0 writes run outputs and holds the
+lock: the writers here, and `save_checkpoint`/`save_state` (the model files, teacher store
+included), skip the other ranks' writes (`follow_rank`, `writes`).
 """
 
 from __future__ import annotations
@@ -13,8 +15,13 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
+
+from filelock import FileLock, Timeout
+
+from kdrun.errors import KdrunError
 
 SUMMARY = "summary.json"  # written last: the run finished
 STATUS = "status.json"  # a run that did not finish: failed or interrupted
@@ -22,6 +29,15 @@ METRICS = "metrics.jsonl"  # one JSON object per epoch
 CHECKPOINT = "checkpoint.pt"  # the trained model (kdrun.checkpoint format)
 LAST = "last.pt"  # the resumable training state (kdrun.trainstate)
 HYDRA = ".hydra"  # Hydra's resolved config and overrides
+LOCK = ".kdrun.lock"  # held by the process that runs in this directory
+MULTIRUN = "multirun.yaml"  # a sweep directory's own config (written by Hydra's basic sweeper)
+OUTPUTS = (SUMMARY, STATUS, METRICS, CHECKPOINT, LAST)  # what makes a directory hold a run
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 _writes = True  # false on the ranks other than 0 of a distributed job
 
@@ -38,12 +54,11 @@ def writes() -> bool:
 
 
 def write_atomic(path: Path, write: Any) -> None:
-    """Call `write(file)` on a temporary file beside `path`, fsync, then rename over `path` (rank 0 only)."""
-    if not _writes:
-        return
+    """Call `write(file)` on a temporary file beside `path`, fsync, then rename over `path`."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp's 0600 would keep a shared teacher store private
         with os.fdopen(fd, "wb") as handle:
             write(handle)
             handle.flush()
@@ -55,6 +70,8 @@ def write_atomic(path: Path, write: Any) -> None:
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
+    if not _writes:
+        return
     write_atomic(path, lambda f: f.write((json.dumps(data, indent=2) + "\n").encode()))
 
 
@@ -87,8 +104,68 @@ def write_failure(run_dir: Path, message: str) -> None:
     write_status(run_dir, "failed", error=message)
 
 
+def holds_run(run_dir: Path) -> bool:
+    """A run wrote here (finished or not); only `.hydra/` and a log mean it died before writing anything."""
+    return any((run_dir / name).exists() for name in OUTPUTS)
+
+
+def run_state(run_dir: Path) -> tuple[str, str]:
+    """`finished`, `failed`, `interrupted` or `unfinished`, and the detail a person needs (error, resume command)."""
+    if (run_dir / SUMMARY).exists():
+        return "finished", ""
+    try:
+        status = json.loads((run_dir / STATUS).read_text())
+    except (OSError, ValueError):
+        return "unfinished", "no summary.json: killed, or still running"
+    if not isinstance(status, dict):
+        return "unfinished", f"{STATUS} is damaged"
+    return str(status.get("status", "unfinished")), str(status.get("error") or status.get("resume") or "")
+
+
+def forget_unfinished(run_dir: Path) -> None:
+    """Clear what a failed attempt left (metrics, status, a checkpoint) so a fresh attempt starts clean here."""
+    for name in (STATUS, METRICS, CHECKPOINT):
+        (run_dir / name).unlink(missing_ok=True)
+
+
 def rewrite_metrics(run_dir: Path, rows: list[dict[str, Any]]) -> None:
     """Replace metrics.jsonl by `rows` (a resumed run's history), so no epoch appears twice."""
+    if not _writes:
+        return
     write_atomic(run_dir / METRICS, lambda f: f.write("".join(json.dumps(r) + "\n" for r in rows).encode()))
 
 
+
+
+class RunDirInUse(KdrunError):
+    """Another live process holds this run directory."""
+
+
+def _lock(run_dir: Path) -> FileLock:
+    return FileLock(str(run_dir / LOCK), mode=0o666 & ~_umask())
+
+
+@contextmanager
+def owned(run_dir: Path) -> Iterator[None]:
+    """Hold `run_dir` for the life of a run; a second process gets a one-line error instead of writing into it.
+    In a job of several processes rank 0 holds it for all."""
+    if not _writes:
+        yield
+        return
+    lock = _lock(run_dir)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise RunDirInUse(f"{run_dir} is in use by another kdrun process; wait for it to end, "
+                         "or start a new run elsewhere") from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def check_not_in_use(run_dir: Path) -> None:
+    """Raise the `owned` error now (before Hydra rewrites the dir's .hydra/ and log) if another process holds it."""
+    if _writes and (run_dir / LOCK).exists():
+        with owned(run_dir):
+            pass

@@ -18,9 +18,8 @@ import numpy as np
 import torch
 
 from kdrun.errors import KdrunError
-from kdrun.resume import LAST  # the name lives where the torch-free CLI can read it
 from kdrun.checkpoint import load_payload
-from kdrun.rundir import write_atomic
+from kdrun.rundir import write_atomic, writes
 
 STATE_FORMAT = "kdrun-train-state"
 STATE_VERSION = 1
@@ -67,7 +66,9 @@ def restore_scheduler(scheduler: Any, state: dict[str, Any]) -> None:
 
 
 def save_state(path: Path, state: dict[str, Any]) -> None:
-    """Write `last.pt` atomically: a kill during the write leaves the previous one intact."""
+    """Write `last.pt` atomically: a kill during the write leaves the previous one intact (rank 0 writes it)."""
+    if not writes():
+        return
     write_atomic(path, lambda f: torch.save({"format": STATE_FORMAT, "version": STATE_VERSION, **state}, f))
 
 

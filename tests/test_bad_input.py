@@ -27,7 +27,8 @@ TABLE = [
     ("epochs < 1", ["train-student", "epochs=0"], "epochs must be >= 1 (got 0)"),
     ("bad value in a sweep", ["distill", "-m", "T=1,0"], "T must be > 0 (got 0.0)"),
     ("unknown dataset", ["distill", "dataset=cifar1000"],
-     "unknown dataset 'cifar1000'; choose one of: cifar10, cifar100, fake, fashion_mnist, mnist, mnist1d"),
+     "unknown dataset 'cifar1000'; choose one of: cifar10, cifar100, fake, fashion_mnist, image_folder, imagenet, "
+     "mnist, mnist1d"),
     ("unknown student", ["train-student", "student=nope"], "unknown student 'nope'; choose one of: mlp,"),
     ("unknown teacher", ["distill", "teacher=nope"], "unknown teacher 'nope'; choose one of: cnn1d,"),
     ("sweep over a key the command lacks", ["train-teacher", "-m", "T=1,2"], "unknown key 'T' for this command"),

@@ -110,7 +110,7 @@ def test_cli_writes_table_csv_markdown_and_plots_with_the_summaries_numbers(tmp_
     run = subprocess.run([sys.executable, "-c", code, "report", str(sweep), str(baseline)], capture_output=True,
                          text=True, env={**os.environ, "PYTHONPATH": str(WORKTREE), "COLUMNS": "200"}, timeout=120)
     assert run.returncode == 0, run.stderr
-    assert "ignored 1 unfinished run(s)" in run.stdout
+    assert "job 8 unfinished: no summary.json" in run.stdout
     assert "torch imported: False" in run.stdout, "a report must not pay for importing torch"
     assert "kdrun report: 10 run(s) in 5 row(s)" in run.stdout
 
@@ -157,7 +157,7 @@ def test_swept_keys_fall_back_to_summary_fields_without_hydra_dirs(tmp_path):
         want = expected[(row.setting["T"], row.setting["alpha"])]
         assert row.stat("test_acc").mean == pytest.approx(want["test_acc_mean"])
         assert row.gain == pytest.approx(want["gain"])
-    assert "ignored 1 unfinished run(s)" in " ".join(report.notes)
+    assert "job 8 unfinished: no summary.json" in " ".join(report.notes)
 
 
 def test_a_key_left_at_its_default_in_one_sweep_still_separates_rows(tmp_path):
@@ -192,13 +192,19 @@ def test_no_runs_is_a_one_line_error_with_exit_code_2(tmp_path, capsys):
     assert "no such file or directory" in capsys.readouterr().err
 
 
-def test_callback_on_a_sweep_whose_runs_all_failed_prints_a_note(tmp_path, capsys):
+def test_callback_on_a_sweep_whose_runs_all_failed_names_them_and_exits_2(tmp_path, capsys):
     for job in ("0", "1"):
         write_unfinished(tmp_path / job)
-        (tmp_path / job / "status.json").write_text(json.dumps({"status": "failed", "error": "boom"}))
-    ReportCallback().on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}}))
-    out = capsys.readouterr().out
-    assert out.count("\n") == 1 and "no report for this sweep" in out and "only 2 unfinished" in out
+        (tmp_path / job / "status.json").write_text(json.dumps({"status": "failed", "error": f"boom {job}"}))
+    with pytest.raises(SystemExit) as stop:
+        ReportCallback().on_multirun_end(OmegaConf.create({"command": "distill",
+                                                           "hydra": {"sweep": {"dir": str(tmp_path)}}}))
+    assert stop.value.code == 2
+    captured = capsys.readouterr()
+    assert captured.out.count("\n") == 1 and "no report for this sweep" in captured.out
+    assert "job 0 failed: boom 0; job 1 failed: boom 1" in captured.out
+    assert captured.err.count("\n") == 1 and "2 job(s) of this sweep did not finish (job 0, 1" in captured.err
+    assert f"kdrun distill resume={tmp_path}" in captured.err
     assert not (tmp_path / "report.csv").exists()
 
 

@@ -1,9 +1,12 @@
-"""The CIFAR model zoo and the torchvision adapter: shapes, parameter counts, a training step, errors."""
+"""The CIFAR model zoo and the torchvision adapter: shapes, parameter counts, the peers' state_dict
+layout, named stages, a training step, errors."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
+from collections import defaultdict
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,9 +15,11 @@ import torchvision
 from omegaconf import OmegaConf
 from torch import nn
 
+from kdrun.checkpoint import renamed_sequential_keys
 from kdrun.config import ModelConfig, TeacherConfig, config_dir
 from kdrun.errors import KdrunError
 from kdrun.models import build_model, count_params
+from kdrun.models.stages import EMBEDDING, classifier, stage_names, tap
 
 CIFAR = (3, 32, 32)
 
@@ -36,6 +41,19 @@ CRD_RECIPE = {"epochs": 240, "seed": 0, "optim": {
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def peer_state_dicts() -> dict[str, list[tuple[str, tuple[int, ...]]]]:
+    """Frozen from RepDistiller's models/ (mdistiller's models/cifar/ give the same list), 100 classes:
+    `<kdrun name> <state_dict key> <shape>` per line, in the order the peers' state_dict lists them."""
+    frozen: dict[str, list] = defaultdict(list)
+    for line in (Path(__file__).parent / "data" / "peer_zoo_state_dicts.txt").read_text().splitlines():
+        name, key, shape = line.split()
+        frozen[name].append((key, tuple(int(n) for n in shape.split("x")) if shape != "-" else ()))
+    return frozen
+
+
+PEER_STATE_DICTS = peer_state_dicts()
 
 
 def vgg_params(convs_per_block: tuple[int, ...], classes: int = 100) -> int:
@@ -71,6 +89,67 @@ def test_forward_shape_and_one_sgd_step_that_moves_every_weight(name):
     assert torch.isfinite(loss)
     unchanged = [n for (n, p), old in zip(model.named_parameters(), before) if torch.equal(p, old)]
     assert not unchanged, f"parameters outside the computation: {unchanged}"
+
+
+@pytest.mark.parametrize("name", ZOO)
+def test_the_peers_state_dict_loads_strictly_with_their_key_names_and_shapes(name):
+    model = build_model(name, 100, CIFAR, {})
+    assert [(key, tuple(value.shape)) for key, value in model.state_dict().items()] == PEER_STATE_DICTS[name]
+    torch.manual_seed(0)
+    peer = {key: torch.randn(shape) if shape else torch.tensor(7) for key, shape in PEER_STATE_DICTS[name]}
+    model.load_state_dict(peer, strict=True)
+    assert torch.equal(model.state_dict()[PEER_STATE_DICTS[name][0][0]], peer[PEER_STATE_DICTS[name][0][0]])
+
+
+@pytest.mark.parametrize("name, std, bias_zero", [("wrn_40_2", None, True), ("vgg13", 0.01, True),
+                                                  ("mobilenetv2", 0.01, True), ("resnet8", None, False)])
+def test_the_final_linear_layer_is_initialised_as_the_peers_do(name, std, bias_zero):
+    torch.manual_seed(0)
+    fc = classifier(build_model(name, 100, CIFAR, {}))
+    assert bool((fc.bias == 0).all()) == bias_zero
+    default_std = 1 / (3 * fc.in_features) ** 0.5  # PyTorch's kaiming_uniform(a=sqrt(5)): U(+-1/sqrt(fan_in))
+    assert fc.weight.std().item() == pytest.approx(std or default_std, rel=0.05)
+
+
+# resnet8 as kdrun wrote it before the zoo took the peers' names (nn.Sequential indices).
+BN = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+OLD_RESNET8_KEYS = (["0.0.weight", *(f"0.1.{k}" for k in BN)]
+                    + [key for block, shortcut in ((1, False), (2, True), (3, True))
+                       for unit in (["body.0", "body.1"] + (["shortcut"] if shortcut else []))
+                       for key in (f"{block}.{unit}.0.weight", *(f"{block}.{unit}.1.{k}" for k in BN))]
+                    + ["4.2.weight", "4.2.bias"])
+
+
+def test_a_checkpoint_of_the_earlier_sequential_zoo_is_renamed_by_position():
+    torch.manual_seed(0)
+    model = build_model("resnet8", 10, CIFAR, {}).eval()
+    old = dict(zip(OLD_RESNET8_KEYS, model.state_dict().values()))
+    assert len(old) == len(model.state_dict()) == 56
+    fresh = build_model("resnet8", 10, CIFAR, {}).eval()
+    fresh.load_state_dict(renamed_sequential_keys(fresh, old))
+    images = torch.randn(2, *CIFAR)
+    assert torch.equal(fresh(images), model(images))
+    shuffled = dict(reversed(list(old.items())))  # shapes no longer match in order: left alone, strict load says why
+    assert renamed_sequential_keys(fresh, shuffled) is shuffled
+
+
+@pytest.mark.parametrize("name", ["resnet8", "wrn_16_1", "vgg8", "mobilenetv2", "shufflenetv1", "shufflenetv2",
+                                  "tv_resnet18"])
+def test_named_stages_shallow_to_deep_and_the_embedding(name):
+    model = build_model(name, 10, CIFAR, {}).eval()
+    names = stage_names(model)
+    assert names[0] == "stem" and names[-1] == EMBEDDING and len(names) >= 5
+    with torch.no_grad(), tap(model, names) as features:
+        logits = model(torch.randn(2, *CIFAR))
+    sides = [features[n].shape[-1] for n in names[:-1]]
+    assert sides == sorted(sides, reverse=True) and sides[-1] < 32
+    assert features[EMBEDDING].shape == (2, classifier(model).in_features)
+    assert torch.allclose(classifier(model)(features[EMBEDDING]), logits)
+
+
+def test_other_torchvision_families_name_their_classifier():
+    model = build_model("tv_mobilenet_v3_small", 10, CIFAR, {})
+    assert model.classifier_module == "classifier.3" and stage_names(model) == [EMBEDDING]
 
 
 def test_zoo_models_take_other_class_counts_and_channels():

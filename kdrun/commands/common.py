@@ -21,10 +21,10 @@ from kdrun.losses import Loss, cross_entropy
 from kdrun.models import build_model
 from kdrun.lifecycle import active
 from kdrun.checkpoint import save_checkpoint
-from kdrun.rundir import CHECKPOINT, append_metrics, delete_status, rewrite_metrics, writes
+from kdrun.rundir import CHECKPOINT, LAST, append_metrics, delete_status, rewrite_metrics, writes
 from kdrun.runtime import resolve_device, seed_everything, set_threads
 from kdrun.teacher import recipe_from_optim
-from kdrun.trainstate import LAST, load_state, save_state
+from kdrun.trainstate import load_state, save_state
 from kdrun.ui import epoch_progress
 
 log = logging.getLogger("kdrun")

@@ -10,7 +10,7 @@ from omegaconf import DictConfig
 
 from kdrun.commands.common import (epoch_recorder, history_summary, log, model_cost, plain_config, run_header,
                                    setup, training_hooks)
-from kdrun.rundir import append_metrics, write_summary, writes
+from kdrun.rundir import CHECKPOINT, append_metrics, write_summary, writes
 from kdrun.teacher import obtain_teacher
 from kdrun.ui import epoch_progress, show_results
 
@@ -35,7 +35,7 @@ def run(cfg: DictConfig, run_dir: Path) -> float:
         log.info("Reused the stored teacher: %s (retrain by deleting it)", teacher.checkpoint)
         for row in teacher.history:
             append_metrics(run_dir, row)
-    link_or_copy(teacher.checkpoint, run_dir / "checkpoint.pt")
+    link_or_copy(teacher.checkpoint, run_dir / CHECKPOINT)
     cost = model_cost(teacher.model, env.data, cfg, env.device)
     summary = {**run_header(cfg, run_dir), "model": cfg.teacher.name, **history_summary(teacher.history),
                "test_acc": teacher.test_acc, **cost, "checkpoint": str(teacher.checkpoint),

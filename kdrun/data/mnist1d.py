@@ -7,14 +7,13 @@ seconds and happens once per set of generator options.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from kdrun.data import TensorData, register_dataset
+from kdrun.rundir import write_atomic
 
 
 def _generate(num_samples: int, train_split: float, generator_seed: int) -> dict[str, np.ndarray]:
@@ -26,20 +25,13 @@ def _generate(num_samples: int, train_split: float, generator_seed: int) -> dict
     return {key: np.asarray(made[key]) for key in ("x", "y", "x_test", "y_test")}
 
 
-def _save_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz.tmp")
-    with os.fdopen(fd, "wb") as handle:
-        np.savez(handle, **arrays)
-    os.replace(tmp, path)
-
-
 @register_dataset("mnist1d")
 def mnist1d(root: Path, download: bool, augment: bool, num_samples: int = 5000, train_split: float = 0.8,
             generator_seed: int = 42) -> TensorData:
     cache = root / "mnist1d" / f"mnist1d_n{num_samples}_split{train_split}_seed{generator_seed}.npz"
     if not cache.exists():
-        _save_atomic(cache, _generate(num_samples, train_split, generator_seed))
+        arrays = _generate(num_samples, train_split, generator_seed)
+        write_atomic(cache, lambda handle: np.savez(handle, **arrays))
     with np.load(cache, allow_pickle=False) as arrays:
         x, y, x_test, y_test = (arrays[k] for k in ("x", "y", "x_test", "y_test"))
     as_signal = lambda a: torch.from_numpy(a).float().unsqueeze(1)  # noqa: E731  (N, 1, 40)

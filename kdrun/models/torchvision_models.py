@@ -18,6 +18,10 @@ Adapting to the input, since these nets were designed for 224x224 RGB:
 A net that cannot take the input (Inception v3 and MaxViT on 32x32, ViT-H/14 whose 14-pixel
 patches do not tile 32) is refused here in one line, by a forward pass on one blank image,
 rather than failing at the first batch.
+
+Named stages (kdrun/models/stages.py) are set on the built instance from `STAGES`, a table per
+family (ResNets: stem, stage1..4 = layer1..4); every other family names at least its
+classifier (its last nn.Linear), so the "embedding" stage works everywhere.
 """
 
 from __future__ import annotations
@@ -38,6 +42,9 @@ SIZE_ARGUMENT = {"vit_": "image_size", "maxvit_": "input_size"}
 # Logits only (auxiliary heads would make the training-mode output a tuple), and torchvision's
 # own initialisation without its warning that the default will change.
 BUILD_OPTIONS = {name: {"aux_logits": False, "init_weights": True} for name in ("googlenet", "inception_v3")}
+# Stage modules per family (arch prefix), shallow to deep; families not listed name only their classifier.
+RESNET_STAGES = {"stem": "maxpool", "stage1": "layer1", "stage2": "layer2", "stage3": "layer3", "stage4": "layer4"}
+STAGES = {"resnet": RESNET_STAGES, "resnext": RESNET_STAGES, "wide_resnet": RESNET_STAGES}
 
 
 def torchvision_classifier(arch: str, num_classes: int, input_shape: tuple[int, ...], **kwargs) -> nn.Module:
@@ -52,7 +59,16 @@ def torchvision_classifier(arch: str, num_classes: int, input_shape: tuple[int, 
     small = max(input_shape[1:]) <= SMALL_INPUT_SIDE and not arch.startswith(TRANSFORMERS)
     adapt_stem(model, channels, small)
     _check_shapes(arch, model, input_shape)
+    name_stages(arch, model)
     return model
+
+
+def name_stages(arch: str, model: nn.Module) -> None:
+    """Set `stage_modules` (from `STAGES`) and `classifier_module` (the last nn.Linear) on the instance."""
+    model.stage_modules = next((stages for prefix, stages in STAGES.items() if arch.startswith(prefix)), {})
+    linears = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
+    if linears:
+        model.classifier_module = linears[-1]
 
 
 def _size_options(arch: str, input_shape: tuple[int, ...]) -> dict:

@@ -1,4 +1,4 @@
-"""Summarise finished runs: one row per setting with its seeds aggregated; table, CSV, Markdown, plots.
+"""Finding, loading and grouping finished runs: one row per setting with its seeds aggregated.
 
 What "swept keys" means here. A sweep's jobs differ only in what the sweep varied, and
 Hydra records each job's command-line overrides in `.hydra/overrides.yaml`. The keys named
@@ -21,18 +21,17 @@ epochs without configs), on final accuracy: picking the best epoch on the test s
 
 from __future__ import annotations
 
-import csv
 import json
+import math
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
-from rich import box
-from rich.table import Table
 
 from kdrun.errors import KdrunError
+from kdrun.rundir import HYDRA, METRICS, SUMMARY, run_state
 
 ROLES = {"train_teacher": "teacher", "train_student": "baseline", "distill": "distill"}
 NOT_TRAINING = ("inspect_teacher",)  # finished runs that train nothing: never rows of a report
@@ -115,8 +114,8 @@ class Report:
 
 # --- finding and loading runs -------------------------------------------------------------
 
-def find_runs(paths: list[Path]) -> tuple[list[Path], int]:
-    """Finished run dirs (with summary.json) under `paths`, and how many job dirs are unfinished."""
+def find_runs(paths: list[Path]) -> tuple[list[Path], list[Path]]:
+    """Finished run dirs (with summary.json) under `paths`, and the run dirs that did not finish."""
     finished, unfinished = set(), set()
     for path in paths:
         if not path.exists():
@@ -124,29 +123,69 @@ def find_runs(paths: list[Path]) -> tuple[list[Path], int]:
                              "e.g. kdrun report outputs/distill-sweep/<time>")
         if path.is_file():
             path = path.parent
-        finished |= {p.parent.resolve() for p in path.rglob("summary.json")}
-        unfinished |= {p.parent.resolve() for marker in (".hydra", "metrics.jsonl") for p in path.rglob(marker)}
-    return sorted(finished), len(unfinished - finished)
+        finished |= {p.parent.resolve() for p in path.rglob(SUMMARY)}
+        unfinished |= {p.parent.resolve() for marker in (HYDRA, METRICS) for p in path.rglob(marker)}
+    return sorted(finished), sorted(unfinished - finished)
 
 
 def load_run(run_dir: Path) -> Run:
+    """A finished run, or a KdrunError saying why it cannot be averaged (the report skips it and says so)."""
     try:
-        summary = json.loads((run_dir / "summary.json").read_text())
-    except json.JSONDecodeError as error:
-        raise KdrunError(f"{run_dir / 'summary.json'} is not valid JSON ({error}); rerun that job") from None
+        summary = json.loads((run_dir / SUMMARY).read_bytes().decode())
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        raise KdrunError(f"{SUMMARY} unreadable or not JSON ({str(error)[:80]})") from None
+    if not isinstance(summary, dict):
+        raise KdrunError(f"{SUMMARY} is not a JSON object")
     missing = [k for k in ("command", "model", "dataset", "test_acc", "best_test_acc", "latency") if k not in summary]
     if missing:
-        raise KdrunError(f"{run_dir / 'summary.json'} lacks {', '.join(missing)}; it was not written by kdrun")
-    hydra = run_dir / ".hydra"
-    overrides = read_overrides(hydra / "overrides.yaml") if (hydra / "overrides.yaml").is_file() else None
-    config = OmegaConf.load(hydra / "config.yaml") if (hydra / "config.yaml").is_file() else None
+        raise KdrunError(f"{SUMMARY} lacks {', '.join(missing)}; not written by kdrun")
+    if not all(isinstance(summary[k], str) for k in ("command", "model", "dataset")):
+        raise KdrunError(f"{SUMMARY}'s command, model and dataset are not all text")
+    for key in ("test_acc", "best_test_acc"):
+        if not (isinstance(summary[key], (int, float)) and math.isfinite(summary[key])):
+            raise KdrunError(f"{key} is {summary[key]}, not a number")
+    hydra = run_dir / HYDRA
+    try:
+        overrides = read_overrides(hydra / "overrides.yaml") if (hydra / "overrides.yaml").is_file() else None
+        config = OmegaConf.load(hydra / "config.yaml") if (hydra / "config.yaml").is_file() else None
+    except Exception as error:  # noqa: BLE001 - YAML, encoding and permission errors alike
+        raise KdrunError(f"{HYDRA}/ unreadable ({type(error).__name__}: {str(error).splitlines()[0][:80]})") from None
+    if config is not None and not isinstance(config, DictConfig):
+        raise KdrunError(f"{HYDRA}/config.yaml is not a mapping")
     return Run(run_dir, summary, overrides, config)
+
+
+def load_runs(run_dirs: list[Path]) -> tuple[list[Run], list[str]]:
+    """The runs that load, and a note per damaged one: a report never fails on one bad run."""
+    runs, skipped = [], []
+    for run_dir in run_dirs:
+        try:
+            runs.append(load_run(run_dir))
+        except KdrunError as error:
+            skipped.append(f"skipped {run_dir}: {error}")
+    return runs, skipped
+
+
+def unfinished_notes(run_dirs: list[Path], roots: list[Path]) -> list[str]:
+    """One line per run that did not finish, named by its job number (its path under the sweep dir)."""
+
+    def name(run_dir: Path) -> str:
+        for root in roots:
+            if run_dir.is_relative_to(root) and run_dir != root:
+                return str(run_dir.relative_to(root))
+        return str(run_dir)
+
+    notes = []
+    for run_dir in run_dirs:
+        state, detail = run_state(run_dir)
+        notes.append(f"job {name(run_dir)} {state}" + (f": {detail}" if detail else ""))
+    return notes
 
 
 def read_overrides(path: Path) -> dict[str, str]:
     """`key=value` lines of a job's task overrides, without Hydra's own and the +/++/~ prefixes."""
     overrides = {}
-    for line in OmegaConf.load(path):
+    for line in OmegaConf.load(path) or []:
         key, _, value = str(line).partition("=")
         key = key.lstrip("+~")
         if not key.startswith(("hydra.", "hydra/")):
@@ -264,11 +303,12 @@ def add_gains(rows: list[Row]) -> list[str]:
 def build_report(paths: list[Path]) -> Report:
     run_dirs, unfinished = find_runs(paths)
     where = " ".join(str(p) for p in paths)
-    if not run_dirs:
-        found = f" (only {unfinished} unfinished)" if unfinished else ""
+    runs, damaged = load_runs(run_dirs)
+    problems = damaged + unfinished_notes(unfinished, [p.resolve() for p in paths])
+    if not runs:
+        found = f" ({'; '.join(problems[:5])})" if problems else ""
         raise KdrunError(f"no finished runs (summary.json) under {where}{found}; "
                          "pass the run or sweep directories that kdrun wrote, e.g. outputs/distill-sweep/<time>")
-    runs = [load_run(d) for d in run_dirs]
     skipped = [run for run in runs if run.summary["command"] in NOT_TRAINING]
     runs = [run for run in runs if run.summary["command"] not in NOT_TRAINING]
     if not runs:
@@ -282,109 +322,4 @@ def build_report(paths: list[Path]) -> Report:
         seeds = row.values("seed")
         if len(set(seeds)) < len(seeds):
             notes.append(f"{row.label()}: {len(seeds)} runs but only {len(set(seeds))} distinct seed(s)")
-    if unfinished:
-        notes.append(f"ignored {unfinished} unfinished run(s) (no summary.json yet, or failed)")
-    return Report(keys, rows, notes)
-
-
-def _pct(stat: Stat) -> str:
-    return f"{100 * stat.mean:.2f}" + (f" ± {100 * stat.std:.2f}" if stat.std is not None else "")
-
-
-def _fmt(value: float | None, pattern: str, scale: float = 1.0) -> str:
-    return "" if value is None else pattern.format(scale * value)
-
-
-def headers(report: Report) -> list[str]:
-    return [*FIXED, *report.keys, "seeds", *HEADERS]
-
-
-def cells(report: Report, row: Row) -> list[str]:
-    """A row as the table and Markdown show it: accuracies in %, gain in percentage points."""
-    return [row.role, str(row.field("model")), str(row.field("dataset")),
-            *(row.setting.get(k, "") for k in report.keys), str(len(row.runs)),
-            _pct(row.stat("test_acc")), _pct(row.stat("best_test_acc")), _fmt(row.gain, "{:+.2f}", 100),
-            _fmt(row.mean("teacher", "test_acc"), "{:.2f}", 100),
-            _fmt(row.median("latency", "batch1_ms_median"), "{:.3f}"), _fmt(row.median("speedup"), "{:.1f}x")]
-
-
-def record(report: Report, row: Row) -> dict[str, Any]:
-    """A row for CSV: the same columns, numbers unformatted in summary.json's units (fractions, ms)."""
-    test, best = row.stat("test_acc"), row.stat("best_test_acc")
-    return {"role": row.role, "model": row.field("model"), "dataset": row.field("dataset"),
-            **{k: row.setting.get(k, "") for k in report.keys}, "seeds": test.n,
-            "test_acc_mean": test.mean, "test_acc_std": test.std, "best_test_acc_mean": best.mean,
-            "best_test_acc_std": best.std, "gain": row.gain, "teacher_test_acc": row.mean("teacher", "test_acc"),
-            "batch1_ms": row.median("latency", "batch1_ms_median"), "speedup": row.median("speedup")}
-
-
-def shown(report: Report) -> tuple[list[str], list[list[str]]]:
-    """Headers and cells for people: columns empty in every row are left out (the CSV keeps them)."""
-    names, rows = headers(report), [cells(report, row) for row in report.rows]
-    keep = [i for i in range(len(names)) if any(row[i] for row in rows)]
-    return [names[i] for i in keep], [[row[i] for i in keep] for row in rows]
-
-
-def table(report: Report) -> Table:
-    runs = sum(len(row.runs) for row in report.rows)
-    result = Table(box=box.SIMPLE_HEAD, title=f"kdrun report: {runs} run(s) in {len(report.rows)} row(s)",
-                   caption="accuracy: mean ± sample std over seeds; gain: final accuracy minus the baseline's")
-    names, rows = shown(report)
-    for name in names:
-        result.add_column(name, justify="left" if name in (*FIXED, *report.keys) else "right")
-    for row in rows:
-        result.add_row(*row)
-    return result
-
-
-def write_csv(report: Report, path: Path) -> Path:
-    with open(path, "w", newline="") as handle:
-        records = [record(report, row) for row in report.rows]
-        writer = csv.DictWriter(handle, fieldnames=list(records[0]))
-        writer.writeheader()
-        writer.writerows(records)
-    return path
-
-
-def write_markdown(report: Report, path: Path) -> Path:
-    def line(values: list[str]) -> str:
-        return "| " + " | ".join(v.replace("|", "\\|") for v in values) + " |"
-
-    names, rows = shown(report)
-    lines = ["Accuracy in %: mean ± sample std over the seeds; gain in percentage points of final accuracy "
-             "over the baseline with the same recipe.", "", line(names), line(["---"] * len(names)),
-             *(line(row) for row in rows)]
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
-def output_dir(paths: list[Path], out: Path | None) -> Path:
-    """`out`, else the first path given (a sweep or run dir; a file's folder)."""
-    target = out if out is not None else (paths[0] if paths[0].is_dir() else paths[0].parent)
-    target.mkdir(parents=True, exist_ok=True)
-    return target
-
-
-def make_report(paths: list[Path], out: Path | None = None) -> Report:
-    """Build the report and write report.csv, report.md and the plots; the files are listed in it."""
-    from kdrun.report_plots import (plot_acc_by_setting, plot_acc_vs_latency,  # matplotlib: only when plotting
-                                    plot_acc_vs_t)
-
-    report = build_report(paths)
-    target = output_dir(paths, out)
-    report.files = [write_csv(report, target / "report.csv"), write_markdown(report, target / "report.md")]
-    report.files += [p for p in (plot_acc_vs_t(report.rows, target / "acc_vs_T.png"),
-                                 plot_acc_vs_latency(report.rows, target / "acc_vs_latency.png"),
-                                 plot_acc_by_setting(report, target / "acc_by_setting.png")) if p]
-    return report
-
-
-def show_report(report: Report) -> None:
-    """The table, then the notes and the files written, one line each."""
-    from kdrun.ui import console
-
-    console.print(table(report))
-    for note in report.notes:
-        console.print(f"note: {note}", soft_wrap=True)
-    for path in report.files:
-        console.print(f"wrote {path}", soft_wrap=True)
+    return Report(keys, rows, notes + problems)

@@ -13,7 +13,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, NullLocator
 
-from kdrun.report import Report, Row, Stat
+from kdrun.report.runs import Report, Row, Stat
 
 STYLES = {"teacher": ("s", "C0"), "baseline": ("D", "C1"), "distill": ("o", "C2")}  # role: marker, colour
 

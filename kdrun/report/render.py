@@ -1,0 +1,113 @@
+"""The report for people and tools: the table, report.csv, report.md and the plots."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any
+
+from rich import box
+from rich.table import Table
+
+from kdrun.report.runs import FIXED, HEADERS, Report, Row, Stat, build_report
+
+
+def _pct(stat: Stat) -> str:
+    return f"{100 * stat.mean:.2f}" + (f" ± {100 * stat.std:.2f}" if stat.std is not None else "")
+
+
+def _fmt(value: float | None, pattern: str, scale: float = 1.0) -> str:
+    return "" if value is None else pattern.format(scale * value)
+
+
+def headers(report: Report) -> list[str]:
+    return [*FIXED, *report.keys, "seeds", *HEADERS]
+
+
+def cells(report: Report, row: Row) -> list[str]:
+    """A row as the table and Markdown show it: accuracies in %, gain in percentage points."""
+    return [row.role, str(row.field("model")), str(row.field("dataset")),
+            *(row.setting.get(k, "") for k in report.keys), str(len(row.runs)),
+            _pct(row.stat("test_acc")), _pct(row.stat("best_test_acc")), _fmt(row.gain, "{:+.2f}", 100),
+            _fmt(row.mean("teacher", "test_acc"), "{:.2f}", 100),
+            _fmt(row.median("latency", "batch1_ms_median"), "{:.3f}"), _fmt(row.median("speedup"), "{:.1f}x")]
+
+
+def record(report: Report, row: Row) -> dict[str, Any]:
+    """A row for CSV: the same columns, numbers unformatted in summary.json's units (fractions, ms)."""
+    test, best = row.stat("test_acc"), row.stat("best_test_acc")
+    return {"role": row.role, "model": row.field("model"), "dataset": row.field("dataset"),
+            **{k: row.setting.get(k, "") for k in report.keys}, "seeds": test.n,
+            "test_acc_mean": test.mean, "test_acc_std": test.std, "best_test_acc_mean": best.mean,
+            "best_test_acc_std": best.std, "gain": row.gain, "teacher_test_acc": row.mean("teacher", "test_acc"),
+            "batch1_ms": row.median("latency", "batch1_ms_median"), "speedup": row.median("speedup")}
+
+
+def shown(report: Report) -> tuple[list[str], list[list[str]]]:
+    """Headers and cells for people: columns empty in every row are left out (the CSV keeps them)."""
+    names, rows = headers(report), [cells(report, row) for row in report.rows]
+    keep = [i for i in range(len(names)) if any(row[i] for row in rows)]
+    return [names[i] for i in keep], [[row[i] for i in keep] for row in rows]
+
+
+def table(report: Report) -> Table:
+    runs = sum(len(row.runs) for row in report.rows)
+    result = Table(box=box.SIMPLE_HEAD, title=f"kdrun report: {runs} run(s) in {len(report.rows)} row(s)",
+                   caption="accuracy: mean ± sample std over seeds; gain: final accuracy minus the baseline's")
+    names, rows = shown(report)
+    for name in names:
+        result.add_column(name, justify="left" if name in (*FIXED, *report.keys) else "right")
+    for row in rows:
+        result.add_row(*row)
+    return result
+
+
+def write_csv(report: Report, path: Path) -> Path:
+    with open(path, "w", newline="") as handle:
+        records = [record(report, row) for row in report.rows]
+        writer = csv.DictWriter(handle, fieldnames=list(records[0]))
+        writer.writeheader()
+        writer.writerows(records)
+    return path
+
+
+def write_markdown(report: Report, path: Path) -> Path:
+    def line(values: list[str]) -> str:
+        return "| " + " | ".join(v.replace("|", "\\|") for v in values) + " |"
+
+    names, rows = shown(report)
+    lines = ["Accuracy in %: mean ± sample std over the seeds; gain in percentage points of final accuracy "
+             "over the baseline with the same recipe.", "", line(names), line(["---"] * len(names)),
+             *(line(row) for row in rows), "", *(f"- {note}" for note in report.notes)]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def make_report(paths: list[Path], out: Path | None = None) -> Report:
+    """Build the report and write report.csv, report.md and the plots; the files are listed in it."""
+    from kdrun.report.plots import (plot_acc_by_setting, plot_acc_vs_latency,  # matplotlib: only when plotting
+                                    plot_acc_vs_t)
+
+    report = build_report(paths)
+    target = out if out is not None else (paths[0] if paths[0].is_dir() else paths[0].parent)  # a file's folder
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+        report.files = [write_csv(report, target / "report.csv"), write_markdown(report, target / "report.md")]
+        report.files += [p for p in (plot_acc_vs_t(report.rows, target / "acc_vs_T.png"),
+                                     plot_acc_vs_latency(report.rows, target / "acc_vs_latency.png"),
+                                     plot_acc_by_setting(report, target / "acc_by_setting.png")) if p]
+    except OSError as error:
+        raise KdrunError(f"cannot write the report to {target} ({error.strerror or error}); "
+                         "pass --out DIR somewhere writable") from None
+    return report
+
+
+def show_report(report: Report) -> None:
+    """The table, then the notes and the files written, one line each."""
+    from kdrun.ui import console
+
+    console.print(table(report))
+    for note in report.notes:
+        console.print(f"note: {note}", soft_wrap=True)
+    for path in report.files:
+        console.print(f"wrote {path}", soft_wrap=True)

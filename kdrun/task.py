@@ -1,0 +1,137 @@
+"""`run_task`: the Hydra task function every command shares, and how a job ends.
+
+A command module exposes `run(cfg, run_dir) -> float` (its final test accuracy, which a
+sweeper such as Optuna maximises). Hydra calls `run_task` once per job (a single run or each
+job of a sweep) and holds the job's run dir (`kdrun.rundir.owned`) while it runs.
+
+How a job ends, the interface a launcher relies on (the basic, joblib and submitit launchers,
+and any launcher that runs jobs of a sweep its own way):
+- finished: `summary.json` in its run dir; the return value is the final test accuracy.
+- failed (a bad value, NaN loss, full disk, out of memory, a missing file; in a sweep also
+  any unexpected error): `status.json` `{"status": "failed", "error": <one line>}` and that
+  line on stderr. A single run exits 2; a job of a sweep returns NaN, so the launcher goes on
+  with the other jobs, and `kdrun.callbacks.ReportCallback` lists it and exits 2 at the end.
+- interrupted (SIGINT/SIGTERM): it stops after its current step, checkpoints `last.pt`,
+  `status.json` says `interrupted` and how to resume, and the process exits 130/143.
+A job's state is read back with `kdrun.rundir.run_state(run_dir)`; `kdrun <command>
+resume=SWEEP_DIR` (kdrun.sweep) reruns the jobs that did not finish.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+import os
+import sys
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+from kdrun.config import validate
+from kdrun.errors import Interrupted, KdrunError, fail
+from kdrun.lifecycle import report_interrupted, resume_command, stop_on_signals
+from kdrun.jobenv import launched
+from kdrun.rundir import LAST, owned, write_status, writes
+
+
+def parallel_jobs(hydra_cfg: DictConfig) -> int:
+    """How many jobs of this sweep run at once on this machine (joblib's n_jobs, else 1)."""
+    launcher = hydra_cfg.launcher
+    if "joblib" not in str(launcher.get("_target_", "")):
+        return 1
+    n_jobs = int(launcher.get("n_jobs", -1))
+    return (os.cpu_count() or 1) if n_jobs < 0 else n_jobs
+
+
+def stop_interrupted(cfg: DictConfig, run_dir: Path, interrupted: Interrupted, code: int) -> None:
+    """Mark the run interrupted (never finished), say how to continue it, exit 130/143."""
+    where = f"epoch {interrupted.epoch} after step {interrupted.step}"
+    if interrupted.saved:
+        resume = resume_command(cfg.command, run_dir)
+        write_status(run_dir, "interrupted", epoch=interrupted.epoch, step=interrupted.step, resume=resume)
+        if writes():  # rank 0 speaks for a job of several
+            report_interrupted(f"kdrun: interrupted in {where}, state saved to {run_dir / LAST}; resume with: {resume}")
+    else:
+        write_status(run_dir, "interrupted", epoch=interrupted.epoch, step=interrupted.step, resume=None)
+        report_interrupted(f"kdrun: interrupted in {where} (teacher training, not resumable); run the command again")
+    sys.exit(code)
+
+
+def join_job() -> None:
+    """In a torchrun/SLURM job of several processes: join it (only rank 0 then writes; kdrun.distributed)."""
+    if launched():
+        from kdrun.distributed import enter_job  # torch: only in a job of several
+
+        enter_job()
+
+
+def collective_failures() -> Any:
+    """In a job of several, a failed collective (a rank died) becomes a KdrunError naming it; else nothing."""
+    if not launched():
+        return nullcontext()
+    from kdrun.distributed import collective_failures as as_one_line
+
+    return as_one_line()
+
+
+def run_task(cfg: DictConfig) -> float | None:
+    """Hydra's task function: one job, in its own run dir, held for its whole life."""
+    hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir).resolve()
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    if cfg.threads == 0 and parallel_jobs(hydra_cfg) > 1:  # share the cores instead of oversubscribing them
+        cfg.threads = max(1, (os.cpu_count() or 1) // parallel_jobs(hydra_cfg))
+    try:
+        join_job()
+        with owned(run_dir):
+            return run_owned(cfg, run_dir, multirun)
+    except KdrunError as error:  # the run dir is in use (not ours: write nothing into it), or the job's ranks never met
+        return job_failed(fail(str(error)), multirun)
+
+
+def run_owned(cfg: DictConfig, run_dir: Path, multirun: bool) -> float | None:
+    """The command's run with the run dir held: it ends with `summary.json`, or `status.json` and one line."""
+    try:
+        validate(cfg)
+        with stop_on_signals() as stop, collective_failures():
+            try:
+                return importlib.import_module(f"kdrun.commands.{cfg.command}").run(cfg, run_dir)
+            except Interrupted as interrupted:
+                stop_interrupted(cfg, run_dir, interrupted, stop.exit_code)
+    except Exception as error:  # noqa: BLE001 - sorted by failure_message; a bug outside a sweep keeps its traceback
+        message = failure_message(error)
+        if message is None and not multirun:
+            raise
+        message = message or f"{type(error).__name__}: {first_line(error)} (unexpected; rerun this job alone " \
+                             "with HYDRA_FULL_ERROR=1 for the traceback)"
+        return job_failed(fail(message, run_dir), multirun)
+    return None
+
+
+def first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [""])[0][:200]
+
+
+def failure_message(error: Exception) -> str | None:
+    """The one line for a failure the user can act on (bad value, full disk, out of memory); None for a bug."""
+    if isinstance(error, KdrunError):
+        return str(error)
+    if isinstance(error, OSError):  # a full disk, a read-only teacher store, ...: the path and the reason
+        return (f"cannot write or read {error.filename or 'a file'} ({error.strerror or first_line(error)}); "
+                "check free disk space and permissions, or choose another path")
+    if type(error).__name__ == "OutOfMemoryError" or "out of memory" in str(error).lower():
+        return (f"out of memory ({first_line(error)[:120]}); lower optim.batch_size or latency.batch_size, "
+                "or pick a smaller model")
+    return None
+
+
+def job_failed(code: int, multirun: bool) -> float:
+    """A single run exits with `code`. In a sweep the job returns NaN instead (Optuna records a failed trial),
+    so the other jobs run; the sweep's end lists it and exits non-zero (kdrun.callbacks)."""
+    if not multirun:
+        sys.exit(code)
+    return math.nan
