@@ -51,6 +51,10 @@ TABLE = [
     ("teacher store under a file", ["distill", *FAST, "teacher.store={a_file}/teachers"], "Not a directory"),
     ("NaN loss", ["train-student", *STUDENT, "epochs=2", "optim.lr=1e30"],
      "training loss became nan in epoch 1, step"),
+    ("image folder without train/", ["train-student", *STUDENT, "dataset=image_folder", "dataset.data_dir={empty}"],
+     "an image folder (DIR/train/<class>/<image>) not found or empty under"),
+    ("negative DataLoader workers", ["train-student", *STUDENT, "dataset=image_folder", "dataset.workers=-1"],
+     "dataset.workers must be >= 0"),
     ("resume a dir that is no run", ["train-student", "resume={empty}"], "is not a kdrun run directory"),
 ]
 
