@@ -121,7 +121,7 @@ def run_bench(pair: str, device_name: str, epochs: int, rounds: int, compile: bo
 
 
 # A small student, so that the data path rather than the model sets the pace on a CPU.
-STREAMING = {"student": ("mlp", {"hidden": [256]}), "classes": 10, "train_per_class": 64, "side": 32,
+STREAMING = {"student": ("mlp", {"hidden": [256]}), "classes": 10, "images": 640, "side": 32,
              "batch_size": 64, "workers": 2}
 
 
@@ -134,11 +134,11 @@ def _in_memory(data, device: torch.device) -> TensorData:
     return TensorData(data.name, x_train, y_train, x_test, y_test, data.num_classes).to(device)
 
 
-def run_streaming_bench(device_name: str, epochs: int, rounds: int, workers: int) -> dict:
+def run_streaming_bench(device_name: str, epochs: int, rounds: int, workers: int, images: int) -> dict:
     spec = STREAMING
     device = resolve_device(device_name)
     with tempfile.TemporaryDirectory() as folder:
-        write_image_folder(Path(folder), classes=spec["classes"], train_per_class=spec["train_per_class"],
+        write_image_folder(Path(folder), classes=spec["classes"], train_per_class=max(1, images // spec["classes"]),
                            val_per_class=8, size=(spec["side"] + 8, spec["side"] + 16), formats=("jpg",))
         stream = {augment: load_dataset("image_folder", folder, False, augment, {}, image_size=spec["side"],
                                         workers=workers) for augment in (False, True)}
@@ -199,11 +199,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3, help="round-robin passes over the scenarios")
     parser.add_argument("--compile", action="store_true", help="add a torch.compile scenario (slow to compile)")
     parser.add_argument("--workers", type=int, default=STREAMING["workers"], help="DataLoader workers (streaming)")
+    parser.add_argument("--images", type=int, default=STREAMING["images"], help="training images (streaming)")
     args = parser.parse_args(argv)
     results = []
     for pair in args.pairs:
         if pair == "streaming":
-            results.append(run_streaming_bench(args.device, max(2, args.epochs), max(1, args.rounds), args.workers))
+            results.append(run_streaming_bench(args.device, max(2, args.epochs), max(1, args.rounds), args.workers,
+                                               args.images))
             show_streaming(results[-1])
             continue
         results.append(run_bench(pair, args.device, max(2, args.epochs), max(1, args.rounds), args.compile))
