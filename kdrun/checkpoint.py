@@ -1,23 +1,35 @@
-"""Model checkpoints: kdrun's self-describing format, and loading any file as data only.
+"""Model checkpoints: kdrun's self-describing format, the peers' formats, and loading any file as data only.
 
-A checkpoint holds the architecture name and kwargs, num_classes, input shape, dataset, the
-config, metrics and the state_dict. Files are read with `torch.load(weights_only=True)`:
-a checkpoint is data, never code.
+kdrun's checkpoint holds the architecture name and kwargs, num_classes, input shape, dataset,
+the config, metrics and the state_dict. `read_weights` also reads, detected from the file's
+contents, the teacher checkpoints people already have:
+
+- RepDistiller's `train_teacher.py`: `{'model': state_dict, 'epoch', 'accuracy' | 'best_acc',
+  'optimizer'}`, or `{'opt': argparse.Namespace, 'model', 'optimizer'}` (its `*_last.pth`);
+- mdistiller's trainer: `student_*` / `student_best` (`{'model': state_dict}`) and
+  `epoch_*` / `latest` / `best` (`{'model': the distiller's state_dict, 'epoch', 'best_acc',
+  'optimizer'}`, whose `module.student.*` weights are taken);
+- a plain `state_dict`, or `{'state_dict': state_dict}`; a `module.` prefix (DataParallel) is dropped.
+
+Files are read with `torch.load(weights_only=True)`: a checkpoint is data, never code. The
+one class allowed beyond plain data is `argparse.Namespace`, for RepDistiller's `opt`.
 """
 
 from __future__ import annotations
 
+import argparse
+import hashlib
 import logging
 import pickle
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import torch
 from torch import nn
 
 from kdrun.errors import KdrunError
-from kdrun.models import build_model
 from kdrun.rundir import write_atomic, writes
 
 log = logging.getLogger(__name__)
@@ -59,36 +71,127 @@ def _damaged(path: Path, reason: str) -> KdrunError:
                       "delete it and train again, or pass a checkpoint written by kdrun")
 
 
-def load_payload(path: Path) -> Any:
-    """Whatever `path` holds, loaded as data only (`weights_only=True`): never runs code from it."""
+def load_payload(path: Path, allowed: tuple[type, ...] = ()) -> Any:
+    """Whatever `path` holds, loaded as data only (`weights_only=True`, plus the classes in `allowed`):
+    never runs code from it."""
     if not path.is_file():
         raise KdrunError(f"checkpoint not found: {path}; check the path or train one with `kdrun train-teacher`")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(list(allowed)):
+            payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         if "GLOBAL" not in str(error):  # no refused code reference: the bytes are not a valid pickle
             raise _damaged(path, _unpickler_reason(error)) from None
         raise KdrunError(f"{path} holds Python objects beyond tensors and plain data ({_blocked(error)}), so it was "
-                         "not loaded: unpickling it could run code; use a checkpoint written by kdrun") from None
+                         "not loaded: unpickling it could run code; pass a checkpoint of weights (kdrun's, "
+                         "RepDistiller's, mdistiller's or a state_dict)") from None
     except Exception as error:  # noqa: BLE001 - a damaged file fails in many ways (zip, legacy pickle, EOF)
         first_line = (str(error).splitlines() or [""])[0][:100]
         raise _damaged(path, f"{type(error).__name__}: {first_line}") from None
     return payload
 
 
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    """A kdrun model checkpoint, checked by its header."""
-    payload = load_payload(path)
-    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        raise KdrunError(f"{path} is not a kdrun checkpoint (no '{CHECKPOINT_FORMAT}' header); "
-                         "use one written by `kdrun train-teacher` or `kdrun distill`")
-    return payload
+# RepDistiller's / mdistiller's model names where kdrun's differ.
+PEER_MODEL_NAMES = {"MobileNetV2": "mobilenetv2", "ShuffleV1": "shufflenetv1", "ShuffleV2": "shufflenetv2"}
+FORMATS = "kdrun's own, RepDistiller's, mdistiller's, or a state_dict"
 
 
-def model_from_checkpoint(payload: dict[str, Any]) -> nn.Module:
-    model = build_model(payload["arch"], payload["num_classes"], tuple(payload["input_shape"]), payload["arch_kwargs"])
-    model.load_state_dict(renamed_sequential_keys(model, payload["state_dict"]))
-    return model
+@dataclass
+class Weights:
+    """A model's weights as read from a checkpoint file, and what the file records about them (None: nothing)."""
+
+    format: str
+    state_dict: dict[str, torch.Tensor]
+    sha256: str
+    arch: Optional[str] = None
+    arch_kwargs: Optional[dict[str, Any]] = None
+    num_classes: Optional[int] = None
+    input_shape: Optional[tuple[int, ...]] = None
+    dataset: Optional[str] = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def read_weights(path: Path) -> Weights:
+    """The weights in `path`, in any format the module lists, recognised by the file's contents."""
+    payload = load_payload(path, allowed=(argparse.Namespace,))
+    sha256 = file_sha256(path)
+    if isinstance(payload, dict) and payload.get("format") == CHECKPOINT_FORMAT:
+        return Weights("kdrun", payload["state_dict"], sha256, payload["arch"], payload["arch_kwargs"],
+                       payload["num_classes"], tuple(payload["input_shape"]), payload["dataset"], payload["metrics"])
+    if isinstance(payload, dict) and _is_state_dict(payload.get("model")):
+        return _peer_weights(payload, sha256)
+    if isinstance(payload, dict) and _is_state_dict(payload.get("state_dict")):
+        return Weights("state_dict", _without_prefix(payload["state_dict"], "module."), sha256)
+    if _is_state_dict(payload):
+        return Weights("state_dict", _without_prefix(payload, "module."), sha256)
+    raise KdrunError(f"{path} is not a checkpoint kdrun can read (found {_describe(payload)}); pass {FORMATS} "
+                     "(a dict of tensors)")
+
+
+def _peer_weights(payload: dict[str, Any], sha256: str) -> Weights:
+    """RepDistiller's or mdistiller's `{'model': ...}` files."""
+    state_dict = _without_prefix(payload["model"], "module.")
+    if payload.keys() == {"model"}:
+        return Weights("mdistiller", state_dict, sha256)
+    if any(key.startswith("student.") for key in state_dict):  # a distiller: student, teacher, extra parts
+        return Weights("mdistiller", _without_prefix(state_dict, "student.", keep_others=False), sha256,
+                       metrics=_numbers(payload, "epoch", "best_acc"))
+    opt = vars(payload["opt"]) if isinstance(payload.get("opt"), argparse.Namespace) else {}
+    arch = opt.get("model")
+    return Weights("repdistiller", state_dict, sha256, arch=PEER_MODEL_NAMES.get(arch, arch),
+                   dataset=opt.get("dataset"), metrics=_numbers(payload, "epoch", "accuracy", "best_acc"))
+
+
+def _is_state_dict(value: Any) -> bool:
+    return (isinstance(value, dict) and len(value) > 0
+            and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in value.items()))
+
+
+def _without_prefix(state_dict: dict[str, Any], prefix: str, keep_others: bool = True) -> dict[str, Any]:
+    """Keys with `prefix` removed when every key has it; with keep_others=False, only the keys that have it."""
+    if keep_others and not all(key.startswith(prefix) for key in state_dict):
+        return state_dict
+    return {key[len(prefix):]: value for key, value in state_dict.items() if key.startswith(prefix)}
+
+
+def _numbers(payload: dict[str, Any], *keys: str) -> dict[str, float]:
+    """The recorded numbers among `keys` (RepDistiller stores its accuracy as a tensor)."""
+    return {key: float(payload[key]) for key in keys if isinstance(payload.get(key), (int, float, torch.Tensor))
+            and (not isinstance(payload[key], torch.Tensor) or payload[key].numel() == 1)}
+
+
+def _describe(payload: Any) -> str:
+    if isinstance(payload, dict):
+        return f"a dict with keys {', '.join(map(str, list(payload)[:5]))}" if payload else "an empty dict"
+    return f"a {type(payload).__name__}"
+
+
+def load_weights(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
+    """Strict loading; a mismatch is one line naming the keys or shapes that differ (`source` says whose)."""
+    state_dict = renamed_sequential_keys(model, state_dict)
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    shapes = [f"{k} is {tuple(state_dict[k].shape)} in the file but {tuple(v.shape)} in the model"
+              for k, v in expected.items() if k in state_dict and state_dict[k].shape != v.shape]
+    differences = ([f"missing keys {_first(missing)}"] if missing else []) + (
+        [f"unexpected keys {_first(unexpected)}"] if unexpected else []) + shapes[:2]
+    if differences:
+        raise KdrunError(f"{source} does not fit this model ({type(model).__name__}): {'; '.join(differences)}; "
+                         "pick the teacher=/teacher.kwargs (and dataset) it was trained with")
+    model.load_state_dict(state_dict)
+
+
+def _first(keys: list[str], shown: int = 3) -> str:
+    return ", ".join(keys[:shown]) + (f" (+{len(keys) - shown} more)" if len(keys) > shown else "")
 
 
 def renamed_sequential_keys(model: nn.Module, state_dict: dict[str, Any]) -> dict[str, Any]:

@@ -61,10 +61,12 @@ class DatasetConfig:
 
 @dataclass
 class ModelConfig:
-    """A registry name plus the constructor's keyword arguments."""
+    """A registry name plus the constructor's keyword arguments; `custom` models name an import path
+    (`target: my_pkg.nets:build_teacher`, a function returning an nn.Module)."""
 
     name: str = MISSING
     kwargs: Dict[str, Any] = field(default_factory=dict)
+    target: Optional[str] = None
 
 
 @dataclass
@@ -79,10 +81,13 @@ class TeacherTraining:
 
 @dataclass
 class TeacherConfig(ModelConfig):
-    """A teacher: its model, how it was trained, and an optional explicit checkpoint."""
+    """A teacher: its model, how it was trained, and an optional explicit checkpoint (kdrun's,
+    RepDistiller's, mdistiller's or a state_dict) or published weights (`weights`: a torchvision
+    weights name such as IMAGENET1K_V2 for tv_ models, `pretrained` for timm_ models)."""
 
     train: TeacherTraining = field(default_factory=TeacherTraining)
     checkpoint: Optional[str] = None
+    weights: Optional[str] = None
     store: str = "outputs/teachers"
     train_if_missing: bool = True
 
@@ -220,6 +225,9 @@ def validate(cfg: Any) -> None:
     _validate_dataset(cfg.dataset)
     if "teacher" in cfg:
         _validate_teacher(cfg)
+        _validate_model(cfg.teacher, "teacher")
+    if "student" in cfg:
+        _validate_model(cfg.student, "student")
     if "optim" in cfg:
         _validate_optim(cfg.optim, "optim")
     if "T" in cfg:
@@ -254,8 +262,19 @@ def _validate_teacher(cfg: Any) -> None:
     if epoch is not None:
         _check(1 <= epoch <= train.epochs, f"teacher_epoch must be in [1, teacher.train.epochs={train.epochs}] "
                f"(got {epoch}); it picks a snapshot of the teacher's own training")
-        _check(not cfg.teacher.checkpoint, "teacher_epoch needs the teacher store; it cannot pick an epoch "
-               "of an explicit teacher.checkpoint (drop one of the two)")
+        _check(not cfg.teacher.checkpoint and not cfg.teacher.weights, "teacher_epoch needs the teacher store; it "
+               "cannot pick an epoch of an explicit teacher.checkpoint or teacher.weights (drop one of the two)")
+    _check(not (cfg.teacher.checkpoint and cfg.teacher.weights), "teacher.checkpoint and teacher.weights both "
+           "give the teacher's weights; drop one of the two")
+
+
+def _validate_model(model: Any, key: str) -> None:
+    if model.name == "custom":
+        _check(bool(model.target), f"{key}=custom needs {key}.target=MODULE:FUNCTION (a function returning an "
+               f"nn.Module, its module on PYTHONPATH), e.g. {key}.target=my_pkg.nets:build_{key}")
+    else:
+        _check(not model.target, f"{key}.target is for {key}=custom (got {key}.name={model.name}); "
+               f"set {key}=custom or drop {key}.target")
 
 
 def _validate_loss(loss: Any) -> None:

@@ -209,18 +209,31 @@ class DKDLoss:
 
 def dkd_terms(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
               T: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(TCKD, NCKD) of Zhao et al. 2022, each batchmean and without the T^2 factor."""
+    """(TCKD, NCKD) of Zhao et al. 2022, each batchmean and without the T^2 factor.
+
+    Computed in log space: the binary [p_y, 1 - p_y] comes from logsumexps, never from
+    `1 - p_y`, which cancels to 0 in float32 once a model is confident (a target margin of
+    about 17 T) and then loses TCKD's value and gradient (mdistiller's `torch.log(1 - p_y)`
+    gives -inf or the rounding error there).
+    """
     mask = F.one_hot(labels, student_logits.shape[1]).bool()
-    ps, pt = F.softmax(student_logits / T, dim=1), F.softmax(teacher_logits / T, dim=1)
-    bs = torch.stack([ps[mask], 1 - ps[mask]], dim=1).clamp_min(1e-12)
-    bt = torch.stack([pt[mask], 1 - pt[mask]], dim=1).clamp_min(1e-12)
-    tckd = (bt * (bt.log() - bs.log())).sum(1).mean()
+    log_bs, log_bt = log_target_vs_rest(student_logits / T, mask), log_target_vs_rest(teacher_logits / T, mask)
+    tckd = (log_bt.exp() * (log_bt - log_bs)).sum(1).mean()
     # Non-target distributions: the target logit pushed to -inf before the softmax.
     log_hat_s = F.log_softmax(student_logits / T - 1e9 * mask, dim=1)
     log_hat_t = F.log_softmax(teacher_logits / T - 1e9 * mask, dim=1)
     hat_t = log_hat_t.exp()
     nckd = (hat_t * (log_hat_t - log_hat_s)).masked_fill(mask, 0).sum(1).mean()
     return tckd, nckd
+
+
+def log_target_vs_rest(scaled_logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """log [p_y, 1 - p_y] of softmax(scaled_logits), (N, 2): the target's log-probability and the
+    non-target classes' log-mass, each a logsumexp minus the logsumexp over all classes."""
+    log_total = torch.logsumexp(scaled_logits, dim=1, keepdim=True)
+    log_target = torch.logsumexp(scaled_logits.masked_fill(~mask, float("-inf")), dim=1, keepdim=True)
+    log_rest = torch.logsumexp(scaled_logits.masked_fill(mask, float("-inf")), dim=1, keepdim=True)
+    return torch.cat([log_target, log_rest], dim=1) - log_total
 
 
 def build_loss(cfg: Any, teacher_stats: Any = None) -> Loss:

@@ -2,9 +2,11 @@
 
 A recipe is the teacher's model, the dataset and the training hyper-parameters and seed;
 its stable hash names the file `<store>/<model>-<dataset>-<hash>.pt`. `obtain_teacher`
-resolves, in order: an explicit checkpoint path; the stored checkpoint for the recipe;
-else it trains the teacher now, under a file lock so that parallel jobs of a sweep train
-it once, writing to a temporary file and renaming it so nobody reads half a checkpoint.
+resolves, in order: an explicit checkpoint path (any format kdrun/checkpoint.py reads);
+pretrained weights (`teacher.weights`, torchvision's or timm's); the stored checkpoint for
+the recipe; else it trains the teacher now, under a file lock so that parallel jobs of a
+sweep train it once, writing to a temporary file and renaming it so nobody reads half a
+checkpoint. A teacher that is loaded rather than trained is evaluated on the test set.
 """
 
 from __future__ import annotations
@@ -25,8 +27,9 @@ from kdrun import distributed
 from kdrun.engine import Recipe, StepProgress, evaluate, fit
 from kdrun.errors import KdrunError
 from kdrun.losses import cross_entropy, smoothed_cross_entropy
-from kdrun.models import build_model
-from kdrun.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from kdrun.models import build_model, model_kwargs
+from kdrun.models.pretrained import build_pretrained
+from kdrun.checkpoint import Weights, file_sha256, load_weights, read_weights, save_checkpoint
 from kdrun.runtime import seed_everything
 
 log = logging.getLogger(__name__)
@@ -39,6 +42,7 @@ class Teacher:
     test_acc: float
     trained_now: bool = False
     history: list[dict[str, float]] = field(default_factory=list)
+    source: dict[str, Any] = field(default_factory=dict)  # the file's format and sha256 (and pretrained weights)
 
 
 def teacher_recipe(teacher: DictConfig, dataset: DictConfig) -> dict[str, Any]:
@@ -58,8 +62,9 @@ def teacher_recipe(teacher: DictConfig, dataset: DictConfig) -> dict[str, Any]:
         data["image_size"] = dataset.image_size
     if dataset.name == "image_folder":  # a user's folder is the dataset itself
         data["data_dir"] = str(Path(dataset.data_dir).expanduser().resolve())
-    return {"model": teacher.name, "kwargs": OmegaConf.to_container(teacher.kwargs, resolve=True),
-            "dataset": data, "train": train}
+    recipe = {"model": teacher.name, "kwargs": OmegaConf.to_container(teacher.kwargs, resolve=True),
+              "dataset": data, "train": train}
+    return {**recipe, "target": teacher.target} if teacher.get("target") else recipe
 
 
 def store_path(store: Path, recipe: dict[str, Any]) -> Path:
@@ -90,7 +95,7 @@ def train_teacher(teacher: DictConfig, data: Any, device: Any, progress: Optiona
     `fit_hooks` reach the engine (stop/checkpoint/resume).
     """
     seed_everything(teacher.train.seed)
-    model = build_model(teacher.name, data.num_classes, data.input_shape, teacher.kwargs).to(device)
+    model = build_model(teacher.name, data.num_classes, data.input_shape, model_kwargs(teacher)).to(device)
     recipe = recipe_from_optim(teacher.train.optim, teacher.train.epochs, teacher.train.seed)
     smoothing = float(teacher.train.get("label_smoothing", 0.0))
     loss = smoothed_cross_entropy(smoothing) if smoothing > 0 else cross_entropy
@@ -105,27 +110,43 @@ def train_teacher(teacher: DictConfig, data: Any, device: Any, progress: Optiona
     return model, history
 
 
-def _check_compatible(payload: dict[str, Any], path: Path, expected_arch: str, data: Any) -> None:
-    if payload["arch"] != expected_arch:
-        raise KdrunError(f"{path} holds a '{payload['arch']}' but teacher={expected_arch}; "
-                         f"set teacher={payload['arch']} or pass a {expected_arch} checkpoint")
-    if payload["num_classes"] != data.num_classes:
-        raise KdrunError(f"{path} was trained for {payload['num_classes']} classes but dataset '{data.name}' has "
+def _check_recorded(weights: Weights, path: Path, expected_arch: str, data: Any) -> None:
+    """What the file records about its model (kdrun: everything; RepDistiller's `opt`: model, dataset)."""
+    if weights.arch is not None and weights.arch != expected_arch:
+        raise KdrunError(f"{path} holds a '{weights.arch}' but teacher={expected_arch}; "
+                         f"set teacher={weights.arch} or pass a {expected_arch} checkpoint")
+    if weights.num_classes is not None and weights.num_classes != data.num_classes:
+        raise KdrunError(f"{path} was trained for {weights.num_classes} classes but dataset '{data.name}' has "
                          f"{data.num_classes}; pass a teacher trained on '{data.name}'")
-    if tuple(payload["input_shape"]) != data.input_shape:
-        raise KdrunError(f"{path} expects inputs of shape {tuple(payload['input_shape'])} but dataset "
+    if weights.input_shape is not None and tuple(weights.input_shape) != data.input_shape:
+        raise KdrunError(f"{path} expects inputs of shape {tuple(weights.input_shape)} but dataset "
                          f"'{data.name}' has {data.input_shape}; pass a teacher trained on '{data.name}'")
+    if weights.dataset is not None and weights.dataset != data.name:
+        raise KdrunError(f"{path} was trained on '{weights.dataset}' but dataset={data.name}; "
+                         f"pass a teacher trained on '{data.name}' (or set dataset={weights.dataset})")
 
 
-def load_teacher(path: Path, expected_arch: str, data: Any, device: Any) -> Teacher:
-    payload = load_checkpoint(path)
-    _check_compatible(payload, path, expected_arch, data)
-    try:
-        model = model_from_checkpoint(payload).to(device)
-    except RuntimeError as error:
-        raise KdrunError(f"{path} does not fit a {expected_arch} with these options "
-                         f"({str(error).splitlines()[0][:120]}); check teacher.kwargs") from None
-    return Teacher(model, path, evaluate(model, data, device), history=payload["metrics"].get("history", []))
+def load_teacher(path: Path, teacher: DictConfig, data: Any, device: Any) -> Teacher:
+    """A teacher from a checkpoint file, evaluated on the test set; kdrun's own files rebuild the model
+    with the options they record, the others with teacher=/teacher.kwargs."""
+    weights = read_weights(path)
+    _check_recorded(weights, path, teacher.name, data)
+    kwargs = weights.arch_kwargs if weights.arch_kwargs is not None else model_kwargs(teacher)
+    model = build_model(teacher.name, data.num_classes, data.input_shape, kwargs)
+    load_weights(model, weights.state_dict, f"{path} ({weights.format} format)")
+    model.to(device)
+    log.info("Teacher %s from %s (%s format, sha256 %s)", teacher.name, path, weights.format, weights.sha256[:12])
+    return Teacher(model, path, evaluate(model, data, device), history=weights.metrics.get("history", []),
+                   source={"format": weights.format, "sha256": weights.sha256})
+
+
+def pretrained_teacher(teacher: DictConfig, data: Any, device: Any) -> Teacher:
+    """torchvision's or timm's pretrained weights (`teacher.weights`), evaluated on the test set."""
+    model, path, family = build_pretrained(teacher.name, teacher.weights, data.num_classes, data.input_shape,
+                                           model_kwargs(teacher))
+    model.to(device)
+    return Teacher(model, path, evaluate(model, data, device),
+                   source={"format": family, "weights": teacher.weights, "sha256": file_sha256(path)})
 
 
 def train_command_hint(teacher: DictConfig, dataset: DictConfig) -> str:
@@ -174,13 +195,15 @@ def obtain_teacher(teacher: DictConfig, dataset: DictConfig, data: Any, device: 
     checkpoint appears only by rename; the next holder removes the dead job's temp files.
     """
     if teacher.checkpoint:
-        return load_teacher(Path(teacher.checkpoint).expanduser().resolve(), teacher.name, data, device)
+        return load_teacher(Path(teacher.checkpoint).expanduser().resolve(), teacher, data, device)
+    if teacher.get("weights"):
+        return pretrained_teacher(teacher, data, device)
     recipe = teacher_recipe(teacher, dataset)
     path = store_path(Path(teacher.store).expanduser().resolve(), recipe)
     wanted = snapshot_path(path, epoch) if epoch is not None else path
     if wanted.exists():
         log.info("Using stored teacher %s", wanted)
-        return load_teacher(wanted, teacher.name, data, device)
+        return load_teacher(wanted, teacher, data, device)
     if not teacher.train_if_missing:
         raise KdrunError(f"no trained teacher for this recipe in {path.parent}; run "
                          f"`{train_command_hint(teacher, dataset)}` first (or set teacher.train_if_missing=true)")
@@ -188,12 +211,12 @@ def obtain_teacher(teacher: DictConfig, dataset: DictConfig, data: Any, device: 
     with store_turn(path, wanted) as stored:
         if stored:  # another job trained it while we waited for the lock
             log.info("Using teacher trained by a parallel job: %s", wanted)
-            return load_teacher(wanted, teacher.name, data, device)
+            return load_teacher(wanted, teacher, data, device)
         if path.exists():
             log.info("Stored teacher %s has no snapshot after epoch %s: training its recipe again to make one",
                      path, epoch)
         log.info("Training teacher %s for recipe %s", teacher.name, path.stem)
-        meta = dict(arch=teacher.name, arch_kwargs=OmegaConf.to_container(teacher.kwargs), num_classes=data.num_classes,
+        meta = dict(arch=teacher.name, arch_kwargs=model_kwargs(teacher), num_classes=data.num_classes,
                     input_shape=data.input_shape, dataset=dataset.name, config={"recipe": recipe, "run": config})
         snapshots = {}
         if epoch is not None:
@@ -204,7 +227,8 @@ def obtain_teacher(teacher: DictConfig, dataset: DictConfig, data: Any, device: 
         if not path.exists():
             save_checkpoint(path, model, **meta, metrics={"test_acc": test_acc, "history": history})
     if epoch is not None:
-        snapshot = load_teacher(wanted, teacher.name, data, device)
+        snapshot = load_teacher(wanted, teacher, data, device)
         snapshot.trained_now, snapshot.history = True, history[:epoch]
         return snapshot
-    return Teacher(model, path, test_acc, trained_now=True, history=history)
+    return Teacher(model, path, test_acc, trained_now=True, history=history,
+                   source={"format": "kdrun", "sha256": file_sha256(path)})

@@ -6,6 +6,7 @@ Each row runs the real CLI in a fresh directory and checks: a non-zero exit, exa
 `files` fixture: a real teacher checkpoint and deliberately broken ones.
 """
 
+import argparse
 import shutil
 from pathlib import Path
 
@@ -38,10 +39,17 @@ TABLE = [
                                                "dataset.kwargs.num_classes=5"], "was trained for 10 classes but"),
     ("truncated checkpoint", ["distill", *FAST, "teacher.checkpoint={truncated}"], "is truncated, corrupt"),
     ("garbage checkpoint", ["distill", *FAST, "teacher.checkpoint={garbage}"], "is truncated, corrupt"),
-    ("plain torch.save of a dict", ["distill", *FAST, "teacher.checkpoint={plain_dict}"],
-     "is not a kdrun checkpoint"),
+    ("state_dict of another model", ["distill", *FAST, "teacher.checkpoint={plain_dict}"],
+     "(state_dict format) does not fit this model (Sequential): missing keys 0.weight, 0.bias, 1.weight (+"),
     ("plain torch.save of a tensor", ["distill", *FAST, "teacher.checkpoint={plain_tensor}"],
-     "is not a kdrun checkpoint"),
+     "is not a checkpoint kdrun can read (found a Tensor); pass kdrun's own, RepDistiller's"),
+    ("RepDistiller teacher of another dataset", ["distill", *FAST, "teacher.checkpoint={peer_other_dataset}"],
+     "was trained on 'cifar100' but dataset=fake; pass a teacher trained on 'fake'"),
+    ("custom model without a target", ["distill", "student=custom"], "student=custom needs student.target="),
+    ("custom target that cannot be imported", ["train-student", *STUDENT, "student=custom",
+                                               "student.target=no_such_module:build"], "cannot import target"),
+    ("pretrained weights for a zoo model", ["distill", *FAST, "teacher.weights=IMAGENET1K_V1"],
+     "teacher.weights needs a tv_<name> or timm_<name> teacher (got 'cnn1d')"),
     ("missing dataset, download=false", ["train-student", *STUDENT, "dataset=mnist", "dataset.data_dir={empty}"],
      "mnist not found under"),
     ("run dir under a file", ["train-student", *STUDENT, "hydra.run.dir={a_file}/run"],
@@ -77,11 +85,14 @@ def files(tmp_path_factory) -> dict[str, Path]:
     data = teacher.read_bytes()
     paths = {"teacher": teacher, "truncated": root / "truncated.pt", "garbage": root / "garbage.pt",
              "plain_dict": root / "dict.pt", "plain_tensor": root / "tensor.pt", "empty": root / "empty",
+             "peer_other_dataset": root / "ckpt_epoch_240.pth",
              "a_file": root / "a_file"}
     paths["truncated"].write_bytes(data[: len(data) // 2])
     paths["garbage"].write_bytes(b"not a checkpoint at all")
     torch.save({"state_dict": {"w": torch.zeros(2)}}, paths["plain_dict"])
     torch.save(torch.zeros(3), paths["plain_tensor"])
+    opt = argparse.Namespace(model="cnn1d", dataset="cifar100")  # RepDistiller's layout, its options recorded
+    torch.save({"opt": opt, "model": torch.load(teacher, weights_only=True)["state_dict"]}, paths["peer_other_dataset"])
     paths["empty"].mkdir()
     paths["a_file"].write_text("a file, not a directory")
     return paths

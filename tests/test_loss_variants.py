@@ -163,3 +163,37 @@ def test_build_loss_picks_each_variant_with_the_run_temperature_and_alpha():
     assert ls.epsilon == stats.epsilon, "epsilon: null matches the teacher's non-target mass at T"
     ls = build_loss(OmegaConf.create({"T": 2.0, "alpha": 0.7, "loss": {"name": "ls", "epsilon": 0.05}}), stats)
     assert ls.epsilon == 0.05
+
+
+def _dkd_float64_log_space(zs, zt, y, T):
+    """TCKD + NCKD (weights 1, 8) * T^2 in float64, each probability a difference of logsumexps over index lists."""
+    zs, zt = zs.double() / T, zt.double() / T
+    total = zs.new_zeros(())
+    for i, target in enumerate(y.tolist()):
+        others = [c for c in range(zs.shape[1]) if c != target]
+        log_bin = [(z[target] - torch.logsumexp(z, 0), torch.logsumexp(z[others], 0) - torch.logsumexp(z, 0))
+                   for z in (zs[i], zt[i])]
+        (_, _), (lt_y, lt_rest) = log_bin
+        tckd = sum(t.exp() * (t - s) for s, t in zip(log_bin[0], log_bin[1]))
+        log_hat_s, log_hat_t = torch.log_softmax(zs[i][others], 0), torch.log_softmax(zt[i][others], 0)
+        nckd = (log_hat_t.exp() * (log_hat_t - log_hat_s)).sum()
+        total = total + tckd + 8.0 * nckd
+    return total * T * T / len(y)
+
+
+@pytest.mark.parametrize("margin", [5, 20, 40, 60])
+def test_dkd_of_a_confident_student_matches_a_float64_log_space_reference(margin):
+    """The student's target logit leads by margin * T: its 1 - p_y is below float32 resolution from ~17 T on."""
+    T, classes = 4.0, 100
+    torch.manual_seed(margin)
+    y = torch.randint(0, classes, (8,))
+    zs = torch.randn(8, classes) + margin * T * F.one_hot(y, classes)
+    zt = torch.randn(8, classes) * 2 + 3 * T * F.one_hot(y, classes)
+    zs64 = zs.double().requires_grad_()
+    reference = _dkd_float64_log_space(zs64, zt, y, T)
+    reference.backward()
+    zs32 = zs.clone().requires_grad_()
+    got = DKDLoss(T, 1.0, 8.0)(zs32, y, zt).kd
+    got.backward()
+    assert got.item() == pytest.approx(reference.item(), rel=1e-5)
+    assert torch.allclose(zs32.grad.double(), zs64.grad, rtol=1e-4, atol=1e-7)

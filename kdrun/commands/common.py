@@ -18,7 +18,7 @@ from kdrun.engine import fit
 from kdrun.errors import KdrunError
 from kdrun.latency import profile
 from kdrun.losses import Loss, cross_entropy
-from kdrun.models import build_model
+from kdrun.models import build_model, model_kwargs
 from kdrun.lifecycle import active
 from kdrun.checkpoint import save_checkpoint
 from kdrun.rundir import CHECKPOINT, LAST, append_metrics, delete_status, rewrite_metrics, writes
@@ -120,7 +120,7 @@ def history_summary(history: list[dict[str, float]]) -> dict[str, Any]:
             "train_seconds": sum(row["seconds"] for row in history)}
 
 
-def model_cost(model: torch.nn.Module, data: TensorData, cfg: DictConfig, device: torch.device) -> dict[str, Any]:
+def model_cost(model: torch.nn.Module, data: Any, cfg: DictConfig, device: torch.device) -> dict[str, Any]:
     lat = cfg.latency
     return profile(model, data.input_shape, device, batch_size=lat.batch_size, warmup=lat.warmup,
                    min_reps=lat.min_reps, min_seconds=lat.min_seconds)
@@ -158,7 +158,7 @@ def train_student(cfg: DictConfig, env: Setup, run_dir: Path, teacher: torch.nn.
     """
     data = env.data
     seed_everything(cfg.seed)
-    student = build_model(cfg.student.name, data.num_classes, data.input_shape, cfg.student.kwargs).to(env.device)
+    student = build_model(cfg.student.name, data.num_classes, data.input_shape, model_kwargs(cfg.student)).to(env.device)
     hooks = epoch_hooks(student) if epoch_hooks else []
     resumable = training_hooks(cfg, run_dir)
     if hasattr(loss, "start_epoch"):  # a loss that follows the epoch (DKD's warm-up), also across a resume
@@ -170,7 +170,7 @@ def train_student(cfg: DictConfig, env: Setup, run_dir: Path, teacher: torch.nn.
                       progress=progress, **resumable)
     result = history_summary(history)
     save_checkpoint(run_dir / CHECKPOINT, student, arch=cfg.student.name,
-                    arch_kwargs=OmegaConf.to_container(cfg.student.kwargs), num_classes=data.num_classes,
+                    arch_kwargs=model_kwargs(cfg.student), num_classes=data.num_classes,
                     input_shape=data.input_shape, dataset=data.name, config=plain_config(cfg),
                     metrics={**result, "history": history})
     return student, {**result, "checkpoint": str(run_dir / CHECKPOINT)}

@@ -52,7 +52,9 @@ def run(cfg: DictConfig, run_dir: Path) -> float:
                "loss": cfg.loss.name, **({"epsilon": loss.epsilon} if cfg.loss.name == "ls" else {}),
                "label_noise": cfg.dataset.label_noise, **result, **student_cost,
                "teacher": {"model": cfg.teacher.name, "test_acc": teacher.test_acc, **teacher_cost,
-                           "checkpoint": str(teacher.checkpoint), "epoch": cfg.teacher_epoch,
+                           "checkpoint": str(teacher.checkpoint), "checkpoint_format": teacher.source.get("format"),
+                           "checkpoint_sha256": teacher.source.get("sha256"), "weights": cfg.teacher.weights,
+                           "epoch": cfg.teacher_epoch,
                            "label_smoothing": cfg.teacher.train.label_smoothing,
                            "train_nontarget_mass_at_T": stats.epsilon},
                "speedup": speedup}

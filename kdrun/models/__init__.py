@@ -17,6 +17,15 @@ def build_model(name: str, num_classes: int, input_shape: tuple[int, ...], kwarg
     return MODELS.build(name, num_classes, tuple(input_shape), **dict(kwargs))
 
 
+def model_kwargs(spec: Any) -> dict[str, Any]:
+    """A model config's constructor options as plain data (they go into checkpoints): its kwargs,
+    plus the import path for `custom` models (`target`)."""
+    from omegaconf import OmegaConf
+
+    kwargs = OmegaConf.to_container(spec.kwargs, resolve=True)
+    return {**kwargs, "target": spec.target} if spec.get("target") else kwargs
+
+
 def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
@@ -30,6 +39,6 @@ def image_channels(input_shape: tuple[int, ...]) -> int:
 
 
 # Importing the modules registers their models; torchvision's classifiers wait for a `tv_` name.
-from kdrun.models import cifar, mnist1d  # noqa: E402,F401
+from kdrun.models import cifar, custom, mnist1d  # noqa: E402,F401
 
 MODELS.register_lazy("tv_", "kdrun.models.torchvision_models", "any torchvision.models classifier")

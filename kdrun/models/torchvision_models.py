@@ -19,6 +19,11 @@ A net that cannot take the input (Inception v3 and MaxViT on 32x32, ViT-H/14 who
 patches do not tile 32) is refused here in one line, by a forward pass on one blank image,
 rather than failing at the first batch.
 
+`pretrained_torchvision` builds torchvision's own net (ImageNet stem, its classes) with
+published weights from the torch hub cache (`$TORCH_HOME/hub/checkpoints`, downloaded once,
+hash-checked), read as data only (`weights_only=True`; torchvision's own loader unpickles
+fully).
+
 Named stages (kdrun/models/stages.py) are set on the built instance from `STAGES`, a table per
 family (ResNets: stem, stage1..4 = layer1..4); every other family names at least its
 classifier (its last nn.Linear), so the "embedding" stage works everywhere.
@@ -26,14 +31,19 @@ classifier (its last nn.Linear), so the "embedding" stage works everywhere.
 
 from __future__ import annotations
 
+import re
 from functools import partial
+from pathlib import Path
+from urllib.parse import urlparse
 
 import torch
 import torchvision.models as tvm
 from torch import nn
 
+from kdrun.checkpoint import load_payload
 from kdrun.errors import KdrunError
 from kdrun.models import image_channels, register_model
+from kdrun.models.pretrained import check_pretrained_fits
 
 SMALL_INPUT_SIDE = 64
 TRANSFORMERS = ("vit_", "swin_", "maxvit_")
@@ -42,6 +52,9 @@ SIZE_ARGUMENT = {"vit_": "image_size", "maxvit_": "input_size"}
 # Logits only (auxiliary heads would make the training-mode output a tuple), and torchvision's
 # own initialisation without its warning that the default will change.
 BUILD_OPTIONS = {name: {"aux_logits": False, "init_weights": True} for name in ("googlenet", "inception_v3")}
+# What torchvision's builders set when they load published weights.
+PRETRAINED_OPTIONS = {"googlenet": {"transform_input": True, "init_weights": False},
+                      "inception_v3": {"transform_input": True, "init_weights": False}}
 # Stage modules per family (arch prefix), shallow to deep; families not listed name only their classifier.
 RESNET_STAGES = {"stem": "maxpool", "stage1": "layer1", "stage2": "layer2", "stage3": "layer3", "stage4": "layer4"}
 STAGES = {"resnet": RESNET_STAGES, "resnext": RESNET_STAGES, "wide_resnet": RESNET_STAGES}
@@ -69,6 +82,48 @@ def name_stages(arch: str, model: nn.Module) -> None:
     linears = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
     if linears:
         model.classifier_module = linears[-1]
+
+
+def pretrained_torchvision(arch: str, weights_name: str, num_classes: int, input_shape: tuple[int, ...],
+                          kwargs: dict) -> tuple[nn.Module, Path]:
+    """torchvision's `arch` as published, with the weights `weights_name` (e.g. IMAGENET1K_V2, DEFAULT)."""
+    weights = _weights(arch, weights_name)
+    check_pretrained_fits(f"tv_{arch} ({weights})", len(weights.meta["categories"]), num_classes, input_shape)
+    path = _cached_file(weights.url)
+    options = {**BUILD_OPTIONS.get(arch, {}), **PRETRAINED_OPTIONS.get(arch, {}), **kwargs}
+    if arch.startswith("vit_"):
+        options["image_size"] = weights.meta["min_size"][0]
+    model = tvm.get_model(arch, weights=None, num_classes=num_classes, **options)
+    state_dict = {k: v for k, v in load_payload(path).items() if not k.startswith(("aux1.", "aux2.", "AuxLogits."))}
+    model.load_state_dict(state_dict)
+    name_stages(arch, model)
+    return model, path
+
+
+def _weights(arch: str, name: str) -> "tvm.WeightsEnum":
+    try:
+        available = tvm.get_model_weights(arch)
+    except (KeyError, ValueError):
+        raise KdrunError(f"torchvision publishes no weights for tv_{arch}; pick another model or drop teacher.weights") from None
+    try:
+        return available[name]
+    except KeyError:
+        raise KdrunError(f"tv_{arch} has no weights '{name}'; choose one of: {', '.join(available.__members__)}") from None
+
+
+def _cached_file(url: str) -> Path:
+    """The weights file in the torch hub cache, downloaded (and hash-checked, like torch.hub) if missing."""
+    path = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(url).path).name
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        digest = re.search(r"-([a-f0-9]+)\.", path.name)
+        try:
+            torch.hub.download_url_to_file(url, str(path), hash_prefix=digest.group(1) if digest else None,
+                                           progress=False)
+        except (OSError, RuntimeError) as error:
+            raise KdrunError(f"could not download {url} ({str(error).splitlines()[0][:100]}); check the network, "
+                             f"or copy the file to {path}") from None
+    return path
 
 
 def _size_options(arch: str, input_shape: tuple[int, ...]) -> dict:
