@@ -51,7 +51,7 @@ def stop_interrupted(cfg: DictConfig, run_dir: Path, interrupted: Interrupted, c
     """Mark the run interrupted (never finished), say how to continue it, exit 130/143."""
     where = f"epoch {interrupted.epoch} after step {interrupted.step}"
     if interrupted.saved:
-        resume = resume_command(cfg.command, run_dir)
+        resume = resume_command(cfg.command, run_dir, int(os.environ.get("WORLD_SIZE", "1")))
         write_status(run_dir, "interrupted", epoch=interrupted.epoch, step=interrupted.step, resume=resume)
         if writes():  # rank 0 speaks for a job of several
             report_interrupted(f"kdrun: interrupted in {where}, state saved to {run_dir / LAST}; resume with: {resume}")

@@ -19,7 +19,7 @@ from kdrun.errors import KdrunError
 from kdrun.latency import profile
 from kdrun.losses import Loss, cross_entropy
 from kdrun.models import build_model, model_kwargs
-from kdrun.lifecycle import active
+from kdrun.lifecycle import active, resume_command
 from kdrun.checkpoint import save_checkpoint
 from kdrun.rundir import CHECKPOINT, LAST, append_metrics, delete_status, rewrite_metrics, writes
 from kdrun.runtime import resolve_device, seed_everything, set_threads
@@ -50,7 +50,7 @@ def setup(cfg: DictConfig) -> Setup:
         data = with_label_noise(data, d.label_noise, d.noise_seed)
         log.info("label noise: %d of %d training labels flipped (noise_seed %d); test labels clean",
                  round(d.label_noise * len(data.y_train)), len(data.y_train), d.noise_seed)
-    feed = "in memory" if isinstance(data, TensorData) else f"streamed by {d.workers} DataLoader workers"
+    feed = "in memory" if isinstance(data, TensorData) else f"streamed by {data.workers} DataLoader workers"
     log.info("%s: %d train / %d test, input %s, %d classes, %s; device %s, %d threads", data.name,
              data.train_size, data.test_size, data.input_shape, data.num_classes, feed, device, threads)
     ctx = context()
@@ -94,9 +94,8 @@ def check_world_size(state: dict[str, Any], path: Path, command: str) -> None:
     """A run continues on as many processes as it was saved from: the batch shares and RNG streams depend on it."""
     saved, now = state.get("world_size", 1), context().world_size
     if saved != now:
-        launch = f"torchrun --nproc_per_node={saved} -m kdrun" if saved > 1 else "kdrun"
         raise KdrunError(f"{path} was saved by a run on {saved} process(es) but this one has {now}; resume it on "
-                         f"{saved}: {launch} {command.replace('_', '-')} resume={path.parent}")
+                         f"{saved}: {resume_command(command, path.parent, saved)}")
 
 
 def training_hooks(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:

@@ -15,6 +15,7 @@ continues with exactly the batches it would have had. The batch order is the eng
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
@@ -97,7 +98,8 @@ class StreamingData:
         self._loaders: dict[str, tuple[DataLoader, PlannedBatches]] = {}
 
     def with_workers(self, workers: int) -> "StreamingData":
-        self.workers = workers
+        """At most one worker per CPU this process may use: more only queue for the same cores."""
+        self.workers = min(workers, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else workers)
         return self
 
     def to(self, device: torch.device) -> "StreamingData":

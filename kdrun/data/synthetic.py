@@ -27,3 +27,22 @@ def write_image_folder(root: Path, classes: int = 3, train_per_class: int = 6, v
                 pixels = np.clip(colours[label] + rng.normal(0, 30, (*size, 3)), 0, 255).astype(np.uint8)
                 Image.fromarray(pixels).save(folder / f"{i:05d}.{formats[i % len(formats)]}")
     return root
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m kdrun.data.synthetic DIR`: a small folder to try `dataset=image_folder` with."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m kdrun.data.synthetic", description=main.__doc__)
+    parser.add_argument("root", type=Path, help="where to write DIR/train/<class>/ and DIR/val/<class>/")
+    parser.add_argument("--classes", type=int, default=3)
+    parser.add_argument("--train-per-class", type=int, default=40)
+    parser.add_argument("--val-per-class", type=int, default=10)
+    args = parser.parse_args(argv)
+    root = write_image_folder(args.root.expanduser().resolve(), args.classes, args.train_per_class, args.val_per_class)
+    print(f"wrote {args.classes} classes of JPEG/PNG images under {root}/train and {root}/val")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
