@@ -18,7 +18,8 @@ epoch, against the same images decoded once into a tensor on the device. Both tr
 small student without random augmentation (so both do the same work per step and the data
 path sets the pace); the augmented streamed path (RandomResizedCrop + flip in the workers) is a
 third row.
-Results also go to outputs/bench/<time>.json.
+`--sweep` adds the README's 24-job sweep run serially, with joblib and stacked (kdrun.bench_sweep;
+several minutes, so not by default). Results also go to outputs/bench/<time>.json.
 """
 
 from __future__ import annotations
@@ -200,7 +201,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compile", action="store_true", help="add a torch.compile scenario (slow to compile)")
     parser.add_argument("--workers", type=int, default=STREAMING["workers"], help="DataLoader workers (streaming)")
     parser.add_argument("--images", type=int, default=STREAMING["images"], help="training images (streaming)")
+    parser.add_argument("--sweep", action="store_true",
+                        help="also the 24-job MNIST-1D sweep serial / joblib / stacked (minutes)")
+    parser.add_argument("--sweep-epochs", type=int, default=100, help="epochs per job of --sweep (README: 100)")
+    parser.add_argument("--sweep-args", nargs="*", default=[], help="extra overrides for --sweep's kdrun commands")
     args = parser.parse_args(argv)
+    stamp = f"{datetime.now():%Y-%m-%d_%H-%M-%S_%f}"
     results = []
     for pair in args.pairs:
         if pair == "streaming":
@@ -210,8 +216,14 @@ def main(argv: list[str] | None = None) -> int:
             continue
         results.append(run_bench(pair, args.device, max(2, args.epochs), max(1, args.rounds), args.compile))
         show(results[-1])
-    out = Path("outputs/bench") / f"{datetime.now():%Y-%m-%d_%H-%M-%S_%f}.json"
-    write_json(out, {"results": results})
+    record = {"results": results}
+    if args.sweep:
+        from kdrun.bench_sweep import run_sweep_bench, show_sweep
+
+        record["sweep"] = run_sweep_bench(Path("outputs/bench") / f"sweep-{stamp}", args.sweep_epochs, args.sweep_args)
+        show_sweep(record["sweep"])
+    out = Path("outputs/bench") / f"{stamp}.json"
+    write_json(out, record)
     console.print(f"written: {out.resolve()}")
     return 0
 

@@ -110,9 +110,12 @@ class TeacherTargets:
     same inputs every epoch; with augmentation (or streamed data) the teacher runs on the batch.
     """
 
-    def __init__(self, teacher: nn.Module, data: Any) -> None:
+    def __init__(self, teacher: nn.Module, data: Any, logits: Optional[torch.Tensor] = None) -> None:
+        """`logits`: the teacher's logits for `data.x_train` if already known (e.g. from the sweep's cache)."""
         self.teacher = teacher.eval().requires_grad_(False)
-        self.cache = predict(teacher, data.x_train) if data.static_inputs else None
+        self.cache = None
+        if data.static_inputs:
+            self.cache = logits if logits is not None else predict(teacher, data.x_train)
 
     def __call__(self, index: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
         return self.cache[index] if self.cache is not None else predict(self.teacher, inputs, len(inputs))
@@ -188,6 +191,7 @@ def _checkpoint_due(epoch: int, every: int, epochs: int) -> bool:
 
 def fit(model: nn.Module, data: Any, recipe: Recipe, device: torch.device, *,
         loss: Loss = cross_entropy, teacher: Optional[nn.Module] = None,
+        teacher_logits: Optional[torch.Tensor] = None,
         on_epoch: Optional[Callable[[dict[str, float]], None]] = None,
         progress: Optional[StepProgress] = None,
         state: Optional[dict[str, Any]] = None,
@@ -195,7 +199,8 @@ def fit(model: nn.Module, data: Any, recipe: Recipe, device: torch.device, *,
         checkpoint_every: int = 1,
         stop: Optional[Callable[[], bool]] = None) -> list[dict[str, float]]:
     """Train `model` on `data` (a `TensorData` already on `device`, or a `StreamingData`) by `loss`, fed the
-    frozen teacher's logits if given.
+    frozen teacher's logits if given (`teacher_logits`: its logits for the un-augmented training set, when
+    already computed).
 
     Returns one metrics dict per epoch: epoch, train_loss, test_acc, lr, seconds (+ ce, kd with a teacher).
     `checkpoint(snapshot)` is called every `checkpoint_every` epochs (and at the last), `state` (such a
@@ -206,7 +211,7 @@ def fit(model: nn.Module, data: Any, recipe: Recipe, device: torch.device, *,
     model.to(device, memory_format=memory_format(device, len(data.input_shape) + 1)).train()
     trained = _trained_module(model, device)
     forward = torch.compile(trained) if recipe.compile else trained
-    targets = TeacherTargets(teacher, data) if teacher is not None else None
+    targets = TeacherTargets(teacher, data, teacher_logits) if teacher is not None else None
     optimizer, scheduler = make_optimizer(model, recipe)
     loop = Loop(model, optimizer, scheduler, torch.Generator().manual_seed(recipe.seed),
                 torch.Generator(device=device).manual_seed(recipe.seed + 1), [])

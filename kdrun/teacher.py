@@ -146,7 +146,7 @@ def pretrained_teacher(teacher: DictConfig, data: Any, device: Any) -> Teacher:
                                            model_kwargs(teacher))
     model.to(device)
     return Teacher(model, path, evaluate(model, data, device),
-                   source={"format": family, "weights": teacher.weights, "sha256": file_sha256(path)})
+                   source={"format": family, "weights": teacher.weights, "sha256": file_sha256(path) if path else None})
 
 
 def train_command_hint(teacher: DictConfig, dataset: DictConfig) -> str:

@@ -30,7 +30,7 @@ TABLE = [
     ("unknown dataset", ["distill", "dataset=cifar1000"],
      "unknown dataset 'cifar1000'; choose one of: cifar10, cifar100, fake, fashion_mnist, image_folder, imagenet, "
      "mnist, mnist1d"),
-    ("unknown student", ["train-student", "student=nope"], "unknown student 'nope'; choose one of: mlp,"),
+    ("unknown student", ["train-student", "student=nope"], "unknown student 'nope'; choose one of: custom, mlp,"),
     ("unknown teacher", ["distill", "teacher=nope"], "unknown teacher 'nope'; choose one of: cnn1d,"),
     ("sweep over a key the command lacks", ["train-teacher", "-m", "T=1,2"], "unknown key 'T' for this command"),
     ("teacher of another architecture", ["distill", *FAST, "teacher.checkpoint={teacher}", "teacher.name=mlp"],

@@ -1,4 +1,4 @@
-"""A non-editable install finds its configs from any directory; torchvision imports beside torch."""
+"""A non-editable install finds its configs and its Hydra plugin from any directory; torchvision imports beside torch."""
 
 import os
 import subprocess
@@ -29,3 +29,11 @@ def test_wheel_ships_configs_and_runs_from_another_directory(tmp_path):
     where = subprocess.run([sys.executable, "-c", "import kdrun.config as c; print(c.config_dir())"], cwd=elsewhere,
                            env=env, capture_output=True, text=True, check=True).stdout.strip()
     assert Path(where).is_relative_to(target), "the installed package must use its own configs"
+    launcher = subprocess.run([sys.executable, "-m", "kdrun", "distill", "hydra/launcher=stacked",
+                               "--cfg", "hydra", "--package", "hydra.launcher"], cwd=elsewhere, env=env,
+                              capture_output=True, text=True)
+    assert launcher.returncode == 0, launcher.stderr
+    assert "StackedLauncher" in launcher.stdout and "max_group_size" in launcher.stdout
+    plugin = subprocess.run([sys.executable, "-c", "import hydra_plugins.kdrun_stacked_launcher as p; print(p.__file__)"],
+                            cwd=elsewhere, env=env, capture_output=True, text=True, check=True).stdout.strip()
+    assert Path(plugin).is_relative_to(target), "the stacked launcher must ship in the wheel"

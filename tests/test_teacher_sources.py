@@ -240,3 +240,17 @@ def test_pretrained_torchvision_weights_from_the_hub_cache(tmp_path):
     with pytest.raises(KdrunError, match="tv_mobilenet_v3_small has no weights 'IMAGENET1K_V9'; choose one of: "
                                          "IMAGENET1K_V1, DEFAULT"):
         build_pretrained("tv_mobilenet_v3_small", "IMAGENET1K_V9", 1000, (3, 32, 32), {})
+
+
+def test_timm_weights_from_a_local_file_through_timms_loader(tmp_path):
+    import timm  # the optional extra kdrun[timm], part of `dev`
+    torch.manual_seed(0)
+    reference = timm.create_model("test_resnet").eval()
+    torch.save(reference.state_dict(), tmp_path / "test_resnet.pth")
+    model, path, family = build_pretrained("timm_test_resnet", str(tmp_path / "test_resnet.pth"), 1000, (3, 32, 32), {})
+    images = torch.randn(2, 3, 32, 32)
+    assert (path, family) == (tmp_path / "test_resnet.pth", "timm")
+    assert torch.equal(model.eval()(images), reference(images))
+    assert build_model("timm_test_resnet", 10, (1, 28, 28), {})(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+    with pytest.raises(KdrunError, match="no such file"):
+        build_pretrained("timm_test_resnet", str(tmp_path / "missing.pth"), 1000, (3, 32, 32), {})

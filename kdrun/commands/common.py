@@ -23,6 +23,7 @@ from kdrun.lifecycle import active, resume_command
 from kdrun.checkpoint import save_checkpoint
 from kdrun.rundir import CHECKPOINT, LAST, append_metrics, delete_status, rewrite_metrics, writes
 from kdrun.runtime import resolve_device, seed_everything, set_threads
+from kdrun.sweepcache import architecture_cost
 from kdrun.teacher import recipe_from_optim
 from kdrun.trainstate import load_state, save_state
 from kdrun.ui import epoch_progress
@@ -119,10 +120,20 @@ def history_summary(history: list[dict[str, float]]) -> dict[str, Any]:
             "train_seconds": sum(row["seconds"] for row in history)}
 
 
-def model_cost(model: torch.nn.Module, data: Any, cfg: DictConfig, device: torch.device) -> dict[str, Any]:
+def latency_options(cfg: DictConfig) -> dict[str, Any]:
     lat = cfg.latency
-    return profile(model, data.input_shape, device, batch_size=lat.batch_size, warmup=lat.warmup,
-                   min_reps=lat.min_reps, min_seconds=lat.min_seconds)
+    return {"batch_size": lat.batch_size, "warmup": lat.warmup, "min_reps": lat.min_reps,
+            "min_seconds": lat.min_seconds}
+
+
+def model_cost(model: torch.nn.Module, data: Any, cfg: DictConfig, device: torch.device) -> dict[str, Any]:
+    return profile(model, data.input_shape, device, **latency_options(cfg))
+
+
+def student_cost(cfg: DictConfig, student: torch.nn.Module, env: Setup) -> dict[str, Any]:
+    """The student architecture's cost, measured once per process (its weights do not change it)."""
+    return architecture_cost(cfg.student.name, model_kwargs(cfg.student), student, env.data.input_shape, env.device,
+                             latency_options(cfg))
 
 
 def run_header(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
@@ -147,8 +158,26 @@ def chain(*hooks: EpochHook) -> EpochHook:
     return run
 
 
+def build_student(cfg: DictConfig, env: Setup) -> torch.nn.Module:
+    """The student's initial weights: a function of `seed` alone."""
+    seed_everything(cfg.seed)
+    return build_model(cfg.student.name, env.data.num_classes, env.data.input_shape,
+                       model_kwargs(cfg.student)).to(env.device)
+
+
+def save_student(cfg: DictConfig, run_dir: Path, student: torch.nn.Module, data: TensorData,
+                 history: list[dict[str, float]]) -> dict[str, Any]:
+    """checkpoint.pt for the trained student; its summary fields (accuracy, train time, checkpoint path)."""
+    result = history_summary(history)
+    save_checkpoint(run_dir / CHECKPOINT, student, arch=cfg.student.name,
+                    arch_kwargs=model_kwargs(cfg.student), num_classes=data.num_classes,
+                    input_shape=data.input_shape, dataset=data.name, config=plain_config(cfg),
+                    metrics={**result, "history": history})
+    return {**result, "checkpoint": str(run_dir / CHECKPOINT)}
+
+
 def train_student(cfg: DictConfig, env: Setup, run_dir: Path, teacher: torch.nn.Module | None = None,
-                  loss: Loss = cross_entropy,
+                  loss: Loss = cross_entropy, teacher_logits: torch.Tensor | None = None,
                   epoch_hooks: Callable[[torch.nn.Module], list[EpochHook]] | None = None,
                   ) -> tuple[torch.nn.Module, dict[str, Any]]:
     """Seed, build, train (with a teacher if given) and checkpoint the student; the same recipe either way.
@@ -156,8 +185,7 @@ def train_student(cfg: DictConfig, env: Setup, run_dir: Path, teacher: torch.nn.
     `epoch_hooks(student)` gives per-epoch extras (e.g. the gradient probe) run before the epoch is recorded.
     """
     data = env.data
-    seed_everything(cfg.seed)
-    student = build_model(cfg.student.name, data.num_classes, data.input_shape, model_kwargs(cfg.student)).to(env.device)
+    student = build_student(cfg, env)
     hooks = epoch_hooks(student) if epoch_hooks else []
     resumable = training_hooks(cfg, run_dir)
     if hasattr(loss, "start_epoch"):  # a loss that follows the epoch (DKD's warm-up), also across a resume
@@ -165,11 +193,7 @@ def train_student(cfg: DictConfig, env: Setup, run_dir: Path, teacher: torch.nn.
         hooks.append(lambda row: loss.start_epoch(int(row["epoch"]) + 1))
     with epoch_progress(cfg.progress, "student") as progress:
         history = fit(student, data, recipe_from_optim(cfg.optim, cfg.epochs, cfg.seed, cfg.compile), env.device,
-                      loss=loss, teacher=teacher, on_epoch=chain(*hooks, epoch_recorder(run_dir, "student", cfg.logger)),
-                      progress=progress, **resumable)
-    result = history_summary(history)
-    save_checkpoint(run_dir / CHECKPOINT, student, arch=cfg.student.name,
-                    arch_kwargs=model_kwargs(cfg.student), num_classes=data.num_classes,
-                    input_shape=data.input_shape, dataset=data.name, config=plain_config(cfg),
-                    metrics={**result, "history": history})
-    return student, {**result, "checkpoint": str(run_dir / CHECKPOINT)}
+                      loss=loss, teacher=teacher, teacher_logits=teacher_logits,
+                      on_epoch=chain(*hooks, epoch_recorder(run_dir, "student", cfg.logger)), progress=progress,
+                      **resumable)
+    return student, save_student(cfg, run_dir, student, data, history)

@@ -3,54 +3,62 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from omegaconf import DictConfig
 
-from kdrun.commands.common import EpochHook, Setup, log, model_cost, plain_config, run_header, setup, stop_hook, train_student
-from kdrun.engine import predict
-from kdrun.knowledge import gradient_probe, probe_subset, teacher_stats
-from kdrun.losses import build_loss
+from kdrun.commands.common import (EpochHook, Setup, latency_options, log, plain_config, run_header, setup, stop_hook,
+                                   student_cost, train_student)
+from kdrun.knowledge import TeacherStats, gradient_probe, probe_subset, teacher_stats
+from kdrun.losses import Loss, build_loss
 from kdrun.rundir import write_summary
-from kdrun.teacher import obtain_teacher
+from kdrun.sweepcache import TeacherFacts, teacher_facts
+from kdrun.teacher import Teacher, obtain_teacher
 from kdrun.ui import epoch_progress, show_results
 
 
-def epoch_hooks(cfg: DictConfig, env: Setup, teacher_logits: torch.Tensor,
-                reference: tuple[torch.Tensor, torch.Tensor]) -> Callable[[torch.nn.Module], list[EpochHook]]:
-    """Per-epoch extras for the student: the gradient-rescaling probe (cfg.probe) on the reference inputs."""
+def epoch_hooks(cfg: DictConfig, env: Setup,
+                teacher_logits: torch.Tensor) -> Callable[[torch.nn.Module], list[EpochHook]]:
+    """Per-epoch extras for the student: the gradient-rescaling probe (cfg.probe) on the teacher's reference inputs."""
 
     def hooks(student: torch.nn.Module) -> list[EpochHook]:
         if not cfg.probe:
             return []
-        x, y = reference
+        x, y = env.data.teacher_reference(env.device)
         index = probe_subset(len(x), cfg.probe_examples).to(env.device)
         return [gradient_probe(student, teacher_logits[index], x[index], y[index], cfg.T)]
 
     return hooks
 
 
-def run(cfg: DictConfig, run_dir: Path) -> float:
-    env = setup(cfg)
+def prepare_teacher(cfg: DictConfig, env: Setup) -> tuple[Teacher, TeacherFacts]:
+    """The teacher (stored, or trained now) and its training-set logits and cost, shared across the sweep."""
     with epoch_progress(cfg.progress, "teacher") as progress:
         teacher = obtain_teacher(cfg.teacher, cfg.dataset, env.data, env.device, plain_config(cfg), progress,
                                  epoch=cfg.teacher_epoch, fit_hooks=stop_hook())
-    reference = env.data.teacher_reference(env.device)  # un-augmented training inputs: stats and probe
-    teacher_logits = predict(teacher.model, reference[0])
-    stats = teacher_stats(teacher_logits, reference[1], cfg.T, env.data.num_classes)
+    return teacher, teacher_facts(teacher.model, teacher.checkpoint, env.data, env.device, latency_options(cfg))
+
+
+def job_loss(cfg: DictConfig, env: Setup, facts: TeacherFacts) -> tuple[Loss, TeacherStats]:
+    """This job's loss, and the teacher's statistics at its T (ls and kd_sim are built from them)."""
+    labels = env.data.teacher_reference(env.device)[1]  # of the inputs facts.train_logits are for
+    stats = teacher_stats(facts.train_logits, labels, cfg.T, env.data.num_classes)
     loss = build_loss(cfg, stats)
     if cfg.loss.name == "ls":
         log.info("ls: epsilon %.4f (%s)", loss.epsilon, "the teacher's mean non-target mass at T=%g" % cfg.T
                  if cfg.loss.epsilon is None else "loss.epsilon")
-    student, result = train_student(cfg, env, run_dir, teacher.model, loss=loss,
-                                    epoch_hooks=epoch_hooks(cfg, env, teacher_logits, reference))
-    student_cost = model_cost(student, env.data, cfg, env.device)
-    teacher_cost = model_cost(teacher.model, env.data, cfg, env.device)
-    speedup = teacher_cost["latency"]["batch1_ms_median"] / student_cost["latency"]["batch1_ms_median"]
+    return loss, stats
+
+
+def finish(cfg: DictConfig, env: Setup, run_dir: Path, teacher: Teacher, facts: TeacherFacts, stats: TeacherStats,
+           loss: Loss, student: torch.nn.Module, result: dict[str, Any]) -> float:
+    """summary.json (written last) and the results table for a trained student."""
+    own_cost, teacher_cost = student_cost(cfg, student, env), facts.cost
+    speedup = teacher_cost["latency"]["batch1_ms_median"] / own_cost["latency"]["batch1_ms_median"]
     summary = {**run_header(cfg, run_dir), "model": cfg.student.name, "T": cfg.T, "alpha": cfg.alpha,
                "loss": cfg.loss.name, **({"epsilon": loss.epsilon} if cfg.loss.name == "ls" else {}),
-               "label_noise": cfg.dataset.label_noise, **result, **student_cost,
+               "label_noise": cfg.dataset.label_noise, **result, **own_cost,
                "teacher": {"model": cfg.teacher.name, "test_acc": teacher.test_acc, **teacher_cost,
                            "checkpoint": str(teacher.checkpoint), "checkpoint_format": teacher.source.get("format"),
                            "checkpoint_sha256": teacher.source.get("sha256"), "weights": cfg.teacher.weights,
@@ -65,3 +73,12 @@ def run(cfg: DictConfig, run_dir: Path) -> float:
                  title="kdrun distill", notes=[f"batch-1 speedup over the teacher: {speedup:.1f}x",
                                                f"teacher checkpoint: {teacher.checkpoint}", f"run dir: {run_dir}"])
     return summary["test_acc"]
+
+
+def run(cfg: DictConfig, run_dir: Path) -> float:
+    env = setup(cfg)
+    teacher, facts = prepare_teacher(cfg, env)
+    loss, stats = job_loss(cfg, env, facts)
+    student, result = train_student(cfg, env, run_dir, teacher.model, loss=loss, teacher_logits=facts.train_logits,
+                                    epoch_hooks=epoch_hooks(cfg, env, facts.train_logits))
+    return finish(cfg, env, run_dir, teacher, facts, stats, loss, student, result)

@@ -96,6 +96,7 @@ class StreamingData:
         self.test = SeededSamples(test, eval_transform)
         self.num_classes = len(train.classes)
         self._loaders: dict[str, tuple[DataLoader, PlannedBatches]] = {}
+        self._reference: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # loaded once per device
 
     def with_workers(self, workers: int) -> "StreamingData":
         """At most one worker per CPU this process may use: more only queue for the same cores."""
@@ -154,10 +155,12 @@ class StreamingData:
     def teacher_reference(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """Un-augmented training images for teacher statistics and the gradient probe: a fixed random
         sample of `REFERENCE_SAMPLES` (a pass over all of ImageNet would cost an epoch)."""
-        chosen = torch.randperm(self.train_size, generator=torch.Generator().manual_seed(0))[:REFERENCE_SAMPLES]
-        keys = [(index, 0) for index in chosen.tolist()]
-        pairs = list(self._stream("train_plain", [keys[i:i + 256] for i in range(0, len(keys), 256)], device))
-        return torch.cat([x for x, _ in pairs]), torch.cat([y for _, y in pairs])
+        if str(device) not in self._reference:
+            chosen = torch.randperm(self.train_size, generator=torch.Generator().manual_seed(0))[:REFERENCE_SAMPLES]
+            keys = [(index, 0) for index in chosen.tolist()]
+            pairs = list(self._stream("train_plain", [keys[i:i + 256] for i in range(0, len(keys), 256)], device))
+            self._reference[str(device)] = torch.cat([x for x, _ in pairs]), torch.cat([y for _, y in pairs])
+        return self._reference[str(device)]
 
 
 def _folder(cls: Any, where: Path, what: str, **kwargs: Any) -> Any:

@@ -38,7 +38,8 @@ def image_channels(input_shape: tuple[int, ...]) -> int:
     return input_shape[0]
 
 
-# Importing the modules registers their models; torchvision's classifiers wait for a `tv_` name.
+# Importing the modules registers their models; torchvision's and timm's wait for a `tv_` / `timm_` name.
 from kdrun.models import cifar, custom, mnist1d  # noqa: E402,F401
 
 MODELS.register_lazy("tv_", "kdrun.models.torchvision_models", "any torchvision.models classifier")
+MODELS.register_lazy("timm_", "kdrun.models.timm_models", "any timm model, with the extra kdrun[timm]")

@@ -1,0 +1,1 @@
+"""kdrun's stacked launcher: `hydra/launcher=stacked` trains compatible jobs of a sweep as one model."""

@@ -1,0 +1,150 @@
+"""A stacked group of distill or train-student jobs: one dataset, one teacher, one training loop.
+
+The launcher (`hydra/launcher=stacked`) calls this in three steps, the first and last inside
+each job's own Hydra context (its `.hydra/`, its log file): `open_job` (resume state, the
+job's log handler), `train_group` (once for the group: data, teacher, the stacked training
+of `kdrun.stacked`), and `close_job` (the job's checkpoint.pt and summary.json, exactly as a
+job run alone writes them).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+from omegaconf import DictConfig
+
+from kdrun.commands import distill, train_student
+from kdrun.commands.common import (Setup, build_student, chain, epoch_recorder, log, save_student, setup,
+                                   training_hooks)
+from kdrun.errors import Interrupted, fail
+from kdrun.lifecycle import report_interrupted, resume_command, stop_on_signals
+from kdrun.rundir import owned, write_status
+from kdrun.stacked import Member, fit_group
+from kdrun.teacher import recipe_from_optim
+from kdrun.ui import epoch_progress
+
+
+@dataclass
+class Job:
+    """One job of a group: its config, run dir, log file handlers, and (after training) its outcome."""
+
+    cfg: DictConfig
+    run_dir: Path
+    log_files: list[logging.Handler]
+    hooks: dict[str, Any]
+    held: ExitStack  # the run dir's lock (kdrun.rundir.owned), from open_job to close_job
+    member: Optional[Member] = None
+    extras: dict[str, Any] = field(default_factory=dict)  # distill: loss and teacher statistics
+
+
+@dataclass
+class Shared:
+    """What the group's jobs share once trained: the data and device, and for distill the teacher."""
+
+    env: Setup
+    teacher: Any = None
+    facts: Any = None
+
+
+@contextmanager
+def logging_to(handlers: list[logging.Handler]) -> Iterator[None]:
+    """Send log records to `handlers` only (one job's log file, or the console) for a while."""
+    root = logging.getLogger()
+    saved = root.handlers[:]
+    root.handlers = list(handlers)
+    try:
+        yield
+    finally:
+        root.handlers = saved
+
+
+def open_job(cfg: DictConfig, run_dir: Path) -> Job:
+    """Inside the job's Hydra context: hold its run dir, find its log file, load its resume state if `resume=` is set."""
+    held = ExitStack()
+    held.enter_context(owned(run_dir))
+    files = [h for h in logging.getLogger().handlers if isinstance(h, logging.FileHandler)]
+    return Job(cfg, run_dir, files, training_hooks(cfg, run_dir), held)
+
+
+def _member(job: Job, shared: Shared) -> Member:
+    cfg, env = job.cfg, shared.env
+    student = build_student(cfg, env)
+    hooks: list = []
+    kd = None
+    if cfg.command == "distill":
+        loss, stats = distill.job_loss(cfg, env, shared.facts)
+        job.extras.update(loss=loss, stats=stats)
+        kd = (float(cfg.T), float(cfg.alpha)) if cfg.loss.name == "kd" else None
+        hooks = distill.epoch_hooks(cfg, env, shared.facts.train_logits)(student)
+    record = chain(*hooks, epoch_recorder(job.run_dir, "student", cfg.logger))
+
+    def on_epoch(row: dict[str, float]) -> None:
+        with logging_to(job.log_files):
+            record(row)
+
+    return Member(student, recipe_from_optim(cfg.optim, cfg.epochs, cfg.seed), kd, on_epoch,
+                  job.hooks["checkpoint"], job.hooks["state"])
+
+
+def _group_line(jobs: list[Job]) -> Any:
+    """One console line per epoch for the whole group."""
+
+    def line(epoch: int) -> None:
+        accuracies = [j.member.history[-1]["test_acc"] for j in jobs if j.member.history and not j.member.failed]
+        if accuracies:
+            log.info("stacked group of %d (%s): epoch %d, test acc %.2f%%-%.2f%%", len(jobs),
+                     jobs[0].cfg.student.name, epoch, 100 * min(accuracies), 100 * max(accuracies))
+
+    return line
+
+
+def train_group(jobs: list[Job]) -> Shared:
+    """Set up once, train every job's student in one stacked loop; SIGINT/SIGTERM checkpoint them all."""
+    first = jobs[0].cfg
+    console = [h for h in logging.getLogger().handlers if not isinstance(h, logging.FileHandler)]
+    with logging_to(console + [h for job in jobs for h in job.log_files]):
+        log.info("Training %d jobs as one stacked model: %s", len(jobs), ", ".join(str(j.run_dir) for j in jobs))
+        shared = Shared(setup(first))
+        if first.command == "distill":
+            shared.teacher, shared.facts = distill.prepare_teacher(first, shared.env)
+        for job in jobs:
+            job.member = _member(job, shared)
+    members = [job.member for job in jobs]
+    with logging_to(console), stop_on_signals() as stop, epoch_progress(first.progress, "stacked") as progress:
+        try:
+            fit_group(members, shared.env.data, shared.env.device,
+                      teacher_logits=shared.facts.train_logits if shared.facts else None,
+                      checkpoint_every=first.checkpoint_every, progress=progress, stop=stop,
+                      after_epoch=_group_line(jobs))
+        except Interrupted as interrupted:
+            stop_group(jobs, interrupted, stop.exit_code)
+    return shared
+
+
+def stop_group(jobs: list[Job], interrupted: Interrupted, code: int) -> None:
+    """Every job of the group interrupted at the same step, each resumable alone; exit 130/143."""
+    for job in jobs:
+        write_status(job.run_dir, "interrupted", epoch=interrupted.epoch, step=interrupted.step,
+                     resume=resume_command(job.cfg.command, job.run_dir))
+    report_interrupted(f"kdrun: stacked group of {len(jobs)} interrupted in epoch {interrupted.epoch} after step "
+                       f"{interrupted.step}, every job's state saved to its last.pt; resume a job with: "
+                       f"{resume_command(jobs[0].cfg.command, jobs[0].run_dir)}")
+    sys.exit(code)
+
+
+def close_job(job: Job, shared: Shared) -> float:
+    """Inside the job's Hydra context again: checkpoint.pt and summary.json, as a job run alone writes them."""
+    cfg, member = job.cfg, job.member
+    with job.held:
+        if member.failed:
+            sys.exit(fail(member.failed, job.run_dir))
+        result = save_student(cfg, job.run_dir, member.model, shared.env.data, member.history)
+        if cfg.command == "distill":
+            return distill.finish(cfg, shared.env, job.run_dir, shared.teacher, shared.facts, job.extras["stats"],
+                                  job.extras["loss"], member.model, result)
+        return train_student.finish(cfg, shared.env, job.run_dir, member.model, result)

@@ -1,0 +1,109 @@
+"""What every job of a sweep would otherwise recompute: the teacher's training-set logits and
+cost, and the inference cost of an architecture. Computed once, then shared.
+
+The teacher's facts are a property of its checkpoint, the training inputs, the device and
+the thread count, so they live in a file beside the stored teacher (`.<name>.facts`),
+one entry per such key, read and written under a file lock (parallel jobs compute them
+once) and replaced atomically. A store that cannot be written (a read-only explicit
+checkpoint) only costs the recomputation. An architecture's latency, parameters and FLOPs
+do not depend on its trained weights: each process measures an architecture once per
+device, thread count and latency setting.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from filelock import FileLock
+from torch import nn
+
+from kdrun.checkpoint import load_payload
+from kdrun.engine import predict
+from kdrun.errors import KdrunError
+from kdrun.latency import profile
+from kdrun.rundir import write_atomic
+
+log = logging.getLogger("kdrun")
+
+_COSTS: dict[str, dict[str, Any]] = {}
+
+
+@dataclass(frozen=True)
+class TeacherFacts:
+    """The frozen teacher on this sweep's training set and machine."""
+
+    train_logits: torch.Tensor  # on the data's device, for its un-augmented `teacher_reference` inputs
+    cost: dict[str, Any]  # params, flops, latency
+
+
+def _key(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def inputs_fingerprint(x: torch.Tensor) -> str:
+    """A cheap identity for a training set: its shape and up to 65k evenly spaced values."""
+    flat = x.detach().flatten()
+    sample = flat[:: max(1, flat.numel() // 65536)].float().cpu().contiguous()
+    return hashlib.sha256(str(tuple(x.shape)).encode() + sample.numpy().tobytes()).hexdigest()[:16]
+
+
+def architecture_cost(name: str, kwargs: dict[str, Any], model: nn.Module, input_shape: tuple[int, ...],
+                      device: torch.device, latency: dict[str, Any]) -> dict[str, Any]:
+    """`latency.profile` of this architecture, measured once per process, device, threads and setting."""
+    key = _key(name, kwargs, list(input_shape), str(device), torch.get_num_threads(), latency)
+    if key not in _COSTS:
+        _COSTS[key] = profile(model, input_shape, device, **latency)
+    return _COSTS[key]
+
+
+def _facts_file(checkpoint: Path) -> Path:
+    return checkpoint.with_name(f".{checkpoint.name}.facts")  # not *.pt: store listings see teachers only
+
+
+def _read_entries(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        return {}
+    try:
+        entries = load_payload(path)
+    except KdrunError as error:  # damaged: recompute rather than fail the run
+        log.info("Ignoring the unreadable teacher cache %s (%s)", path, error)
+        return {}
+    return entries if isinstance(entries, dict) else {}
+
+
+def _cached(path: Path, key: str, compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """The entry `key` of the cache file `path`, computed and stored by the first job that needs it."""
+    try:
+        with FileLock(str(path.with_name(f"{path.name}.lock"))):
+            entries = _read_entries(path)
+            if key not in entries:
+                entries[key] = compute()
+                write_atomic(path, lambda f: torch.save(entries, f))
+            return entries[key]
+    except OSError as error:  # a read-only store: compute, keep nothing
+        log.info("Teacher cache not writable (%s): computing the teacher's logits and cost for this job only",
+                 error.strerror or error)
+        return compute()
+
+
+def teacher_facts(model: nn.Module, checkpoint: Path, data: Any, device: torch.device,
+                  latency: dict[str, Any]) -> TeacherFacts:
+    """The teacher's logits for the training inputs it is judged on (`data.teacher_reference`: all of an
+    in-memory set, a fixed sample of a streamed one) and its cost, from the cache beside its checkpoint or computed now."""
+    inputs = data.teacher_reference(device)[0]
+    stat = checkpoint.stat()
+    key = _key(checkpoint.name, stat.st_size, stat.st_mtime_ns, inputs_fingerprint(inputs), str(device),
+               torch.get_num_threads(), latency)
+
+    def compute() -> dict[str, Any]:
+        return {"train_logits": predict(model, inputs).cpu(),
+                "cost": profile(model, data.input_shape, device, **latency)}
+
+    entry = _cached(_facts_file(checkpoint), key, compute)
+    return TeacherFacts(entry["train_logits"].to(device), entry["cost"])

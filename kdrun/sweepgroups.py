@@ -1,0 +1,86 @@
+"""Which jobs of a sweep can be trained together as one stacked model (`hydra/launcher=stacked`).
+
+Jobs group when they share everything one training loop needs: the command, dataset,
+student architecture and kwargs, teacher, epochs, batch size, optimiser type (and SGD's
+momentum), loss kind, device and threads. Per job they may differ in T, alpha, seed, learning
+rate, weight decay and schedule. A job that cannot be stacked says why and runs alone.
+No torch here: it only reads configs.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from omegaconf import DictConfig, OmegaConf
+
+STACKABLE_COMMANDS = ("distill", "train_student")
+STACKABLE_LOSSES = ("kd", "ce")
+
+
+@dataclass
+class Group:
+    """Jobs (indices into the sweep's job list) that train as one stacked model; one job if alone."""
+
+    jobs: list[int] = field(default_factory=list)
+    alone_because: Optional[str] = None
+
+
+def _plain(node: Any) -> Any:
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+
+
+def refusal(cfg: DictConfig) -> Optional[str]:
+    """Why this job cannot be stacked, or None."""
+    if cfg.command not in STACKABLE_COMMANDS:
+        return f"command {cfg.command} is not stacked (only {', '.join(STACKABLE_COMMANDS)})"
+    if cfg.get("compile"):
+        return "compile=true"
+    if cfg.logger != "none":
+        return f"logger={cfg.logger} writes one event file per training loop"
+    if cfg.dataset.augment:
+        return "random augmentation: the teacher must see each job's own augmented batch"
+    if "loss" in cfg and cfg.loss.name not in STACKABLE_LOSSES:
+        return f"loss={cfg.loss.name}: stacked training supports loss={' and loss='.join(STACKABLE_LOSSES)}"
+    if cfg.student.kwargs.get("dropout"):
+        return "dropout: each job would need its own random masks"
+    return None
+
+
+def group_key(cfg: DictConfig) -> str:
+    """Equal for jobs that can share one stacked training loop."""
+    optim = cfg.optim
+    shared = {
+        "command": cfg.command, "dataset": _plain(cfg.dataset), "student": _plain(cfg.student),
+        "epochs": cfg.epochs, "optimizer": optim.name, "batch_size": optim.batch_size,
+        "momentum": optim.momentum if optim.name == "sgd" else None,
+        "nesterov": optim.nesterov if optim.name == "sgd" else None,
+        "device": cfg.device, "threads": cfg.threads, "latency": _plain(cfg.latency), "progress": cfg.progress,
+        "checkpoint_every": cfg.checkpoint_every, "resumed": cfg.resume is not None,
+    }
+    if cfg.command == "distill":
+        shared.update(teacher=_plain(cfg.teacher), teacher_epoch=cfg.teacher_epoch, loss=cfg.loss.name,
+                      probe=cfg.probe, probe_examples=cfg.probe_examples)
+    return json.dumps(shared, sort_keys=True, default=str)
+
+
+def plan(configs: list[DictConfig], max_group_size: int) -> list[Group]:
+    """The sweep's jobs as groups, in the order of their first job; incompatible jobs alone with a reason."""
+    groups: list[Group] = []
+    open_groups: dict[str, Group] = {}
+    for index, cfg in enumerate(configs):
+        reason = refusal(cfg)
+        if reason is not None:
+            groups.append(Group([index], reason))
+            continue
+        key = group_key(cfg)
+        group = open_groups.get(key)
+        if group is None or len(group.jobs) >= max_group_size:
+            group = open_groups[key] = Group()
+            groups.append(group)
+        group.jobs.append(index)
+    for group in groups:
+        if len(group.jobs) == 1 and group.alone_because is None:
+            group.alone_because = "no other job of the sweep shares its training loop"
+    return groups
