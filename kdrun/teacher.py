@@ -226,6 +226,7 @@ def obtain_teacher(teacher: DictConfig, dataset: DictConfig, data: Any, device: 
         test_acc = history[-1]["test_acc"]
         if not path.exists():
             save_checkpoint(path, model, **meta, metrics={"test_acc": test_acc, "history": history})
+        distributed.barrier()  # ranks that trained it with rank 0 read the file rank 0 has just written
     if epoch is not None:
         snapshot = load_teacher(wanted, teacher, data, device)
         snapshot.trained_now, snapshot.history = True, history[:epoch]
