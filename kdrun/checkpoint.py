@@ -4,8 +4,9 @@ kdrun's checkpoint holds the architecture name and kwargs, num_classes, input sh
 the config, metrics and the state_dict. `read_weights` also reads, detected from the file's
 contents, the teacher checkpoints people already have:
 
-- RepDistiller's `train_teacher.py`: `{'model': state_dict, 'epoch', 'accuracy' | 'best_acc',
-  'optimizer'}`, or `{'opt': argparse.Namespace, 'model', 'optimizer'}` (its `*_last.pth`);
+- RepDistiller's `train_teacher.py` / `train_student.py`: `{'model': state_dict, 'epoch',
+  'accuracy' | 'best_acc', 'optimizer'}`, or `{'opt': argparse.Namespace, 'model', ...}`
+  (its `*_last.pth`, whose `opt` names the model and dataset);
 - mdistiller's trainer: `student_*` / `student_best` (`{'model': state_dict}`) and
   `epoch_*` / `latest` / `best` (`{'model': the distiller's state_dict, 'epoch', 'best_acc',
   'optimizer'}`, whose `module.student.*` weights are taken);
@@ -79,6 +80,8 @@ def load_payload(path: Path, allowed: tuple[type, ...] = ()) -> Any:
     try:
         with torch.serialization.safe_globals(list(allowed)):
             payload = torch.load(path, map_location="cpu", weights_only=True)
+    except PermissionError as error:  # unreadable is not damaged: never advise deleting it
+        raise KdrunError(f"cannot read {path} ({error.strerror or error}); check its permissions") from None
     except pickle.UnpicklingError as error:
         if "GLOBAL" not in str(error):  # no refused code reference: the bytes are not a valid pickle
             raise _damaged(path, _unpickler_reason(error)) from None
@@ -145,7 +148,7 @@ def _peer_weights(payload: dict[str, Any], sha256: str) -> Weights:
         return Weights("mdistiller", _without_prefix(state_dict, "student.", keep_others=False), sha256,
                        metrics=_numbers(payload, "epoch", "best_acc"))
     opt = vars(payload["opt"]) if isinstance(payload.get("opt"), argparse.Namespace) else {}
-    arch = opt.get("model")
+    arch = opt.get("model") or opt.get("model_s")  # train_teacher.py's option, or train_student.py's
     return Weights("repdistiller", state_dict, sha256, arch=PEER_MODEL_NAMES.get(arch, arch),
                    dataset=opt.get("dataset"), metrics=_numbers(payload, "epoch", "accuracy", "best_acc"))
 

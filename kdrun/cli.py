@@ -37,8 +37,9 @@ COMMANDS = {
                       module="kdrun.commands.report"),
 }
 
-# Hydra flags after which argv holds no overrides worth checking.
+# Hydra flags that start no run (the overrides are still checked: Hydra would print a traceback for them).
 INFO_FLAGS = ("--help", "-h", "--hydra-help", "--info", "-i", "--shell-completion", "-sc")
+COMPLETION_FLAGS = ("--shell-completion", "-sc")  # their `install=bash` is no override
 
 
 def usage() -> str:
@@ -70,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     register_schemas()
     if under_torchrun():  # rank 0 alone checks, holds and writes the run dir (kdrun.rundir)
         follow_rank(int(os.environ.get("RANK", "0")))
-    if not any(flag in rest for flag in INFO_FLAGS):
+    if not any(flag in rest for flag in COMPLETION_FLAGS):
         try:
             if is_resume(rest):
                 target = resume_target(rest)
@@ -78,12 +79,13 @@ def main(argv: list[str] | None = None) -> int:
                     return resume_sweep(name, command.config_name, target)
                 rest = resume_overrides(command.config_name, rest)
                 os.chdir(launch_dir(target / HYDRA / "hydra.yaml"))  # relative paths in its config mean what they did
-            check_overrides(command.config_name, [a for a in rest if "=" in a and not a.startswith("-")])
-            multirun = any(a in ("-m", "--multirun") for a in rest)
-            check_output_dir(rest, multirun=multirun, create=not any(a in ("--cfg", "-c") for a in rest),
-                             resuming=is_resume(rest))
-            if under_torchrun():
-                rest = torchrun_overrides(name, command, rest, multirun)
+            check_overrides(command.config_name, [a for a in rest if ("=" in a or a.startswith("~")) and not a.startswith("-")])
+            if not any(flag in rest for flag in INFO_FLAGS):
+                multirun = any(a in ("-m", "--multirun") for a in rest)
+                check_output_dir(rest, multirun=multirun, create=not any(a in ("--cfg", "-c") for a in rest),
+                                 resuming=is_resume(rest))
+                if under_torchrun():
+                    rest = torchrun_overrides(name, command, rest, multirun)
         except KdrunError as error:
             return fail(str(error))
     return launch(name, command, config_dir(), rest)

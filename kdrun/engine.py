@@ -189,6 +189,21 @@ def _checkpoint_due(epoch: int, every: int, epochs: int) -> bool:
     return every > 0 and (epoch % every == 0 or epoch == epochs)
 
 
+def nonfinite_cause(data: Any, recipe: Recipe, first_step: bool, distilling: bool, ce_finite: bool) -> str:
+    """The likely cause of a non-finite loss, most specific first: the data, the distillation term (T),
+    the model before any update, else the learning rate."""
+    in_memory = hasattr(data, "x_train")  # a streamed set cannot be checked whole
+    if in_memory and not (torch.isfinite(data.x_train).all() and torch.isfinite(data.x_test).all()):
+        return "the training data contains NaN or inf; check the dataset (and dataset.kwargs)"
+    if distilling and ce_finite:
+        return "the distillation term is not finite while cross-entropy is; check T (try T=4) and the teacher's logits"
+    if first_step:
+        return ("the very first step, before any update; check the data and the model"
+                + ("'s teacher and T" if distilling else ""))
+    return (f"lower the learning rate (it is optim.lr={recipe.lr:g}; try {recipe.lr / 10:g} or less)"
+            + (", or check T" if distilling else ""))
+
+
 def fit(model: nn.Module, data: Any, recipe: Recipe, device: torch.device, *,
         loss: Loss = cross_entropy, teacher: Optional[nn.Module] = None,
         teacher_logits: Optional[torch.Tensor] = None,
@@ -255,7 +270,8 @@ def fit(model: nn.Module, data: Any, recipe: Recipe, device: torch.device, *,
         train_loss, ce, kd = (all_sum(sums) / seen).tolist()
         if not math.isfinite(train_loss):
             raise KdrunError(f"training loss became {train_loss} in epoch {epoch}, step {int(bad_step)} of {steps}; "
-                             f"lower the learning rate (it is {recipe.lr:g}; try {recipe.lr / 10:g} or less)")
+                             + nonfinite_cause(data, recipe, epoch == 1 and int(bad_step) == 1, targets is not None,
+                                               math.isfinite(ce)))
         row = {"epoch": epoch, "train_loss": train_loss, **({"ce": ce, "kd": kd} if targets else {}),
                "test_acc": evaluate(model, data, device), "lr": lr,
                "seconds": time.perf_counter() - started}

@@ -1,20 +1,23 @@
-"""Signals: SIGINT/SIGTERM ask a run to stop after its current step; a second Ctrl-C stops it at once.
+"""Signals: SIGINT/SIGTERM (and SIGPIPE, stdout closed) ask a run to stop after its current step; a second
+Ctrl-C stops it at once.
 
 The handler only sets a flag (`StopRequest`), which the engine reads after every step as a
 plain Python attribute (no host sync, no Hydra). The engine then checkpoints and raises
 `Interrupted`; the task function marks the run interrupted and exits 128 + the signal number
-(130 for SIGINT, 143 for SIGTERM), as shells do.
+(130 for SIGINT, 143 for SIGTERM, 141 for SIGPIPE), as shells do.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import sys
 from contextlib import contextmanager
 from typing import Iterator, Optional
 
-SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# SIGPIPE: stdout went to a program that exited (`kdrun ... | head`); the run stops and saves like on SIGTERM.
+SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGPIPE)
 
 
 class StopRequest:
@@ -34,11 +37,22 @@ class StopRequest:
         if self.signum is not None and signum == signal.SIGINT:  # the second Ctrl-C: no more waiting
             os.write(2, b"kdrun: interrupted again, exiting now (last.pt holds the last saved state)\n")
             os._exit(130)
+        if signum == signal.SIGPIPE:
+            silence_stdout()
         if self.signum is None:
-            name = signal.Signals(signum).name
+            name = "the output was closed (SIGPIPE, e.g. `| head`):" if signum == signal.SIGPIPE else \
+                f"{signal.Signals(signum).name} received;"
             hint = " (Ctrl-C again to exit at once)" if signum == signal.SIGINT else ""
-            os.write(2, f"kdrun: {name} received; stopping after this step and saving a checkpoint{hint}\n".encode())
+            os.write(2, f"kdrun: {name} stopping after this step and saving a checkpoint{hint}\n".encode())
         self.signum = signum
+
+
+def silence_stdout() -> None:
+    """Send what is still to be printed to /dev/null: the reader is gone, and a log line it misses is no error."""
+    logging.raiseExceptions = False  # the write that raised SIGPIPE fails inside a log handler: no traceback
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 _active: Optional[StopRequest] = None

@@ -71,12 +71,57 @@ def _check_key(cfg: DictConfig, key: str) -> None:
     raise ConfigError(f"unknown key '{key}' for this command; valid keys{where}: {valid}")
 
 
+def _free_form(cfg: DictConfig, key: str) -> bool:
+    """Whether `key` sits in a free-form dict (a model's or dataset's `kwargs`) rather than in the schema."""
+    parent = key.rpartition(".")[0]
+    node = OmegaConf.select(cfg, parent, default=_MISSING) if parent else cfg
+    return isinstance(node, DictConfig) and OmegaConf.get_type(node) is dict
+
+
+def _check_add_or_delete(cfg: DictConfig, override: Override) -> None:
+    """`+KEY=`/`++KEY=` may add keys only to a kwargs dict; `~KEY` may remove only such keys: the schema's
+    keys are what every run reads."""
+    key = override.key_or_group
+    if override.is_delete() and not _free_form(cfg, key):
+        raise ConfigError(f"cannot remove '{key}' (~{key}): every run needs it; set a value instead, e.g. {key}=...")
+    if override.is_add() or override.is_force_add():
+        if not _free_form(cfg, key):
+            _check_key(cfg, key)
+
+
+def _check_hydra_override(override: Override) -> None:
+    """The Hydra settings kdrun users type: the launcher and its number of parallel jobs."""
+    key = override.key_or_group
+    if key == "hydra/launcher":
+        from hydra.core.global_hydra import GlobalHydra
+
+        options = GlobalHydra.instance().config_loader().get_group_options("hydra/launcher")
+        for value in _values(override) or []:
+            if value not in options:
+                raise ConfigError(f"unknown hydra/launcher '{value}'; choose one of: {', '.join(sorted(options))} "
+                                  "(joblib and submitit need: pip install 'kdrun[sweep]')")
+    if key == "hydra.launcher.n_jobs":
+        value = override.get_value_element_as_str()
+        if value.lstrip("-").isdigit() and int(value) == 0:
+            raise ConfigError("hydra.launcher.n_jobs must be >= 1, or negative for all cores but |n|-1 (got 0); "
+                              "try hydra.launcher.n_jobs=2")
+
+
+def _check_sweep_not_empty(override: Override) -> None:
+    if override.is_sweep_override() and _values(override) == []:
+        raise ConfigError(f"the sweep over {override.get_key_element()} has no values ({override.input_line}); "
+                          f"give at least one, e.g. {override.get_key_element()}=1,2")
+
+
 def _compose(config_name: str, overrides: list[str], check: bool = True) -> DictConfig:
     try:
         cfg = compose(config_name=config_name, overrides=overrides)
         OmegaConf.resolve(cfg)
     except (HydraException, OmegaConfBaseException) as error:
         raise ConfigError(_one_line(error)) from None
+    except OverflowError as error:  # a 400-digit number for a float key
+        raise ConfigError(f"a number in {' '.join(overrides)[:120]}... is too large ({str(error).splitlines()[0]}); "
+                          "use a value below 1e308") from None
     if check:
         validate(cfg)
     return cfg
@@ -100,16 +145,26 @@ def check_overrides(config_name: str, overrides: list[str]) -> None:
     """Raise ConfigError for the first override (or sweep value) no run could use."""
     conf = config_dir()
     options = group_options(conf)
-    parsed = [o for o in _parse(overrides) if not o.is_hydra_override()]
+    everything = _parse(overrides)
+    parsed = [o for o in everything if not o.is_hydra_override()]
+    for override in parsed:
+        _check_sweep_not_empty(override)
     groups = [o for o in parsed if o.key_or_group in options and o.package is None]
     keys = [o for o in parsed if o not in groups and o.type is OverrideType.CHANGE]
     fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
+    for override in (o for o in groups if o.is_delete()):
+        raise ConfigError(f"cannot remove the config group '{override.key_or_group}' (~{override.key_or_group}); "
+                          f"pick another option instead, e.g. {override.key_or_group}={options[override.key_or_group][0]}")
     with initialize_config_dir(config_dir=str(conf), version_base="1.3", job_name="preflight"):
+        for override in (o for o in everything if o.is_hydra_override()):
+            _check_hydra_override(override)
         for override in groups:
             _check_group(override, options)
         skeleton = _compose(config_name, [_first(o) for o in groups if _first(o)], check=False)
         for override in keys:
             _check_key(skeleton, override.key_or_group)
+        for override in (o for o in parsed if o not in groups and o.type is not OverrideType.CHANGE):
+            _check_add_or_delete(skeleton, override)
         _compose(config_name, [_first(o) if o.is_sweep_override() else o.input_line for o in parsed if _first(o)])
         for override in (o for o in parsed if o.is_sweep_override()):
             for value in _values(override) or []:

@@ -51,4 +51,10 @@ class Registry:
             raise KdrunError(
                 f"{self.kind} '{name}' does not accept these options ({error}); its options: {', '.join(options)}"
             ) from None
-        return builder(*args, **kwargs)
+        try:
+            return builder(*args, **kwargs)
+        except (ValueError, TypeError, RuntimeError, OverflowError, IndexError, ZeroDivisionError) as error:
+            # a negative width, a class count of -3, ...: torch's complaint, with the options to fix
+            first = (str(error).strip().splitlines() or [type(error).__name__])[0][:150]
+            raise KdrunError(f"cannot build {self.kind} '{name}' with these options ({first}); "
+                             f"check its kwargs") from None

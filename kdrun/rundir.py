@@ -12,6 +12,7 @@ included), skip the other ranks' writes (`follow_rank`, `writes`).
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -64,9 +65,17 @@ def write_atomic(path: Path, write: Any) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as error:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(error, RuntimeError) and ("inline_container" in str(error) or "write" in str(error)):
+            raise _write_failed(error, path) from error  # torch.save wraps a full disk's OSError in a RuntimeError
         raise
+
+
+def _write_failed(error: RuntimeError, path: Path) -> OSError:
+    cause = error.__context__ if isinstance(error.__context__, OSError) else None
+    reason = cause.strerror if cause else f"torch could not write it: {str(error)[:80]}"
+    return OSError(cause.errno if cause else errno.EIO, f"{reason}; disk full or file too large?", str(path))
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:

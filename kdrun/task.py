@@ -35,7 +35,7 @@ from kdrun.config import validate
 from kdrun.errors import Interrupted, KdrunError, fail
 from kdrun.lifecycle import report_interrupted, resume_command, stop_on_signals
 from kdrun.jobenv import launched
-from kdrun.rundir import LAST, owned, write_status, writes
+from kdrun.rundir import LAST, SUMMARY, owned, write_status, writes
 
 
 def parallel_jobs(hydra_cfg: DictConfig) -> int:
@@ -103,6 +103,8 @@ def run_owned(cfg: DictConfig, run_dir: Path, multirun: bool) -> float | None:
             except Interrupted as interrupted:
                 stop_interrupted(cfg, run_dir, interrupted, stop.exit_code)
     except Exception as error:  # noqa: BLE001 - sorted by failure_message; a bug outside a sweep keeps its traceback
+        if isinstance(error, BrokenPipeError) and (run_dir / SUMMARY).exists():
+            return None  # finished; only its closing table found no reader (`| head`)
         message = failure_message(error)
         if message is None and not multirun:
             raise
@@ -120,6 +122,8 @@ def failure_message(error: Exception) -> str | None:
     """The one line for a failure the user can act on (bad value, full disk, out of memory); None for a bug."""
     if isinstance(error, KdrunError):
         return str(error)
+    if isinstance(error, BrokenPipeError):
+        return "the output was closed (stdout went to a program that exited, e.g. `| head`); redirect it to a file"
     if isinstance(error, OSError):  # a full disk, a read-only teacher store, ...: the path and the reason
         return (f"cannot write or read {error.filename or 'a file'} ({error.strerror or first_line(error)}); "
                 "check free disk space and permissions, or choose another path")

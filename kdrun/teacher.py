@@ -126,11 +126,23 @@ def _check_recorded(weights: Weights, path: Path, expected_arch: str, data: Any)
                          f"pass a teacher trained on '{data.name}' (or set dataset={weights.dataset})")
 
 
+def _check_kwargs(saved: dict[str, Any], config: dict[str, Any], path: Path) -> None:
+    """A file that records its model's options (kdrun's own) must match teacher.kwargs: otherwise the run
+    would distill from another model than the one its config and summary describe."""
+    differ = [k for k in sorted(set(saved) | set(config)) if saved.get(k) != config.get(k)]
+    if differ:
+        raise KdrunError(f"{path} was built with " + ", ".join(f"teacher.kwargs.{k}={saved.get(k)}" for k in differ)
+                         + " but the config says " + ", ".join(f"{config.get(k)}" for k in differ)
+                         + "; set those keys to the checkpoint's values or pass the matching checkpoint")
+
+
 def load_teacher(path: Path, teacher: DictConfig, data: Any, device: Any) -> Teacher:
     """A teacher from a checkpoint file, evaluated on the test set; kdrun's own files rebuild the model
     with the options they record, the others with teacher=/teacher.kwargs."""
     weights = read_weights(path)
     _check_recorded(weights, path, teacher.name, data)
+    if weights.arch_kwargs is not None:
+        _check_kwargs(weights.arch_kwargs, model_kwargs(teacher), path)
     kwargs = weights.arch_kwargs if weights.arch_kwargs is not None else model_kwargs(teacher)
     model = build_model(teacher.name, data.num_classes, data.input_shape, kwargs)
     load_weights(model, weights.state_dict, f"{path} ({weights.format} format)")

@@ -8,11 +8,31 @@ from contextlib import contextmanager
 from typing import Any, Iterator, Optional
 
 from rich.console import Console
+from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 # Piped into a log file, rich would squeeze report tables into 80 columns; give them room.
-console = Console(width=None if sys.stdout.isatty() or "COLUMNS" in os.environ else 160)
+
+
+class PipeSafeConsole(Console):
+    """A console whose reader may leave (`kdrun ... | head`). Rich's default then exits(1) mid-epoch, leaving
+    no status; here the rest of the output goes to /dev/null and SIGPIPE stops the run after its step, which
+    saves last.pt and status.json like SIGTERM does (kdrun.lifecycle)."""
+
+    def on_broken_pipe(self) -> None:
+        from kdrun.lifecycle import silence_stdout
+
+        self.quiet = True
+        silence_stdout()
+
+
+console = PipeSafeConsole(width=None if sys.stdout.isatty() or "COLUMNS" in os.environ else 160)
+
+
+def log_handler(**kwargs: Any) -> RichHandler:
+    """conf/hydra/job_logging's console handler: rich, on a pipe-safe console of the terminal's width."""
+    return RichHandler(console=PipeSafeConsole(), **kwargs)
 
 
 class EpochProgress:

@@ -64,7 +64,77 @@ TABLE = [
     ("negative DataLoader workers", ["train-student", *STUDENT, "dataset=image_folder", "dataset.workers=-1"],
      "dataset.workers must be >= 0"),
     ("resume a dir that is no run", ["train-student", "resume={empty}"], "is not a kdrun run directory"),
+    ("label noise with one class", ["train-student", *STUDENT, "dataset.kwargs.num_classes=1", "dataset.label_noise=0.2"],
+     "dataset.label_noise=0.2 needs at least 2 classes"),
+    ("a split left empty", ["train-student", *STUDENT, "dataset.kwargs.num_test=0"], "has 512 training and 0 test examples"),
+    ("a negative width", ["train-student", *STUDENT, "student.kwargs.hidden=[-5]"],
+     "cannot build model 'mlp' with these options (Trying to create tensor with negative dimension -5"),
+    ("a negative class count", ["train-student", *STUDENT, "dataset.kwargs.num_classes=-3"], "cannot build dataset 'fake'"),
+    ("a teacher built with other kwargs", ["distill", *FAST, "teacher.checkpoint={teacher}", "teacher.kwargs.channels=16"],
+     "was built with teacher.kwargs.channels=8 but the config says 16"),
+    ("a non-finite KD term before any update", ["distill", *FAST, "T=1e30"],
+     "training loss became nan in epoch 1, step 1 of 6; the very first step, before any update; check the data and "
+     "the model's teacher and T"),
 ]
+
+# Mistakes the CLI catches before Hydra starts: checked in-process through the same `kdrun.cli.main`
+# (fast), each also leaving no run directory behind. `{run}` is a finished run, `{sweep}` a sweep dir.
+BEFORE_ANY_RUN = [
+    ("seed < 0", ["train-student", "seed=-1"], "seed must be in [0, 2^63) (got -1)"),
+    ("seed = 2^63", ["train-student", "seed=9223372036854775808"], "seed is too large (got 9223372036854775808"),
+    ("seed beyond 64 bits", ["train-student", "seed=18446744073709551616"], "seed is too large"),
+    ("teacher seed < 0", ["distill", "teacher.train.seed=-1"], "teacher.train.seed must be in [0, 2^63)"),
+    ("noise seed < 0", ["train-student", "dataset.noise_seed=-5"], "dataset.noise_seed must be in [0, 2^63)"),
+    ("momentum < 0", ["train-student", "optim=sgd", "optim.momentum=-0.5"], "optim.momentum must be >= 0 (got -0.5)"),
+    ("nesterov without momentum", ["train-student", "optim=sgd", "optim.momentum=0", "optim.nesterov=true"],
+     "optim.nesterov=true needs optim.momentum > 0"),
+    ("gamma 0", ["train-student", "optim.gamma=0"], "optim.gamma must be > 0"),
+    ("latency timing nothing", ["train-student", "latency.min_reps=0", "latency.min_seconds=0"],
+     "latency.min_reps must be >= 1 (got 0): with none, nothing is timed"),
+    ("latency batch 0", ["distill", "latency.batch_size=0"], "latency.batch_size must be >= 1"),
+    ("latency warmup < 0", ["train-student", "latency.warmup=-1"], "latency.warmup must be >= 0"),
+    ("threads beyond any machine", ["train-student", "threads=100000000000"], "threads must be in [0, 4096]"),
+    ("~KEY of the schema", ["train-student", "~seed"], "cannot remove 'seed' (~seed): every run needs it"),
+    ("~GROUP", ["train-student", "~optim"], "cannot remove the config group 'optim'"),
+    ("+KEY the schema lacks", ["train-student", "+bogus=1"], "unknown key 'bogus' for this command"),
+    ("++KEY the schema lacks", ["distill", "++bogus=1"], "unknown key 'bogus' for this command"),
+    ("+KEY nested", ["train-student", "+optim.bogus=1"], "unknown key 'optim.bogus' for this command; valid keys under 'optim'"),
+    ("T = inf", ["distill", "T=1e309"], "T must be a finite number (got inf)"),
+    ("lr = nan", ["train-student", "optim.lr=nan"], "optim.lr must be a finite number (got nan)"),
+    ("alpha = nan in a sweep", ["distill", "-m", "alpha=0.5,nan"], "alpha must be a finite number (got nan)"),
+    ("400-digit int", ["train-student", "epochs=1" + "0" * 400], "epochs is too large (got 10000000000000000000..., "
+                                                                  "401 digits)"),
+    ("400-digit float", ["distill", "T=1" + "0" * 400], "is too large (int too large to convert to float)"),
+    ("n_jobs=0", ["train-student", "-m", "seed=0,1", "hydra/launcher=local_parallel", "hydra.launcher.n_jobs=0"],
+     "hydra.launcher.n_jobs must be >= 1"),
+    ("unknown launcher", ["train-student", "-m", "seed=0,1", "hydra/launcher=nope"],
+     "unknown hydra/launcher 'nope'; choose one of: basic, joblib, local_parallel"),
+    ("--help with a bad override", ["distill", "--help", "bogus=1"], "unknown key 'bogus' for this command"),
+    ("0-job sweep", ["train-student", "-m", "seed=range(0,0)"], "the sweep over seed has no values"),
+    ("run dir holding a finished run", ["train-student", "hydra.run.dir={run}"], "already holds a finished run"),
+    ("sweep dir holding a sweep", ["train-student", "-m", "seed=0,1", "hydra.sweep.dir={sweep}"],
+     "already holds a sweep; pass another hydra.sweep.dir=DIR, or run its unfinished jobs with resume="),
+    ("resume a sweep of another command", ["distill", "resume={sweep}"], "is a 'train_student' sweep, not 'distill'"),
+]
+
+
+@pytest.mark.parametrize("args,phrase", [row[1:] for row in BEFORE_ANY_RUN], ids=[row[0] for row in BEFORE_ANY_RUN])
+def test_bad_input_before_any_run_in_process(tmp_path, monkeypatch, capsys, args, phrase):
+    from kdrun.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    run, sweep = tmp_path / "done", tmp_path / "sweep"
+    for directory in (run, sweep):
+        (directory / ".hydra").mkdir(parents=True)
+    (run / "summary.json").write_text("{}")
+    (sweep / "multirun.yaml").write_text("command: train_student\n")
+    before = sorted(tmp_path.rglob("*"))
+    assert main([a.format(run=run, sweep=sweep) for a in args]) == 2
+    captured = capsys.readouterr()
+    errors = captured.err.splitlines()
+    assert len(errors) == 1 and errors[0].startswith("kdrun: error:") and phrase in errors[0], captured.err
+    assert "Traceback" not in captured.out + captured.err
+    assert sorted(tmp_path.rglob("*")) == before, "nothing was created"
 
 
 class Evil:

@@ -89,11 +89,19 @@ FORMATS = {"repdistiller/ckpt_epoch_240.pth": "repdistiller", "repdistiller/resn
            "plain/state_dict.pt": "state_dict", "plain/wrapped.pt": "state_dict", "kdrun/checkpoint.pt": "kdrun"}
 
 
+THROUGH_THE_CLI = ("repdistiller/ckpt_epoch_240.pth", "mdistiller/epoch_240", "plain/wrapped.pt", "kdrun/checkpoint.pt")
+
+
 def test_every_format_loads_through_the_cli_and_scores_as_the_weights_do(tmp_path, monkeypatch):
     data_dir = tmp_path / "data"
     write_cifar10(data_dir / "cifar10", per_batch=20, num_test=300, rng=np.random.default_rng(0))
     model = trained_looking_resnet8()
     files = peer_files(tmp_path / "ckpts", model)
+    for name, path in files.items():  # every layout gives the same weights; one file per format goes through the CLI
+        weights = read_weights(path)
+        assert weights.format == FORMATS[name] and weights.state_dict.keys() == model.state_dict().keys(), name
+        assert all(torch.equal(weights.state_dict[k], v) for k, v in model.state_dict().items()), name
+    files = {name: files[name] for name in THROUGH_THE_CLI}
     script = tmp_path / "kdrun_no_md5.py"
     script.write_text(NO_MD5_CLI)
     env = {**os.environ, "KDRUN_TEST": "1"}
@@ -126,6 +134,10 @@ def test_the_peers_metadata_is_checked_in_one_line(tmp_path):
     weights = read_weights(files["repdistiller/resnet8_last.pth"])
     assert (weights.format, weights.arch, weights.dataset) == ("repdistiller", "resnet8", "cifar10")
     assert read_weights(files["repdistiller/ckpt_epoch_240.pth"]).metrics == {"epoch": 240.0, "accuracy": 71.5}
+    student_last = tmp_path / "resnet8_last.pth"  # RepDistiller's train_student.py names the model model_s
+    torch.save({"opt": argparse.Namespace(model_s="MobileNetV2", dataset="cifar100"), "model": model.state_dict()},
+               student_last)
+    assert read_weights(student_last).arch == "mobilenetv2"
     assert set(read_weights(files["mdistiller/epoch_240"]).state_dict) == set(model.state_dict())
     run = kdrun(tmp_path, "distill", *BASE, *QUICK, "teacher=resnet56", "teacher.name=resnet8",
                 "dataset.kwargs.shape=[3,32,32]", f"teacher.checkpoint={files['repdistiller/resnet8_last.pth']}")

@@ -136,9 +136,18 @@ def student_cost(cfg: DictConfig, student: torch.nn.Module, env: Setup) -> dict[
                              latency_options(cfg))
 
 
+def absolute_paths(cfg: DictConfig) -> dict[str, str]:
+    """Every path the run used, absolute: where its data and teacher came from, whatever the cwd is later."""
+    paths = {"cwd": str(Path.cwd()), "data_dir": cfg.dataset.data_dir}
+    if "teacher" in cfg:
+        paths.update(teacher_store=cfg.teacher.store, teacher_checkpoint=cfg.teacher.checkpoint)
+    return {k: str(Path(v).expanduser().resolve()) for k, v in paths.items() if v}
+
+
 def run_header(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     return {"command": cfg.command, "dataset": cfg.dataset.name, "seed": cfg.seed, "epochs": cfg.epochs,
-            "run_dir": str(run_dir), "kdrun_version": kdrun.__version__, "torch_version": torch.__version__}
+            "run_dir": str(run_dir), "paths": absolute_paths(cfg), "kdrun_version": kdrun.__version__,
+            "torch_version": torch.__version__}
 
 
 def plain_config(cfg: DictConfig) -> dict[str, Any]:

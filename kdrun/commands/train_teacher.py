@@ -10,15 +10,18 @@ from omegaconf import DictConfig
 
 from kdrun.commands.common import (epoch_recorder, history_summary, log, model_cost, plain_config, run_header,
                                    setup, training_hooks)
-from kdrun.rundir import CHECKPOINT, append_metrics, write_summary, writes
+from kdrun.rundir import CHECKPOINT, rewrite_metrics, write_summary, writes
 from kdrun.teacher import obtain_teacher
 from kdrun.ui import epoch_progress, show_results
 
 
 def link_or_copy(source: Path, target: Path) -> None:
-    """A run dir's own handle on the stored checkpoint, without a second copy where possible (rank 0 only)."""
-    if not writes():
+    """A run dir's own handle on the stored checkpoint, without a second copy where possible (rank 0 only).
+
+    A resumed run may already hold it (linked before it was killed): then nothing is left to do."""
+    if not writes() or (target.exists() and target.samefile(source)):
         return
+    target.unlink(missing_ok=True)
     try:
         os.link(source, target)
     except OSError:
@@ -33,8 +36,7 @@ def run(cfg: DictConfig, run_dir: Path) -> float:
                                  epoch_recorder(run_dir, "teacher", cfg.logger), fit_hooks=training_hooks(cfg, run_dir))
     if not teacher.trained_now:
         log.info("Reused the stored teacher: %s (retrain by deleting it)", teacher.checkpoint)
-        for row in teacher.history:
-            append_metrics(run_dir, row)
+        rewrite_metrics(run_dir, teacher.history)  # also over rows a resumed attempt wrote before it was killed
     link_or_copy(teacher.checkpoint, run_dir / CHECKPOINT)
     cost = model_cost(teacher.model, env.data, cfg, env.device)
     summary = {**run_header(cfg, run_dir), "model": cfg.teacher.name, **history_summary(teacher.history),

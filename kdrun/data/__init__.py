@@ -125,6 +125,9 @@ def load_dataset(name: str, data_dir: str, download: bool, augment: bool, kwargs
     root = Path(data_dir).expanduser().resolve()
     sized = {} if image_size is None else {"image_size": image_size}
     data = DATASETS.build(name, root=root, download=download, augment=augment, **kwargs, **sized)
+    if data.train_size == 0 or data.test_size == 0:
+        raise KdrunError(f"dataset '{name}' with these options has {data.train_size} training and "
+                         f"{data.test_size} test examples; a run needs both, check dataset.kwargs")
     if isinstance(data, TensorData):
         if augment and data.augment is None:
             raise KdrunError(f"dataset '{name}' has no random augmentation; set dataset.augment=false")

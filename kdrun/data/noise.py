@@ -13,6 +13,7 @@ from dataclasses import replace
 import torch
 
 from kdrun.data import TensorData
+from kdrun.errors import KdrunError
 
 
 def flip_labels(labels: torch.Tensor, fraction: float, num_classes: int, seed: int) -> torch.Tensor:
@@ -30,4 +31,7 @@ def with_label_noise(data: TensorData, fraction: float, seed: int) -> TensorData
     """`data` with noisy training labels (fraction 0 returns it unchanged)."""
     if fraction <= 0:
         return data
+    if data.num_classes < 2:
+        raise KdrunError(f"dataset.label_noise={fraction:g} needs at least 2 classes to flip labels between "
+                         f"(dataset '{data.name}' has {data.num_classes}); set dataset.label_noise=0")
     return replace(data, y_train=flip_labels(data.y_train, fraction, data.num_classes, seed))

@@ -9,6 +9,7 @@ from typing import Any
 from rich import box
 from rich.table import Table
 
+from kdrun.errors import KdrunError
 from kdrun.report.runs import FIXED, HEADERS, Report, Row, Stat, build_report
 
 

@@ -1,0 +1,204 @@
+"""Faults a long experiment meets: a failing sweep job, a full disk, a damaged cache, a second process, damaged runs.
+
+Each ends in one line and a `status.json` (or a skipped-with-reason note), nothing half-written,
+and the next run works.
+"""
+
+import json
+import os
+import resource
+import signal
+import stat
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import FAST, kdrun, metric_rows, summary
+from kdrun.checkpoint import load_payload
+from kdrun.data import load_dataset
+from kdrun.errors import KdrunError
+from kdrun.report import build_report
+from kdrun.rundir import owned, write_json
+from test_bad_input import STUDENT, assert_one_line_error
+from test_report import write_run
+
+ONE_EPOCH = [*STUDENT, "epochs=1"]
+
+
+def child_env() -> dict:
+    env = {**os.environ, "KDRUN_TEST": "1"}
+    env.pop("HYDRA_FULL_ERROR", None)
+    return env
+
+
+def job_state(job) -> dict:
+    return json.loads((job / "status.json").read_text())
+
+
+def test_a_failing_job_does_not_stop_the_sweep_and_resume_runs_only_unfinished_jobs(tmp_path):
+    sweep = tmp_path / "sweep"
+    run = kdrun(tmp_path, "train-student", "-m", *ONE_EPOCH, "optim.lr=0.002,1e30,0.001", f"hydra.sweep.dir={sweep}")
+    assert run.returncode == 2 and "Traceback" not in run.stderr
+    assert [(sweep / job / "summary.json").exists() for job in "012"] == [True, False, True]
+    assert job_state(sweep / "1")["status"] == "failed" and "became nan" in job_state(sweep / "1")["error"]
+    assert "job 1 failed: training loss became nan" in (sweep / "report.md").read_text()
+    assert "1 job(s) of this sweep did not finish (job 1;" in run.stderr.splitlines()[-1]
+
+    (sweep / "0" / "summary.json").unlink()  # job 0 killed after its last checkpoint: it continues from last.pt
+    kept = (sweep / "2" / "summary.json").stat().st_mtime_ns
+    again = kdrun(tmp_path, "train-student", f"resume={sweep}")
+    assert again.returncode == 2 and "Traceback" not in again.stderr
+    assert "1 of 3 job(s) finished; running 0, 1" in again.stdout
+    assert (sweep / "0" / "summary.json").exists() and len(metric_rows(sweep / "0")) == 1
+    assert (sweep / "2" / "summary.json").stat().st_mtime_ns == kept, "a finished job is never run again"
+    assert job_state(sweep / "1")["status"] == "failed"
+    assert "job 1 failed" in (sweep / "report.md").read_text() and "baseline" in (sweep / "report.md").read_text()
+
+
+def _file_size_limit(limit: int):
+    def apply() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails (EFBIG) like a full disk
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return apply
+
+
+def test_a_full_disk_while_torch_writes_a_checkpoint_ends_in_one_line_and_a_status(tmp_path):
+    run_dir = tmp_path / "run"
+    env = child_env()
+    run = subprocess.run([sys.executable, "-m", "kdrun", "train-student", *ONE_EPOCH, "student.kwargs.hidden=[256]",
+                          f"hydra.run.dir={run_dir}"], cwd=tmp_path, capture_output=True, text=True, env=env,
+                         timeout=240, preexec_fn=_file_size_limit(64 * 1024))
+    error = assert_one_line_error(run, "cannot write or read", tmp_path)
+    assert "last.pt" in error and "disk full or file too large" in error
+    assert job_state(run_dir)["status"] == "failed"
+    assert not list(run_dir.glob(".*.tmp")), "a failed atomic write leaves no temp file"
+    assert not (run_dir / "last.pt").exists()
+    fine = kdrun(tmp_path, "train-student", *ONE_EPOCH, "student.kwargs.hidden=[256]")
+    assert fine.returncode == 0, fine.stderr
+
+
+def test_a_damaged_dataset_cache_is_generated_again(tmp_path):
+    kwargs = {"num_samples": 300}
+    first = load_dataset("mnist1d", str(tmp_path), False, False, kwargs)
+    [cache] = tmp_path.rglob("*.npz")
+    assert stat.S_IMODE(cache.stat().st_mode) == 0o666 & ~_umask(), "files follow the user's umask, not 0600"
+    for damage in (cache.read_bytes()[:500], b"\x80\x04not an array"):
+        cache.write_bytes(damage)
+        again = load_dataset("mnist1d", str(tmp_path), False, False, kwargs)
+        assert torch.equal(again.x_train, first.x_train)
+        with np.load(cache, allow_pickle=False) as arrays:
+            assert len(arrays["x"]) == len(first.x_train)
+    assert [p.name for p in cache.parent.iterdir()] == [cache.name], "no temp files left"
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def test_an_unreadable_checkpoint_is_a_permission_problem_not_a_corrupt_file(tmp_path, monkeypatch):
+    path = tmp_path / "teacher.pt"
+    path.write_bytes(b"whatever")
+
+    def denied(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(torch, "load", denied)
+    with pytest.raises(KdrunError) as error:
+        load_payload(path)
+    assert "cannot read" in str(error.value) and "permissions" in str(error.value)
+    assert "delete" not in str(error.value) and "corrupt" not in str(error.value)
+
+
+def test_a_run_dir_in_use_or_finished_is_refused_and_left_untouched(tmp_path):
+    run_dir = tmp_path / "run"
+    assert kdrun(tmp_path, "train-student", *ONE_EPOCH, f"hydra.run.dir={run_dir}").returncode == 0
+    again = kdrun(tmp_path, "train-student", *ONE_EPOCH, f"hydra.run.dir={run_dir}")
+    assert again.returncode == 2 and "already holds a finished run" in again.stderr
+    (run_dir / "summary.json").unlink()  # now it is an interrupted run, its last.pt complete
+    log = (run_dir / "train_student.log").read_text()
+    with owned(run_dir):  # as the live run holds it
+        second = kdrun(tmp_path, "train-student", f"resume={run_dir}")
+        assert_one_line_error(second, "is in use by another kdrun process", tmp_path)
+        third = kdrun(tmp_path, "train-student", *ONE_EPOCH, f"hydra.run.dir={run_dir}")
+        assert_one_line_error(third, f"{run_dir} already holds a run; pass another hydra.run.dir=DIR, or continue "
+                                     f"it with resume={run_dir}", tmp_path)
+    assert (run_dir / "train_student.log").read_text() == log, "a refused process writes nothing into the dir"
+    resumed = kdrun(tmp_path, "train-student", f"resume={run_dir}")
+    assert resumed.returncode == 0, resumed.stderr
+    assert [row["epoch"] for row in metric_rows(run_dir)] == [1]
+
+
+def test_the_lock_is_held_for_the_life_of_a_run(tmp_path):
+    with owned(tmp_path):
+        with pytest.raises(KdrunError, match="in use by another kdrun process"):
+            with owned(tmp_path):
+                pass
+    with owned(tmp_path):  # released with the run
+        pass
+
+
+def test_train_teacher_resumes_after_its_checkpoint_was_linked_into_the_store(tmp_path):
+    run_dir = tmp_path / "teacher"
+    assert kdrun(tmp_path, "train-teacher", *FAST, f"hydra.run.dir={run_dir}").returncode == 0
+    (run_dir / "summary.json").unlink()  # killed between linking checkpoint.pt and writing the summary
+    again = kdrun(tmp_path, "train-teacher", f"resume={run_dir}")
+    assert again.returncode == 0, again.stderr
+    assert summary(run_dir)["reused"] and len(metric_rows(run_dir)) == 1
+
+
+def test_report_skips_damaged_runs_with_the_reason_and_counts_only_averaged_seeds(tmp_path):
+    for seed in (0, 1):
+        write_run(tmp_path / f"ok{seed}", "train_student", seed, 0.5 + seed / 10)
+    damaged = {"latin1": b"\xff\xfe not utf-8", "list": b"[1, 2]", "nan": None, "null": None, "config": None}
+    for name, content in damaged.items():
+        write_run(tmp_path / name, "train_student", 2, 0.9)
+        if content is not None:
+            (tmp_path / name / "summary.json").write_bytes(content)
+    for name, value in (("nan", float("nan")), ("null", None)):
+        data = json.loads((tmp_path / name / "summary.json").read_text())
+        write_json(tmp_path / name / "summary.json", {**data, "test_acc": value})
+    (tmp_path / "config" / ".hydra" / "config.yaml").write_text("a: [unclosed\n")
+    report = build_report([tmp_path])
+    [row] = report.rows
+    assert len(row.runs) == 2 and row.stat("test_acc").mean == pytest.approx(0.55)
+    skipped = [note for note in report.notes if note.startswith("skipped")]
+    assert len(skipped) == 5
+    assert any("latin1" in n and "not JSON" in n for n in skipped)
+    assert any("list" in n and "not a JSON object" in n for n in skipped)
+    assert any("nan" in n and "test_acc is nan" in n for n in skipped)
+    assert any("null" in n and "test_acc is None" in n for n in skipped)
+    assert any("config" in n and ".hydra/ unreadable" in n for n in skipped)
+
+
+def test_report_out_on_a_file_is_one_line(tmp_path, capsys):
+    from kdrun.cli import main as cli
+
+    write_run(tmp_path / "run", "train_student", 0, 0.5)
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    assert cli(["report", str(tmp_path / "run"), "--out", str(a_file)]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "cannot write the report to" in error and "--out DIR" in error
+
+
+def test_a_closed_stdout_stops_the_run_with_a_status_and_it_resumes(tmp_path):
+    run_dir = tmp_path / "run"
+    env = child_env()
+    child = subprocess.Popen([sys.executable, "-m", "kdrun", "train-student", *STUDENT, "epochs=3",
+                              f"hydra.run.dir={run_dir}"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    child.stdout.readline()  # `kdrun ... | head -1`
+    child.stdout.close()
+    assert child.wait(timeout=240) == 141
+    stderr = child.stderr.read()
+    assert "Traceback" not in stderr and "kdrun: the output was closed (SIGPIPE" in stderr
+    assert job_state(run_dir)["status"] == "interrupted" and (run_dir / "last.pt").exists()
+    resumed = kdrun(tmp_path, "train-student", f"resume={run_dir}")
+    assert resumed.returncode == 0, resumed.stderr
+    assert [row["epoch"] for row in metric_rows(run_dir)] == [1, 2, 3]
