@@ -307,6 +307,9 @@ def _validate_teacher(cfg: Any) -> None:
                "cannot pick an epoch of an explicit teacher.checkpoint or teacher.weights (drop one of the two)")
     _check(not (cfg.teacher.checkpoint and cfg.teacher.weights), "teacher.checkpoint and teacher.weights both "
            "give the teacher's weights; drop one of the two")
+    _check(cfg.command != "train_teacher" or not (cfg.teacher.checkpoint or cfg.teacher.weights),
+           "train-teacher trains a teacher from scratch (its run writes a kdrun checkpoint); teacher.checkpoint and "
+           "teacher.weights are for distill and inspect-teacher, drop them here")
 
 
 def _validate_model(model: Any, key: str) -> None:

@@ -120,7 +120,8 @@ def _compose(config_name: str, overrides: list[str], check: bool = True) -> Dict
     except (HydraException, OmegaConfBaseException) as error:
         raise ConfigError(_one_line(error)) from None
     except OverflowError as error:  # a 400-digit number for a float key
-        raise ConfigError(f"a number in {' '.join(overrides)[:120]}... is too large ({str(error).splitlines()[0]}); "
+        huge = [o.split("=", 1)[0] for o in overrides if len(o.split("=", 1)[-1]) > 308]
+        raise ConfigError(f"{huge[0] if huge else 'a value'} is too large ({str(error).splitlines()[0]}); "
                           "use a value below 1e308") from None
     if check:
         validate(cfg)

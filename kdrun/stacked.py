@@ -57,9 +57,9 @@ class Member:
     history: list[dict[str, float]] = field(default_factory=list)
 
 
-def _per_job(values: list[float], like: torch.Tensor) -> torch.Tensor:
-    """A (J, 1, 1, ...) float32 tensor that broadcasts one value per job over a stacked tensor."""
-    return torch.tensor(values, dtype=like.dtype, device=like.device).view(-1, *[1] * (like.dim() - 1))
+def _per_job(factor: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A (J,) factor viewed as (J, 1, 1, ...), to broadcast one value per job over a stacked tensor."""
+    return factor.view(-1, *[1] * (like.dim() - 1))
 
 
 class StackedModel:
@@ -109,31 +109,39 @@ class StackedOptimizer:
 
     @torch.no_grad()
     def step(self, lrs: list[float], weight_decays: list[float]) -> None:
+        """One update of every job; the per-job factors in double precision, as torch's Python floats are."""
         self.steps += 1
+        device = self.params[0].device
+        per_job = lambda values: torch.tensor(values, dtype=self.params[0].dtype, device=device)  # noqa: E731
+        if self.kind == "sgd":
+            decay = per_job(weight_decays) if any(weight_decays) else None
+            step = per_job([-lr for lr in lrs])
+        else:
+            decay = per_job([1 - lr * wd for lr, wd in zip(lrs, weight_decays)]) if any(weight_decays) else None
+            step = per_job([-lr / (1 - ADAM_BETAS[0] ** self.steps) for lr in lrs])
         for param, state in zip(self.params, self.state):
-            if self.kind == "sgd":
-                self._sgd(param, param.grad, state, lrs, weight_decays)
-            else:
-                self._adamw(param, param.grad, state, lrs, weight_decays)
+            update = self._sgd if self.kind == "sgd" else self._adamw
+            update(param, param.grad, state, None if decay is None else _per_job(decay, param), _per_job(step, param))
 
-    def _adamw(self, param: torch.Tensor, grad: torch.Tensor, state: dict, lrs: list[float],
-               weight_decays: list[float]) -> None:
+    def _adamw(self, param: torch.Tensor, grad: torch.Tensor, state: dict, decay: Optional[torch.Tensor],
+               step: torch.Tensor) -> None:
+        """torch.optim.AdamW (_single_tensor_adam): `decay` = 1 - lr * wd, `step` = -lr / bias_correction1."""
         beta1, beta2 = ADAM_BETAS
         if not state:
             state["exp_avg"], state["exp_avg_sq"] = torch.zeros_like(param), torch.zeros_like(param)
-        if any(weight_decays):
-            param.mul_(_per_job([1 - lr * wd for lr, wd in zip(lrs, weight_decays)], param))
+        if decay is not None:
+            param.mul_(decay)
         state["exp_avg"].lerp_(grad, 1 - beta1)
         state["exp_avg_sq"].mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-        bias_correction1 = 1 - beta1 ** self.steps
         bias_correction2_sqrt = (1 - beta2 ** self.steps) ** 0.5
         denom = (state["exp_avg_sq"].sqrt() / bias_correction2_sqrt).add_(ADAM_EPS)
-        param.addcmul_(state["exp_avg"] / denom, _per_job([-lr / bias_correction1 for lr in lrs], param))
+        param.addcmul_(state["exp_avg"] / denom, step)
 
-    def _sgd(self, param: torch.Tensor, grad: torch.Tensor, state: dict, lrs: list[float],
-             weight_decays: list[float]) -> None:
-        if any(weight_decays):
-            grad = grad.add(param * _per_job(weight_decays, param))
+    def _sgd(self, param: torch.Tensor, grad: torch.Tensor, state: dict, decay: Optional[torch.Tensor],
+             step: torch.Tensor) -> None:
+        """torch.optim.SGD (_single_tensor_sgd, dampening 0): `decay` = wd, `step` = -lr."""
+        if decay is not None:
+            grad = grad.add(param * decay)
         if self.momentum != 0:
             if "momentum_buffer" not in state:
                 state["momentum_buffer"] = grad.clone()
@@ -141,7 +149,7 @@ class StackedOptimizer:
                 state["momentum_buffer"].mul_(self.momentum).add_(grad)
             buffer = state["momentum_buffer"]
             grad = grad.add(buffer, alpha=self.momentum) if self.nesterov else buffer
-        param.add_(grad * _per_job([-lr for lr in lrs], param))
+        param.add_(grad * step)
 
     def export_to(self, j: int, optimizer: torch.optim.Optimizer) -> None:
         """Job j's state, in torch's own layout, into its torch optimiser (before `state_dict()`)."""
@@ -163,20 +171,30 @@ class StackedOptimizer:
                     state.setdefault(name, torch.zeros_like(stacked))[j].copy_(tensor)
 
 
-def _kd_losses(logits: torch.Tensor, labels: torch.Tensor, teacher: Optional[torch.Tensor],
-               members: list[Member]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-job (total, ce, kd), each (J,): kdrun.losses.KDLoss (or plain CE) for every job at once."""
-    jobs, batch, classes = logits.shape
-    ce = F.cross_entropy(logits.reshape(-1, classes), labels.reshape(-1), reduction="none").view(jobs, batch).mean(1)
-    if teacher is None or members[0].kd is None:
-        return ce, ce, torch.zeros_like(ce)
-    T = _per_job([m.kd[0] for m in members], logits)
-    kl = F.kl_div(F.log_softmax(logits / T, dim=2), F.log_softmax(teacher / T, dim=2), reduction="none",
-                  log_target=True).sum((1, 2)) / batch
-    kd = kl * torch.tensor([m.kd[0] ** 2 for m in members], device=logits.device)
-    alpha = torch.tensor([m.kd[1] for m in members], device=logits.device)
-    rest = torch.tensor([1 - m.kd[1] for m in members], device=logits.device)
-    return alpha * kd + rest * ce, ce, kd
+class StackedKDLoss:
+    """kdrun.losses.KDLoss (or plain CE) for every job at once: per-job (total, ce, kd), each (J,).
+
+    The per-job factors are computed in double precision on the host, as KDLoss's Python floats are.
+    """
+
+    def __init__(self, members: list[Member], device: torch.device) -> None:
+        self.kd = members[0].kd is not None
+        if self.kd:
+            per_job = lambda values: torch.tensor(values, device=device)  # noqa: E731
+            self.T = per_job([m.kd[0] for m in members]).view(-1, 1, 1)
+            self.T2, self.alpha = per_job([m.kd[0] ** 2 for m in members]), per_job([m.kd[1] for m in members])
+            self.rest = per_job([1 - m.kd[1] for m in members])
+
+    def __call__(self, logits: torch.Tensor, labels: torch.Tensor,
+                 teacher: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        jobs, batch, classes = logits.shape
+        ce = F.cross_entropy(logits.reshape(-1, classes), labels.reshape(-1), reduction="none").view(jobs, batch).mean(1)
+        if teacher is None or not self.kd:
+            return ce, ce, torch.zeros_like(ce)
+        kl = F.kl_div(F.log_softmax(logits / self.T, dim=2), F.log_softmax(teacher / self.T, dim=2),
+                      reduction="none", log_target=True).sum((1, 2)) / batch
+        kd = kl * self.T2
+        return self.alpha * kd + self.rest * ce, ce, kd
 
 
 def _start(members: list[Member], device: torch.device) -> None:
@@ -221,6 +239,7 @@ def fit_group(members: list[Member], data: TensorData, device: torch.device, *,
         if m.state is not None:
             optimizer.import_from(j, m.loop.optimizer)
     recipe, n = members[0].recipe, len(data.x_train)
+    kd_loss = StackedKDLoss(members, device)
     steps = math.ceil(n / recipe.batch_size)
     partial = members[0].state if members[0].state and members[0].state["step"] else None
     for epoch in range(len(members[0].history) + 1, recipe.epochs + 1):
@@ -244,7 +263,7 @@ def fit_group(members: list[Member], data: TensorData, device: torch.device, *,
             with autocast(device):
                 logits = model(data.x_train[index]).float()
             teacher = teacher_logits[index] if teacher_logits is not None else None
-            total, ce, kd = _kd_losses(logits, data.y_train[index], teacher, members)
+            total, ce, kd = kd_loss(logits, data.y_train[index], teacher)
             for p in model.params.values():
                 p.grad = None
             total.sum().backward()

@@ -118,6 +118,9 @@ def first_line(error: BaseException) -> str:
     return (str(error).strip().splitlines() or [""])[0][:200]
 
 
+OUT_OF_MEMORY = ("out of memory", "can't allocate memory")  # CUDA's and the CPU allocator's words
+
+
 def failure_message(error: Exception) -> str | None:
     """The one line for a failure the user can act on (bad value, full disk, out of memory); None for a bug."""
     if isinstance(error, KdrunError):
@@ -127,7 +130,7 @@ def failure_message(error: Exception) -> str | None:
     if isinstance(error, OSError):  # a full disk, a read-only teacher store, ...: the path and the reason
         return (f"cannot write or read {error.filename or 'a file'} ({error.strerror or first_line(error)}); "
                 "check free disk space and permissions, or choose another path")
-    if type(error).__name__ == "OutOfMemoryError" or "out of memory" in str(error).lower():
+    if type(error).__name__ == "OutOfMemoryError" or any(s in str(error).lower() for s in OUT_OF_MEMORY):
         return (f"out of memory ({first_line(error)[:120]}); lower optim.batch_size or latency.batch_size, "
                 "or pick a smaller model")
     return None

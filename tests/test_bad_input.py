@@ -48,6 +48,8 @@ TABLE = [
     ("custom model without a target", ["distill", "student=custom"], "student=custom needs student.target="),
     ("custom target that cannot be imported", ["train-student", *STUDENT, "student=custom",
                                                "student.target=no_such_module:build"], "cannot import target"),
+    ("train-teacher given weights", ["train-teacher", "teacher=tv", "teacher.weights=IMAGENET1K_V1"],
+     "train-teacher trains a teacher from scratch"),
     ("pretrained weights for a zoo model", ["distill", *FAST, "teacher.weights=IMAGENET1K_V1"],
      "teacher.weights needs a tv_<name> or timm_<name> teacher (got 'cnn1d')"),
     ("missing dataset, download=false", ["train-student", *STUDENT, "dataset=mnist", "dataset.data_dir={empty}"],
@@ -104,7 +106,7 @@ BEFORE_ANY_RUN = [
     ("alpha = nan in a sweep", ["distill", "-m", "alpha=0.5,nan"], "alpha must be a finite number (got nan)"),
     ("400-digit int", ["train-student", "epochs=1" + "0" * 400], "epochs is too large (got 10000000000000000000..., "
                                                                   "401 digits)"),
-    ("400-digit float", ["distill", "T=1" + "0" * 400], "is too large (int too large to convert to float)"),
+    ("400-digit float", ["distill", "T=1" + "0" * 400], "T is too large (int too large to convert to float); use a value below 1e308"),
     ("n_jobs=0", ["train-student", "-m", "seed=0,1", "hydra/launcher=local_parallel", "hydra.launcher.n_jobs=0"],
      "hydra.launcher.n_jobs must be >= 1"),
     ("unknown launcher", ["train-student", "-m", "seed=0,1", "hydra/launcher=nope"],

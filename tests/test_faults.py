@@ -202,3 +202,31 @@ def test_a_closed_stdout_stops_the_run_with_a_status_and_it_resumes(tmp_path):
     resumed = kdrun(tmp_path, "train-student", f"resume={run_dir}")
     assert resumed.returncode == 0, resumed.stderr
     assert [row["epoch"] for row in metric_rows(run_dir)] == [1, 2, 3]
+
+
+def test_resume_from_another_directory_uses_the_same_teacher(tmp_path):
+    here, elsewhere = tmp_path / "here", tmp_path / "elsewhere"
+    here.mkdir(), elsewhere.mkdir()
+    run_dir = here / "run"
+    assert kdrun(here, "distill", *FAST, "epochs=1", f"hydra.run.dir={run_dir}").returncode == 0
+    [stored] = (here / "outputs" / "teachers").glob("*.pt")
+    assert summary(run_dir)["paths"]["teacher_store"] == str(stored.parent)
+    (run_dir / "summary.json").unlink()  # killed after its last checkpoint
+    resumed = kdrun(elsewhere, "distill", f"resume={run_dir}")
+    assert resumed.returncode == 0, resumed.stderr
+    assert summary(run_dir)["teacher"]["checkpoint"] == str(stored)
+    assert not (elsewhere / "outputs").exists(), "no teacher retrained into the new working directory"
+
+
+def test_failures_the_user_can_act_on_get_their_line_and_bugs_keep_their_traceback():
+    from kdrun.task import failure_message
+
+    assert failure_message(KdrunError("T must be > 0")) == "T must be > 0"
+    cuda = type("OutOfMemoryError", (RuntimeError,), {})("CUDA out of memory. Tried to allocate 2.00 GiB")
+    cpu = RuntimeError("[enforce fail at alloc_cpu.cpp:117] . DefaultCPUAllocator: can't allocate memory: 8 GB")
+    for error in (cuda, cpu):
+        assert failure_message(error).startswith("out of memory (") and "lower optim.batch_size" in failure_message(error)
+    full = OSError(28, "No space left on device", "/runs/x/last.pt")
+    assert failure_message(full).startswith("cannot write or read /runs/x/last.pt (No space left on device)")
+    assert "`| head`" in failure_message(BrokenPipeError(32, "Broken pipe"))
+    assert failure_message(ZeroDivisionError("division by zero")) is None

@@ -4,7 +4,7 @@ The launcher composes every job's config (as Hydra's basic launcher does), asks
 `kdrun.sweepgroups.plan` which jobs share a training loop, runs a job that shares it with no
 other (or cannot be stacked; the log says why) as usual, and a group in three steps
 (`kdrun.commands.group`): each job opened in its own Hydra context (`.hydra/`, log file), the
-group trained once, each job closed in its own context again (checkpoint.pt, summary.json).
+group trained once, each job closed (checkpoint.pt, summary.json) and its return value set.
 Every job keeps its own run directory and its own return value, so sweepers and the sweep
 report see no difference.
 """
@@ -88,7 +88,9 @@ class StackedLauncher(Launcher):
     def _run_group(self, configs: list[DictConfig]) -> list[JobReturn]:
         from kdrun.commands import group
 
-        jobs = [self._run(config, lambda cfg: group.open_job(cfg, _output_dir())).return_value for config in configs]
+        opened = [self._run(config, lambda cfg: group.open_job(cfg, _output_dir())) for config in configs]
+        jobs = [ret.return_value for ret in opened]
         shared = group.train_group(jobs)
-        return [self._run(config, lambda cfg, job=job: group.close_job(job, shared))
-                for config, job in zip(configs, jobs)]
+        for ret, job in zip(opened, jobs):  # Hydra's per-job work (.hydra/, logging) was done at opening
+            ret.return_value = group.close_job(job, shared)
+        return opened

@@ -25,7 +25,7 @@ from kdrun.rundir import CHECKPOINT, LAST, append_metrics, delete_status, rewrit
 from kdrun.runtime import resolve_device, seed_everything, set_threads
 from kdrun.sweepcache import architecture_cost
 from kdrun.teacher import recipe_from_optim
-from kdrun.trainstate import load_state, save_state
+from kdrun.trainstate import StateWriter, load_state
 from kdrun.ui import epoch_progress
 
 log = logging.getLogger("kdrun")
@@ -109,7 +109,7 @@ def training_hooks(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         rewrite_metrics(run_dir, state["history"])  # drop rows written after the checkpoint
         log.info("Resuming from %s: %d epochs done, %d steps into the next", path, state["epoch"], state["step"])
         delete_status(run_dir)
-    return {"state": state, "checkpoint": lambda snapshot: save_state(path, snapshot),
+    return {"state": state, "checkpoint": StateWriter(path),
             "checkpoint_every": cfg.checkpoint_every, **stop_hook()}
 
 
@@ -205,4 +205,5 @@ def train_student(cfg: DictConfig, env: Setup, run_dir: Path, teacher: torch.nn.
                       loss=loss, teacher=teacher, teacher_logits=teacher_logits,
                       on_epoch=chain(*hooks, epoch_recorder(run_dir, "student", cfg.logger)), progress=progress,
                       **resumable)
+    resumable["checkpoint"].flush()  # the last last.pt is on disk (or its error raised) before the summary
     return student, save_student(cfg, run_dir, student, data, history)

@@ -1,15 +1,16 @@
 """A stacked group of distill or train-student jobs: one dataset, one teacher, one training loop.
 
-The launcher (`hydra/launcher=stacked`) calls this in three steps, the first and last inside
-each job's own Hydra context (its `.hydra/`, its log file): `open_job` (resume state, the
-job's log handler), `train_group` (once for the group: data, teacher, the stacked training
-of `kdrun.stacked`), and `close_job` (the job's checkpoint.pt and summary.json, exactly as a
-job run alone writes them).
+The launcher (`hydra/launcher=stacked`) calls this in three steps: `open_job` inside each
+job's own Hydra context (its `.hydra/`, its log file; the run dir held, the resume state
+read), `train_group` once for the group (data, teacher, the stacked training of
+`kdrun.stacked`), and `close_job` per job (its checkpoint.pt and summary.json, exactly as a
+job run alone writes them, logged to its own file).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import sys
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -123,6 +124,8 @@ def train_group(jobs: list[Job]) -> Shared:
                       after_epoch=_group_line(jobs))
         except Interrupted as interrupted:
             stop_group(jobs, interrupted, stop.exit_code)
+    for job in jobs:
+        job.hooks["checkpoint"].flush()
     return shared
 
 
@@ -138,11 +141,17 @@ def stop_group(jobs: list[Job], interrupted: Interrupted, code: int) -> None:
 
 
 def close_job(job: Job, shared: Shared) -> float:
-    """Inside the job's Hydra context again: checkpoint.pt and summary.json, as a job run alone writes them."""
+    """checkpoint.pt and summary.json, as a job run alone writes them, its log lines in its own log.
+
+    A job whose loss turned non-finite fails as a job of a sweep does (kdrun.task): status.json
+    `failed`, one line on stderr, NaN returned, so the other jobs go on.
+    """
     cfg, member = job.cfg, job.member
-    with job.held:
+    console = [h for h in logging.getLogger().handlers if not isinstance(h, logging.FileHandler)]
+    with job.held, logging_to(console + job.log_files):
         if member.failed:
-            sys.exit(fail(member.failed, job.run_dir))
+            fail(member.failed, job.run_dir)
+            return math.nan
         result = save_student(cfg, job.run_dir, member.model, shared.env.data, member.history)
         if cfg.command == "distill":
             return distill.finish(cfg, shared.env, job.run_dir, shared.teacher, shared.facts, job.extras["stats"],
