@@ -20,14 +20,14 @@ from kdrun.ui import epoch_progress, show_results
 
 def epoch_hooks(cfg: DictConfig, env: Setup,
                 teacher_logits: torch.Tensor) -> Callable[[torch.nn.Module], list[EpochHook]]:
-    """Per-epoch extras for the student: the gradient-rescaling probe (cfg.probe)."""
+    """Per-epoch extras for the student: the gradient-rescaling probe (cfg.probe) on the teacher's reference inputs."""
 
     def hooks(student: torch.nn.Module) -> list[EpochHook]:
         if not cfg.probe:
             return []
-        index = probe_subset(len(env.data.x_train), cfg.probe_examples).to(env.device)
-        return [gradient_probe(student, teacher_logits[index], env.data.x_train[index],
-                               env.data.y_train[index], cfg.T)]
+        x, y = env.data.teacher_reference(env.device)
+        index = probe_subset(len(x), cfg.probe_examples).to(env.device)
+        return [gradient_probe(student, teacher_logits[index], x[index], y[index], cfg.T)]
 
     return hooks
 
@@ -42,15 +42,17 @@ def prepare_teacher(cfg: DictConfig, env: Setup) -> tuple[Teacher, TeacherFacts]
 
 def job_stats(cfg: DictConfig, env: Setup, facts: TeacherFacts) -> TeacherStats:
     """The teacher's statistics at this job's T (ls and kd_sim are built from them)."""
-    return teacher_stats(facts.train_logits, env.data.y_train, cfg.T, env.data.num_classes)
+    labels = env.data.teacher_reference(env.device)[1]  # of the inputs facts.train_logits are for
+    return teacher_stats(facts.train_logits, labels, cfg.T, env.data.num_classes)
 
 
 def job_loss(cfg: DictConfig, env: Setup, stats: TeacherStats, teacher: torch.nn.Module,
              student: torch.nn.Module) -> Method:
     """This job's distillation method (`loss=`), sized for this teacher and student."""
     data = env.data
-    context = MethodContext(cfg.T, cfg.alpha, data.num_classes, len(data.x_train), student, teacher,
-                            data.x_train[:2], data.y_train, stats)
+    sample = data.teacher_reference(env.device)[0][:2]  # to probe the stage shapes
+    context = MethodContext(cfg.T, cfg.alpha, data.num_classes, data.train_size, student, teacher, sample,
+                            getattr(data, "y_train", None), stats)
     method = build_method(cfg.loss, context)
     for key, value in method.summary().items():
         log.info("%s: %s = %s", cfg.loss.name, key, value)

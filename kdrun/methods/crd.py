@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kdrun.config import ConfigError
+from kdrun.errors import KdrunError
 from kdrun.methods import Batch, MethodContext, register_method
 from kdrun.methods._features import FeatureMethod, FeatureParams, flat, stage_shapes
 from kdrun.models.stages import EMBEDDING
@@ -90,6 +91,9 @@ class CRD(FeatureMethod):
 
     def __init__(self, params: CRDParams, ctx: MethodContext) -> None:
         super().__init__(params, ctx.T)
+        if ctx.train_labels is None:
+            raise KdrunError("loss=crd keeps a memory bank over the training set, indexed by sample: it needs an "
+                             "in-memory dataset, not a streamed one")
         s_dim = math.prod(stage_shapes(ctx.student, [EMBEDDING], ctx.sample)[EMBEDDING][1:])
         t_dim = math.prod(stage_shapes(ctx.teacher, [EMBEDDING], ctx.sample)[EMBEDDING][1:])
         self.embed_s, self.embed_t = Embed(s_dim, params.feat_dim), Embed(t_dim, params.feat_dim)
