@@ -11,6 +11,13 @@ first epoch of each run dropped as a warm-up) and the one-off set-up time outsid
   bare loop    a hand-written PyTorch loop doing the cached-KD work, as a yardstick
   compiled     (with --compile) kd cached with the student's step under torch.compile
 and prints images/s and ratios to `plain`, plus device, dtype, batch size and threads.
+
+`streaming` (in the default `--pairs`) times the two ways data reaches the loop on the same
+images: a folder of generated JPEGs read, decoded and transformed by DataLoader workers every
+epoch, against the same images decoded once into a tensor on the device. Both train the same
+small student without random augmentation (so both do the same work per step and the data
+path sets the pace); the augmented streamed path (RandomResizedCrop + flip in the workers) is a
+third row.
 `--sweep` adds the README's 24-job sweep run serially, with joblib and stacked (kdrun.bench_sweep;
 several minutes, so not by default). Results also go to outputs/bench/<time>.json.
 """
@@ -19,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import tempfile
 import time
 from dataclasses import replace
 from datetime import datetime
@@ -29,6 +37,7 @@ import torch
 from rich.table import Table
 
 from kdrun.data import TensorData, load_dataset
+from kdrun.data.synthetic import write_image_folder
 from kdrun.engine import Recipe, autocast, fit, predict
 from kdrun.losses import KDLoss
 from kdrun.models import build_model
@@ -112,6 +121,59 @@ def run_bench(pair: str, device_name: str, epochs: int, rounds: int, compile: bo
             "epochs_per_run": epochs, "rounds": rounds, "scenarios": _round_robin(scenarios, rounds)}
 
 
+# A small student, so that the data path rather than the model sets the pace on a CPU.
+STREAMING = {"student": ("mlp", {"hidden": [256]}), "classes": 10, "images": 640, "side": 32,
+             "batch_size": 64, "workers": 2}
+
+
+def _in_memory(data, device: torch.device) -> TensorData:
+    """The streamed dataset's images, decoded once with its evaluation transform, as tensors on `device`."""
+    x_train, y_train = (torch.cat(parts) for parts in zip(*data._stream(
+        "train_plain", [[(i, 0) for i in range(start, min(start + 256, data.train_size))]
+                        for start in range(0, data.train_size, 256)], torch.device("cpu"))))
+    x_test, y_test = (torch.cat(parts) for parts in zip(*data.test_batches(torch.device("cpu"))))
+    return TensorData(data.name, x_train, y_train, x_test, y_test, data.num_classes).to(device)
+
+
+def run_streaming_bench(device_name: str, epochs: int, rounds: int, workers: int, images: int) -> dict:
+    spec = STREAMING
+    device = resolve_device(device_name)
+    with tempfile.TemporaryDirectory() as folder:
+        write_image_folder(Path(folder), classes=spec["classes"], train_per_class=max(1, images // spec["classes"]),
+                           val_per_class=8, size=(spec["side"] + 8, spec["side"] + 16), formats=("jpg",))
+        stream = {augment: load_dataset("image_folder", folder, False, augment, {}, image_size=spec["side"],
+                                        workers=workers) for augment in (False, True)}
+        memory = _in_memory(stream[False], device)
+        seed_everything(0)
+        student = build_model(spec["student"][0], memory.num_classes, memory.input_shape, spec["student"][1])
+        recipe = Recipe(epochs=epochs, batch_size=spec["batch_size"], lr=1e-3)
+        scenarios = {
+            "in memory (tensors on the device)": lambda: _epoch_seconds(fit(student, memory, recipe, device)),
+            f"streamed ({workers} DataLoader workers)": lambda: _epoch_seconds(
+                fit(student, stream[False], recipe, device)),
+            f"streamed + RandomResizedCrop/flip ({workers} workers)": lambda: _epoch_seconds(
+                fit(student, stream[True], recipe, device)),
+        }
+        timings = _round_robin(scenarios, rounds)
+    return {"pair": "streaming", "student": spec["student"][0], "dataset": f"generated JPEG folder, "
+            f"{spec['side']}x{spec['side']} crops", "train_samples": memory.train_size, "batch_size": recipe.batch_size,
+            "workers": workers, "device": str(device), "dtype": "bf16 autocast" if device.type == "cuda" else "float32",
+            "threads": torch.get_num_threads(), "epochs_per_run": epochs, "rounds": rounds, "scenarios": timings}
+
+
+def show_streaming(result: dict) -> None:
+    scenarios, n = result["scenarios"], result["train_samples"]
+    memory = next(iter(scenarios.values()))["epoch_seconds"]
+    table = Table(title=f"{result['student']} on {result['dataset']}, {n} images ({result['device']}, "
+                        f"{result['dtype']}, batch {result['batch_size']}, {result['threads']} threads)")
+    for column in ("data path", "s/epoch", "images/s", "ratio to in memory"):
+        table.add_column(column, justify="left" if column == "data path" else "right")
+    for label, timing in scenarios.items():
+        seconds = timing["epoch_seconds"]
+        table.add_row(label, f"{seconds:.3f}", f"{n / seconds:,.0f}", f"{seconds / memory:.2f}x")
+    console.print(table)
+
+
 def show(result: dict) -> None:
     scenarios, n = result["scenarios"], result["train_samples"]
     plain = scenarios["plain (student alone)"]["epoch_seconds"]
@@ -132,11 +194,13 @@ def show(result: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m kdrun.bench", description=__doc__.splitlines()[0])
-    parser.add_argument("--pairs", nargs="+", default=list(PAIRS), choices=list(PAIRS))
+    parser.add_argument("--pairs", nargs="+", default=[*PAIRS, "streaming"], choices=[*PAIRS, "streaming"])
     parser.add_argument("--device", default="auto")
     parser.add_argument("--epochs", type=int, default=3, help="epochs per run of a scenario; the first is a warm-up")
     parser.add_argument("--rounds", type=int, default=3, help="round-robin passes over the scenarios")
     parser.add_argument("--compile", action="store_true", help="add a torch.compile scenario (slow to compile)")
+    parser.add_argument("--workers", type=int, default=STREAMING["workers"], help="DataLoader workers (streaming)")
+    parser.add_argument("--images", type=int, default=STREAMING["images"], help="training images (streaming)")
     parser.add_argument("--sweep", action="store_true",
                         help="also the 24-job MNIST-1D sweep serial / joblib / stacked (minutes)")
     parser.add_argument("--sweep-epochs", type=int, default=100, help="epochs per job of --sweep (README: 100)")
@@ -145,6 +209,11 @@ def main(argv: list[str] | None = None) -> int:
     stamp = f"{datetime.now():%Y-%m-%d_%H-%M-%S_%f}"
     results = []
     for pair in args.pairs:
+        if pair == "streaming":
+            results.append(run_streaming_bench(args.device, max(2, args.epochs), max(1, args.rounds), args.workers,
+                                               args.images))
+            show_streaming(results[-1])
+            continue
         results.append(run_bench(pair, args.device, max(2, args.epochs), max(1, args.rounds), args.compile))
         show(results[-1])
     record = {"results": results}

@@ -55,6 +55,8 @@ class DatasetConfig:
     augment: bool = False
     label_noise: float = 0.0  # fraction of training labels flipped to another class (test set untouched)
     noise_seed: int = 0
+    image_size: Optional[int] = None  # streamed image sets: side of the training crop (their default: 224)
+    workers: int = 4  # streamed image sets: DataLoader worker processes per rank (in-memory sets have none)
     kwargs: Dict[str, Any] = field(default_factory=dict)
 
 
@@ -285,6 +287,10 @@ def _validate_latency(latency: Any) -> None:
 def _validate_dataset(dataset: Any) -> None:
     _check(0 <= dataset.label_noise < 1, f"dataset.label_noise must be in [0, 1) (got {dataset.label_noise}); "
            "it is the fraction of training labels flipped, try dataset.label_noise=0.2")
+    _check(dataset.workers >= 0, f"dataset.workers must be >= 0, 0 meaning load in the main process "
+           f"(got {dataset.workers})")
+    _check(dataset.image_size is None or dataset.image_size >= 8,
+           f"dataset.image_size must be >= 8 pixels (got {dataset.image_size}); try dataset.image_size=224")
 
 
 def _validate_teacher(cfg: Any) -> None:

@@ -179,6 +179,14 @@ def compose_plain(config_name: str, overrides: list[str]) -> dict:
         return OmegaConf.to_container(_compose(config_name, task, check=False))
 
 
+def run_dir_of(config_name: str, overrides: list[str]) -> str:
+    """The run directory these overrides give, resolved now (its timestamp included)."""
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3", job_name="preflight"):
+        cfg = compose(config_name=config_name, overrides=[o for o in overrides if "=" in o and not o.startswith("-")],
+                      return_hydra_config=True)
+        return str(OmegaConf.select(cfg, "hydra.run.dir"))
+
+
 def _static_prefix(path: str) -> Path:
     """The part of a run-dir pattern before its first interpolation (`outputs/${command}/...` -> outputs)."""
     head = path.split("${", 1)[0]

@@ -13,14 +13,15 @@ from omegaconf import DictConfig, OmegaConf
 import kdrun
 from kdrun.data import TensorData, load_dataset
 from kdrun.data.noise import with_label_noise
+from kdrun.distributed import context, device_for
 from kdrun.engine import fit
 from kdrun.errors import KdrunError
 from kdrun.latency import profile
 from kdrun.losses import Loss, cross_entropy
 from kdrun.models import build_model, model_kwargs
-from kdrun.lifecycle import active
+from kdrun.lifecycle import active, resume_command
 from kdrun.checkpoint import save_checkpoint
-from kdrun.rundir import CHECKPOINT, LAST, append_metrics, delete_status, rewrite_metrics
+from kdrun.rundir import CHECKPOINT, LAST, append_metrics, delete_status, rewrite_metrics, writes
 from kdrun.runtime import resolve_device, seed_everything, set_threads
 from kdrun.sweepcache import architecture_cost
 from kdrun.teacher import recipe_from_optim
@@ -33,22 +34,31 @@ log = logging.getLogger("kdrun")
 @dataclass
 class Setup:
     device: torch.device
-    data: TensorData
+    data: Any  # TensorData (in memory) or StreamingData (read by DataLoader workers)
     threads: int
 
 
 def setup(cfg: DictConfig) -> Setup:
-    """Threads, device and the dataset (moved to the device once, indexed there)."""
+    """Threads, device (one GPU per rank under torchrun) and the dataset (in memory: moved to the device once)."""
     threads = set_threads(cfg.threads)
-    device = resolve_device(cfg.device)
+    device = device_for(resolve_device(cfg.device))
     d = cfg.dataset
-    data = load_dataset(d.name, d.data_dir, d.download, d.augment, OmegaConf.to_container(d.kwargs, resolve=True))
+    data = load_dataset(d.name, d.data_dir, d.download, d.augment, OmegaConf.to_container(d.kwargs, resolve=True),
+                        image_size=d.image_size, workers=d.workers)
     if d.label_noise > 0:
+        if not isinstance(data, TensorData):
+            raise KdrunError(f"dataset.label_noise needs an in-memory dataset; '{data.name}' is streamed from disk")
         data = with_label_noise(data, d.label_noise, d.noise_seed)
         log.info("label noise: %d of %d training labels flipped (noise_seed %d); test labels clean",
                  round(d.label_noise * len(data.y_train)), len(data.y_train), d.noise_seed)
-    log.info("%s: %d train / %d test, input %s, %d classes; device %s, %d threads", data.name,
-             len(data.x_train), len(data.x_test), data.input_shape, data.num_classes, device, threads)
+    feed = "in memory" if isinstance(data, TensorData) else f"streamed by {data.workers} DataLoader workers"
+    log.info("%s: %d train / %d test, input %s, %d classes, %s; device %s, %d threads", data.name,
+             data.train_size, data.test_size, data.input_shape, data.num_classes, feed, device, threads)
+    ctx = context()
+    if ctx.distributed:
+        batch = cfg.optim.batch_size if "optim" in cfg else cfg.teacher.train.optim.batch_size
+        log.info("distributed: rank %d of %d (world size %d); global batch %d = about %d per rank", ctx.rank,
+                 ctx.world_size, ctx.world_size, batch, -(-batch // ctx.world_size))
     return Setup(device, data.to(device), threads)
 
 
@@ -62,7 +72,7 @@ def tensorboard_writer(run_dir: Path) -> Any:
 
 def epoch_recorder(run_dir: Path, label: str, logger: str = "none") -> Callable[[dict[str, float]], None]:
     """Append each epoch to metrics.jsonl (always), TensorBoard (if asked), and log one line."""
-    writer = tensorboard_writer(run_dir) if logger == "tensorboard" else None
+    writer = tensorboard_writer(run_dir) if logger == "tensorboard" and writes() else None
 
     def record(row: dict[str, float]) -> None:
         append_metrics(run_dir, row)
@@ -81,12 +91,21 @@ def stop_hook() -> dict[str, Any]:
     return {"stop": active()}
 
 
+def check_world_size(state: dict[str, Any], path: Path, command: str) -> None:
+    """A run continues on as many processes as it was saved from: the batch shares and RNG streams depend on it."""
+    saved, now = state.get("world_size", 1), context().world_size
+    if saved != now:
+        raise KdrunError(f"{path} was saved by a run on {saved} process(es) but this one has {now}; resume it on "
+                         f"{saved}: {resume_command(command, path.parent, saved)}")
+
+
 def training_hooks(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """`fit` keywords that make this run's training resumable: last.pt writer, resume state, stop flag."""
     path = run_dir / LAST
     state = None
     if cfg.resume:
         state = load_state(path)
+        check_world_size(state, path, cfg.command)
         rewrite_metrics(run_dir, state["history"])  # drop rows written after the checkpoint
         log.info("Resuming from %s: %d epochs done, %d steps into the next", path, state["epoch"], state["step"])
         delete_status(run_dir)
@@ -107,7 +126,7 @@ def latency_options(cfg: DictConfig) -> dict[str, Any]:
             "min_seconds": lat.min_seconds}
 
 
-def model_cost(model: torch.nn.Module, data: TensorData, cfg: DictConfig, device: torch.device) -> dict[str, Any]:
+def model_cost(model: torch.nn.Module, data: Any, cfg: DictConfig, device: torch.device) -> dict[str, Any]:
     return profile(model, data.input_shape, device, **latency_options(cfg))
 
 

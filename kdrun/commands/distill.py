@@ -20,14 +20,14 @@ from kdrun.ui import epoch_progress, show_results
 
 def epoch_hooks(cfg: DictConfig, env: Setup,
                 teacher_logits: torch.Tensor) -> Callable[[torch.nn.Module], list[EpochHook]]:
-    """Per-epoch extras for the student: the gradient-rescaling probe (cfg.probe)."""
+    """Per-epoch extras for the student: the gradient-rescaling probe (cfg.probe) on the teacher's reference inputs."""
 
     def hooks(student: torch.nn.Module) -> list[EpochHook]:
         if not cfg.probe:
             return []
-        index = probe_subset(len(env.data.x_train), cfg.probe_examples).to(env.device)
-        return [gradient_probe(student, teacher_logits[index], env.data.x_train[index],
-                               env.data.y_train[index], cfg.T)]
+        x, y = env.data.teacher_reference(env.device)
+        index = probe_subset(len(x), cfg.probe_examples).to(env.device)
+        return [gradient_probe(student, teacher_logits[index], x[index], y[index], cfg.T)]
 
     return hooks
 
@@ -42,7 +42,8 @@ def prepare_teacher(cfg: DictConfig, env: Setup) -> tuple[Teacher, TeacherFacts]
 
 def job_loss(cfg: DictConfig, env: Setup, facts: TeacherFacts) -> tuple[Loss, TeacherStats]:
     """This job's loss, and the teacher's statistics at its T (ls and kd_sim are built from them)."""
-    stats = teacher_stats(facts.train_logits, env.data.y_train, cfg.T, env.data.num_classes)
+    labels = env.data.teacher_reference(env.device)[1]  # of the inputs facts.train_logits are for
+    stats = teacher_stats(facts.train_logits, labels, cfg.T, env.data.num_classes)
     loss = build_loss(cfg, stats)
     if cfg.loss.name == "ls":
         log.info("ls: epsilon %.4f (%s)", loss.epsilon, "the teacher's mean non-target mass at T=%g" % cfg.T
