@@ -8,6 +8,8 @@ first epoch of each run dropped as a warm-up) and the one-off set-up time outsid
   plain        the student alone on hard labels (kdrun's loop)
   kd cached    distillation with the teacher's logits computed once (no augmentation)
   kd live      distillation with the teacher run on every batch (what augmentation needs)
+  feature      a feature method (the pair's `feature_method`): the teacher runs live for its stage
+               features, plus the method's own parts (CRD's memory bank, ReviewKD's fusion)
   bare loop    a hand-written PyTorch loop doing the cached-KD work, as a yardstick
   compiled     (with --compile) kd cached with the student's step under torch.compile
 and prints images/s and ratios to `plain`, plus device, dtype, batch size and threads.
@@ -40,6 +42,7 @@ from kdrun.data import TensorData, load_dataset
 from kdrun.data.synthetic import write_image_folder
 from kdrun.engine import Recipe, autocast, fit, predict
 from kdrun.losses import KDLoss
+from kdrun.methods import MethodContext, build_method
 from kdrun.models import build_model
 from kdrun.rundir import write_json
 from kdrun.runtime import resolve_device, seed_everything
@@ -47,10 +50,12 @@ from kdrun.ui import console
 
 PAIRS = {
     "mnist1d": {"teacher": ("cnn1d", {"channels": 64}), "student": ("mlp", {"hidden": [100, 100]}),
-                "dataset": ("mnist1d", {}), "batch_size": 100},
+                "dataset": ("mnist1d", {}), "batch_size": 100,
+                # the mlp has no spatial stages (no reviewkd); 256 of CRD's 16384 negatives keep make bench short
+                "feature_method": {"name": "crd", "negatives": 256}},
     "cifar": {"teacher": ("resnet32x4", {}), "student": ("resnet8x4", {}),
               "dataset": ("fake", {"shape": [3, 32, 32], "num_classes": 100, "num_train": 256, "num_test": 64}),
-              "batch_size": 64},
+              "batch_size": 64, "feature_method": {"name": "reviewkd"}},
 }
 
 
@@ -104,12 +109,20 @@ def run_bench(pair: str, device_name: str, epochs: int, rounds: int, compile: bo
     student = build_model(spec["student"][0], data.num_classes, data.input_shape, spec["student"][1]).to(device)
     recipe, loss = Recipe(epochs=epochs, batch_size=spec["batch_size"], lr=1e-3), KDLoss(4.0, 0.9)
     live = replace(data, augment=lambda x, generator: x)  # identity "augmentation" forces the live path
+    method_options = spec["feature_method"]
+
+    def feature_method() -> torch.nn.Module:
+        return build_method(method_options, MethodContext(4.0, 0.9, data.num_classes, len(data.x_train), student,
+                                                          teacher, data.x_train[:2], data.y_train))
+
     scenarios = {
         "plain (student alone)": lambda: _epoch_seconds(fit(student, data, recipe, device)),
         "kd, cached teacher logits": lambda: _epoch_seconds(
             fit(student, data, recipe, device, teacher=teacher, loss=loss)),
         "kd, teacher run every batch": lambda: _epoch_seconds(
             fit(student, live, recipe, device, teacher=teacher, loss=loss)),
+        f"{method_options['name']}, teacher features live": lambda: _epoch_seconds(
+            fit(student, data, recipe, device, teacher=teacher, loss=feature_method())),
         "bare PyTorch loop (cached kd)": lambda: _bare_loop(student, teacher, data, recipe, loss),
     }
     if compile:

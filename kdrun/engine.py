@@ -12,6 +12,11 @@ DistributedDataParallel and each rank trains on its strided share of every globa
 rank's mean loss is scaled by its share of the global batch, so the averaged gradient is the
 gradient of the global batch's mean loss: the same steps as one process with that batch.
 
+The loss is a `kdrun.methods.Method`: each step it gets one `Batch` (student logits, labels,
+teacher logits, sample indices, and the named stage features it asked for). A method's own
+trainable parts are optimised with the student and saved in every snapshot. A method that reads
+teacher features runs the teacher live on every batch: features are never cached.
+
 A run can be checkpointed (`Loop.snapshot`) after any step and continued from that snapshot
 bitwise-identically on CPU: the snapshot holds every random state the loop draws from.
 """
@@ -23,7 +28,7 @@ import re
 import time
 import warnings
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Protocol
+from typing import Any, Callable, Iterable, Optional, Protocol
 
 import torch
 from torch import nn
@@ -31,7 +36,9 @@ from torch import nn
 from kdrun.data import EpochPlan, batch_sizes
 from kdrun.distributed import all_sum, any_rank, context, share_buffers
 from kdrun.errors import Interrupted, KdrunError
-from kdrun.losses import Loss, cross_entropy
+from kdrun.losses import cross_entropy
+from kdrun.methods import Batch, Method, as_method
+from kdrun.models.stages import tap
 from kdrun.runtime import memory_format
 from kdrun.trainstate import capture_rng, plain_scheduler_state, restore_rng, restore_scheduler
 
@@ -59,13 +66,16 @@ class Recipe:
     compile: bool = False
 
 
-def make_optimizer(model: nn.Module, recipe: Recipe) -> tuple[torch.optim.Optimizer, Any]:
-    """The optimiser and a per-epoch learning-rate schedule."""
+def make_optimizer(model: nn.Module, recipe: Recipe, extra: Iterable[nn.Parameter] = ()
+                   ) -> tuple[torch.optim.Optimizer, Any]:
+    """The optimiser of the model's parameters (and `extra` ones: a method's connectors) and a per-epoch
+    learning-rate schedule."""
+    params = [*model.parameters(), *extra]
     if recipe.optimizer == "sgd":
-        optimizer = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum,
+        optimizer = torch.optim.SGD(params, lr=recipe.lr, momentum=recipe.momentum,
                                     weight_decay=recipe.weight_decay, nesterov=recipe.nesterov)
     else:
-        optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
+        optimizer = torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
     if recipe.schedule == "cosine":
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=recipe.epochs)
     elif recipe.schedule == "multistep":
@@ -104,21 +114,31 @@ def evaluate(model: nn.Module, data: Any, device: torch.device) -> float:
 
 
 class TeacherTargets:
-    """The frozen teacher's logits for a training batch: cached by index, or computed live.
+    """The frozen teacher's logits (and named stage features) for a training batch: cached or live.
 
-    The cache is keyed by sample index, which is only correct when the student sees the
-    same inputs every epoch; with augmentation (or streamed data) the teacher runs on the batch.
+    The logit cache is keyed by sample index, which is only correct when the student sees the
+    same inputs every epoch; with augmentation (or streamed data), or when stage features are
+    asked for, the teacher runs on the batch.
     """
 
-    def __init__(self, teacher: nn.Module, data: Any, logits: Optional[torch.Tensor] = None) -> None:
-        """`logits`: the teacher's logits for `data.x_train` if already known (e.g. from the sweep's cache)."""
+    def __init__(self, teacher: nn.Module, data: Any, logits: Optional[torch.Tensor] = None,
+                 stages: tuple[str, ...] = ()) -> None:
+        """`logits`: the teacher's logits for `data.x_train` if already known (e.g. from the sweep's cache);
+        `stages`: the named stages whose features the method reads (then the teacher always runs live)."""
         self.teacher = teacher.eval().requires_grad_(False)
+        self.stages = list(stages)
         self.cache = None
-        if data.static_inputs:
+        if data.static_inputs and not stages:
             self.cache = logits if logits is not None else predict(teacher, data.x_train)
 
-    def __call__(self, index: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
-        return self.cache[index] if self.cache is not None else predict(self.teacher, inputs, len(inputs))
+    def __call__(self, index: torch.Tensor, inputs: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        if self.cache is not None:
+            return self.cache[index], {}
+        if not self.stages:
+            return predict(self.teacher, inputs, len(inputs)), {}
+        with torch.no_grad(), autocast(inputs.device), tap(self.teacher, self.stages) as features:
+            logits = self.teacher(inputs).float()
+        return logits, {name: f.float() for name, f in features.items()}
 
 
 @dataclass
@@ -131,6 +151,7 @@ class Loop:
     order: torch.Generator
     augment_rng: torch.Generator
     history: list[dict[str, float]]
+    method: Optional[Method] = None  # its trainable parts and buffers (connectors, CRD's memory bank)
 
     def snapshot(self, step: int = 0, perm: Optional[torch.Tensor] = None, sums: Optional[torch.Tensor] = None,
                  bad_step: Optional[torch.Tensor] = None, seconds: float = 0.0) -> dict[str, Any]:
@@ -140,6 +161,7 @@ class Loop:
             "perm": perm, "sums": None if sums is None else all_sum(sums.clone()).cpu(),  # rank 0 resumes the totals
             "bad_step": None if bad_step is None else bad_step.cpu(),
             "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            "method": {} if self.method is None else {k: v.detach().cpu() for k, v in self.method.state_dict().items()},
             "optimizer": self.optimizer.state_dict(),
             "scheduler": plain_scheduler_state(self.scheduler.state_dict()),
             "scaler": None,  # bf16 autocast needs no GradScaler
@@ -150,6 +172,8 @@ class Loop:
     def restore(self, state: dict[str, Any]) -> None:
         """Continue from a snapshot; the random states last, after anything that might draw from them."""
         self.model.load_state_dict(state["model"])
+        if self.method is not None:
+            self.method.load_state_dict(state.get("method", {}))
         self.optimizer.load_state_dict(state["optimizer"])
         restore_scheduler(self.scheduler, state["scheduler"])
         self.history[:] = [dict(row) for row in state["history"]]
@@ -204,8 +228,23 @@ def nonfinite_cause(data: Any, recipe: Recipe, first_step: bool, distilling: boo
             + (", or check T" if distilling else ""))
 
 
+def student_step(forward: Callable, model: nn.Module, stages: tuple[str, ...], inputs: torch.Tensor,
+                 device: torch.device) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The student's logits and the stage features its method reads (float32)."""
+    with autocast(device), tap(model, list(stages)) as features:
+        logits = forward(inputs).float()
+    return logits, {name: f.float() for name, f in features.items()}
+
+
+def epoch_accuracy(model: nn.Module, data: Any, device: torch.device) -> dict[str, float]:
+    """Test accuracy, and validation accuracy when the dataset holds a validation split."""
+    val = getattr(data, "x_val", None)  # the whole split on every rank: it is small
+    held_out = {"val_acc": (predict(model, val).argmax(1) == data.y_val).float().mean().item()} if val is not None else {}
+    return {**held_out, "test_acc": evaluate(model, data, device)}
+
+
 def fit(model: nn.Module, data: Any, recipe: Recipe, device: torch.device, *,
-        loss: Loss = cross_entropy, teacher: Optional[nn.Module] = None,
+        loss: Any = cross_entropy, teacher: Optional[nn.Module] = None,
         teacher_logits: Optional[torch.Tensor] = None,
         on_epoch: Optional[Callable[[dict[str, float]], None]] = None,
         progress: Optional[StepProgress] = None,
@@ -213,11 +252,12 @@ def fit(model: nn.Module, data: Any, recipe: Recipe, device: torch.device, *,
         checkpoint: Optional[Callable[[dict[str, Any]], None]] = None,
         checkpoint_every: int = 1,
         stop: Optional[Callable[[], bool]] = None) -> list[dict[str, float]]:
-    """Train `model` on `data` (a `TensorData` already on `device`, or a `StreamingData`) by `loss`, fed the
-    frozen teacher's logits if given (`teacher_logits`: its logits for the un-augmented training set, when
-    already computed).
+    """Train `model` on `data` (a `TensorData` already on `device`, or a `StreamingData`) by `loss` (a Method,
+    or a plain logit loss), with the frozen teacher's logits and features if given (`teacher_logits`: its
+    logits for the un-augmented training set, when already computed).
 
-    Returns one metrics dict per epoch: epoch, train_loss, test_acc, lr, seconds (+ ce, kd with a teacher).
+    Returns one metrics dict per epoch: epoch, train_loss, test_acc, lr, seconds (+ ce, kd with a teacher;
+    + val_acc with a validation split).
     `checkpoint(snapshot)` is called every `checkpoint_every` epochs (and at the last), `state` (such a
     snapshot) continues a run exactly where it stopped, and `stop()` is asked after every step: when true,
     the loop checkpoints mid-epoch and raises `Interrupted`. `stop` must be a cheap host-side flag.
@@ -226,10 +266,15 @@ def fit(model: nn.Module, data: Any, recipe: Recipe, device: torch.device, *,
     model.to(device, memory_format=memory_format(device, len(data.input_shape) + 1)).train()
     trained = _trained_module(model, device)
     forward = torch.compile(trained) if recipe.compile else trained
-    targets = TeacherTargets(teacher, data, teacher_logits) if teacher is not None else None
-    optimizer, scheduler = make_optimizer(model, recipe)
+    method = as_method(loss).to(device).train()
+    if ctx.distributed and any(True for _ in method.parameters()):
+        raise KdrunError("this method has trainable parts, which torchrun does not synchronise across processes "
+                         "yet; run it in one process")
+    targets = (TeacherTargets(teacher, data, teacher_logits, method.teacher_stages)
+               if teacher is not None and method.needs_teacher else None)
+    optimizer, scheduler = make_optimizer(model, recipe, extra=method.parameters())
     loop = Loop(model, optimizer, scheduler, torch.Generator().manual_seed(recipe.seed),
-                torch.Generator(device=device).manual_seed(recipe.seed + 1), [])
+                torch.Generator(device=device).manual_seed(recipe.seed + 1), [], method)
     partial = None
     if state is not None:
         loop.restore(state)
@@ -248,9 +293,9 @@ def fit(model: nn.Module, data: Any, recipe: Recipe, device: torch.device, *,
             for _ in range(first):
                 progress.advance()
         for step, (index, inputs, labels) in enumerate(data.train_batches(plan, device, loop.augment_rng), first):
-            with autocast(device):
-                logits = forward(inputs).float()
-            parts = loss(logits, labels, targets(index, inputs) if targets else None)
+            logits, features = student_step(forward, model, method.student_stages, inputs, device)
+            t_logits, t_features = targets(index, inputs) if targets else (None, {})
+            parts = method(Batch(logits, labels, t_logits, index, features, t_features))
             optimizer.zero_grad(set_to_none=True)
             # DDP averages gradients over ranks: weigh each rank's mean by its share of the global batch.
             share = parts.total * (len(labels) * ctx.world_size / sizes[step]) if ctx.distributed else parts.total
@@ -272,8 +317,8 @@ def fit(model: nn.Module, data: Any, recipe: Recipe, device: torch.device, *,
             raise KdrunError(f"training loss became {train_loss} in epoch {epoch}, step {int(bad_step)} of {steps}; "
                              + nonfinite_cause(data, recipe, epoch == 1 and int(bad_step) == 1, targets is not None,
                                                math.isfinite(ce)))
-        row = {"epoch": epoch, "train_loss": train_loss, **({"ce": ce, "kd": kd} if targets else {}),
-               "test_acc": evaluate(model, data, device), "lr": lr,
+        row = {"epoch": epoch, "train_loss": train_loss, **({"ce": ce, "kd": kd} if teacher is not None else {}),
+               **epoch_accuracy(model, data, device), "lr": lr,
                "seconds": time.perf_counter() - started}
         history.append(row)
         if on_epoch:

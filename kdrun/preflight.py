@@ -125,6 +125,10 @@ def _compose(config_name: str, overrides: list[str], check: bool = True) -> Dict
                           "use a value below 1e308") from None
     if check:
         validate(cfg)
+        if "loss" in cfg:
+            from kdrun.methods import parse_params  # the methods' schemas live with their torch code
+
+            parse_params(cfg.loss)
     return cfg
 
 

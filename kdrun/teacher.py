@@ -56,6 +56,8 @@ def teacher_recipe(teacher: DictConfig, dataset: DictConfig) -> dict[str, Any]:
     if not train.get("label_smoothing"):
         train.pop("label_smoothing", None)
     data = {"name": dataset.name, "augment": dataset.augment, "kwargs": OmegaConf.to_container(dataset.kwargs, resolve=True)}
+    if dataset.get("val_split"):  # the teacher trains on what the student trains on: the split is held out
+        data.update(val_split=dataset.val_split, val_seed=dataset.get("val_seed", 0))
     if dataset.get("label_noise"):
         data.update(label_noise=dataset.label_noise, noise_seed=dataset.get("noise_seed", 0))
     if dataset.get("image_size"):

@@ -13,7 +13,7 @@ def test_bench_prints_ratios_and_writes_json(tmp_path):
     [written] = (tmp_path / "outputs" / "bench").glob("*.json")
     [result] = json.loads(written.read_text())["results"]
     assert {"device", "dtype", "batch_size", "threads"} <= set(result)
-    assert len(result["scenarios"]) == 4
+    assert len(result["scenarios"]) == 5 and "crd, teacher features live" in result["scenarios"]
     assert all(s["epoch_seconds"] > 0 for s in result["scenarios"].values())
 
 

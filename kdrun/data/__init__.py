@@ -59,7 +59,8 @@ def batch_sizes(n: int, batch_size: int, world_size: int) -> tuple[int, ...]:
 
 @dataclass(frozen=True)
 class TensorData:
-    """Train and test tensors plus an optional batched, seeded, on-device augmentation."""
+    """Train and test tensors, an optional validation split held out of train (`holdout`), and an
+    optional batched, seeded, on-device augmentation."""
 
     name: str
     x_train: torch.Tensor
@@ -68,6 +69,8 @@ class TensorData:
     y_test: torch.Tensor
     num_classes: int
     augment: Optional[Augment] = None
+    x_val: Optional[torch.Tensor] = None
+    y_val: Optional[torch.Tensor] = None
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -111,8 +114,21 @@ class TensorData:
         layout = memory_format(device, self.x_train.dim())
         move = lambda t: t.to(device, non_blocking=True)  # noqa: E731
         move_inputs = lambda t: t.to(device, memory_format=layout, non_blocking=True)  # noqa: E731
+        held_out = {} if self.x_val is None else {"x_val": move_inputs(self.x_val), "y_val": move(self.y_val)}
         return replace(self, x_train=move_inputs(self.x_train), y_train=move(self.y_train),
-                       x_test=move_inputs(self.x_test), y_test=move(self.y_test))
+                       x_test=move_inputs(self.x_test), y_test=move(self.y_test), **held_out)
+
+
+def holdout(data: TensorData, fraction: float, seed: int) -> TensorData:
+    """Hold a seeded `fraction` of the training set out as a validation set (model selection without
+    looking at test). The kept training examples stay in their original order."""
+    n = len(data.x_train)
+    chosen = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:round(fraction * n)]
+    keep = torch.ones(n, dtype=torch.bool)
+    keep[chosen] = False
+    val = chosen.sort().values
+    return replace(data, x_train=data.x_train[keep], y_train=data.y_train[keep],
+                   x_val=data.x_train[val], y_val=data.y_train[val])
 
 
 def load_dataset(name: str, data_dir: str, download: bool, augment: bool, kwargs: dict[str, Any],
