@@ -135,8 +135,8 @@ def stop_group(jobs: list[Job], interrupted: Interrupted, code: int) -> None:
         write_status(job.run_dir, "interrupted", epoch=interrupted.epoch, step=interrupted.step,
                      resume=resume_command(job.cfg.command, job.run_dir))
     report_interrupted(f"kdrun: stacked group of {len(jobs)} interrupted in epoch {interrupted.epoch} after step "
-                       f"{interrupted.step}, every job's state saved to its last.pt; resume a job with: "
-                       f"{resume_command(jobs[0].cfg.command, jobs[0].run_dir)}")
+                       f"{interrupted.step}, every job's state saved to its last.pt; resume the sweep with: "
+                       f"{resume_command(jobs[0].cfg.command, jobs[0].run_dir.parent)}")
     sys.exit(code)
 
 
