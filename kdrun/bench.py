@@ -8,9 +8,18 @@ first epoch of each run dropped as a warm-up) and the one-off set-up time outsid
   plain        the student alone on hard labels (kdrun's loop)
   kd cached    distillation with the teacher's logits computed once (no augmentation)
   kd live      distillation with the teacher run on every batch (what augmentation needs)
+  feature      a feature method (the pair's `feature_method`): the teacher runs live for its stage
+               features, plus the method's own parts (CRD's memory bank, ReviewKD's fusion)
   bare loop    a hand-written PyTorch loop doing the cached-KD work, as a yardstick
   compiled     (with --compile) kd cached with the student's step under torch.compile
 and prints images/s and ratios to `plain`, plus device, dtype, batch size and threads.
+
+`streaming` (in the default `--pairs`) times the two ways data reaches the loop on the same
+images: a folder of generated JPEGs read, decoded and transformed by DataLoader workers every
+epoch, against the same images decoded once into a tensor on the device. Both train the same
+small student without random augmentation (so both do the same work per step and the data
+path sets the pace); the augmented streamed path (RandomResizedCrop + flip in the workers) is a
+third row.
 `--sweep` adds the README's 24-job sweep run serially, with joblib and stacked (kdrun.bench_sweep;
 several minutes, so not by default). Results also go to outputs/bench/<time>.json.
 """
@@ -19,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import tempfile
 import time
 from dataclasses import replace
 from datetime import datetime
@@ -29,8 +39,10 @@ import torch
 from rich.table import Table
 
 from kdrun.data import TensorData, load_dataset
+from kdrun.data.synthetic import write_image_folder
 from kdrun.engine import Recipe, autocast, fit, predict
 from kdrun.losses import KDLoss
+from kdrun.methods import MethodContext, build_method
 from kdrun.models import build_model
 from kdrun.rundir import write_json
 from kdrun.runtime import resolve_device, seed_everything
@@ -38,10 +50,12 @@ from kdrun.ui import console
 
 PAIRS = {
     "mnist1d": {"teacher": ("cnn1d", {"channels": 64}), "student": ("mlp", {"hidden": [100, 100]}),
-                "dataset": ("mnist1d", {}), "batch_size": 100},
+                "dataset": ("mnist1d", {}), "batch_size": 100,
+                # the mlp has no spatial stages (no reviewkd); 256 of CRD's 16384 negatives keep make bench short
+                "feature_method": {"name": "crd", "negatives": 256}},
     "cifar": {"teacher": ("resnet32x4", {}), "student": ("resnet8x4", {}),
               "dataset": ("fake", {"shape": [3, 32, 32], "num_classes": 100, "num_train": 256, "num_test": 64}),
-              "batch_size": 64},
+              "batch_size": 64, "feature_method": {"name": "reviewkd"}},
 }
 
 
@@ -95,12 +109,20 @@ def run_bench(pair: str, device_name: str, epochs: int, rounds: int, compile: bo
     student = build_model(spec["student"][0], data.num_classes, data.input_shape, spec["student"][1]).to(device)
     recipe, loss = Recipe(epochs=epochs, batch_size=spec["batch_size"], lr=1e-3), KDLoss(4.0, 0.9)
     live = replace(data, augment=lambda x, generator: x)  # identity "augmentation" forces the live path
+    method_options = spec["feature_method"]
+
+    def feature_method() -> torch.nn.Module:
+        return build_method(method_options, MethodContext(4.0, 0.9, data.num_classes, len(data.x_train), student,
+                                                          teacher, data.x_train[:2], data.y_train))
+
     scenarios = {
         "plain (student alone)": lambda: _epoch_seconds(fit(student, data, recipe, device)),
         "kd, cached teacher logits": lambda: _epoch_seconds(
             fit(student, data, recipe, device, teacher=teacher, loss=loss)),
         "kd, teacher run every batch": lambda: _epoch_seconds(
             fit(student, live, recipe, device, teacher=teacher, loss=loss)),
+        f"{method_options['name']}, teacher features live": lambda: _epoch_seconds(
+            fit(student, data, recipe, device, teacher=teacher, loss=feature_method())),
         "bare PyTorch loop (cached kd)": lambda: _bare_loop(student, teacher, data, recipe, loss),
     }
     if compile:
@@ -110,6 +132,59 @@ def run_bench(pair: str, device_name: str, epochs: int, rounds: int, compile: bo
             "train_samples": len(data.x_train), "batch_size": recipe.batch_size, "device": str(device),
             "dtype": "bf16 autocast" if device.type == "cuda" else "float32", "threads": torch.get_num_threads(),
             "epochs_per_run": epochs, "rounds": rounds, "scenarios": _round_robin(scenarios, rounds)}
+
+
+# A small student, so that the data path rather than the model sets the pace on a CPU.
+STREAMING = {"student": ("mlp", {"hidden": [256]}), "classes": 10, "images": 640, "side": 32,
+             "batch_size": 64, "workers": 2}
+
+
+def _in_memory(data, device: torch.device) -> TensorData:
+    """The streamed dataset's images, decoded once with its evaluation transform, as tensors on `device`."""
+    x_train, y_train = (torch.cat(parts) for parts in zip(*data._stream(
+        "train_plain", [[(i, 0) for i in range(start, min(start + 256, data.train_size))]
+                        for start in range(0, data.train_size, 256)], torch.device("cpu"))))
+    x_test, y_test = (torch.cat(parts) for parts in zip(*data.test_batches(torch.device("cpu"))))
+    return TensorData(data.name, x_train, y_train, x_test, y_test, data.num_classes).to(device)
+
+
+def run_streaming_bench(device_name: str, epochs: int, rounds: int, workers: int, images: int) -> dict:
+    spec = STREAMING
+    device = resolve_device(device_name)
+    with tempfile.TemporaryDirectory() as folder:
+        write_image_folder(Path(folder), classes=spec["classes"], train_per_class=max(1, images // spec["classes"]),
+                           val_per_class=8, size=(spec["side"] + 8, spec["side"] + 16), formats=("jpg",))
+        stream = {augment: load_dataset("image_folder", folder, False, augment, {}, image_size=spec["side"],
+                                        workers=workers) for augment in (False, True)}
+        memory = _in_memory(stream[False], device)
+        seed_everything(0)
+        student = build_model(spec["student"][0], memory.num_classes, memory.input_shape, spec["student"][1])
+        recipe = Recipe(epochs=epochs, batch_size=spec["batch_size"], lr=1e-3)
+        scenarios = {
+            "in memory (tensors on the device)": lambda: _epoch_seconds(fit(student, memory, recipe, device)),
+            f"streamed ({workers} DataLoader workers)": lambda: _epoch_seconds(
+                fit(student, stream[False], recipe, device)),
+            f"streamed + RandomResizedCrop/flip ({workers} workers)": lambda: _epoch_seconds(
+                fit(student, stream[True], recipe, device)),
+        }
+        timings = _round_robin(scenarios, rounds)
+    return {"pair": "streaming", "student": spec["student"][0], "dataset": f"generated JPEG folder, "
+            f"{spec['side']}x{spec['side']} crops", "train_samples": memory.train_size, "batch_size": recipe.batch_size,
+            "workers": workers, "device": str(device), "dtype": "bf16 autocast" if device.type == "cuda" else "float32",
+            "threads": torch.get_num_threads(), "epochs_per_run": epochs, "rounds": rounds, "scenarios": timings}
+
+
+def show_streaming(result: dict) -> None:
+    scenarios, n = result["scenarios"], result["train_samples"]
+    memory = next(iter(scenarios.values()))["epoch_seconds"]
+    table = Table(title=f"{result['student']} on {result['dataset']}, {n} images ({result['device']}, "
+                        f"{result['dtype']}, batch {result['batch_size']}, {result['threads']} threads)")
+    for column in ("data path", "s/epoch", "images/s", "ratio to in memory"):
+        table.add_column(column, justify="left" if column == "data path" else "right")
+    for label, timing in scenarios.items():
+        seconds = timing["epoch_seconds"]
+        table.add_row(label, f"{seconds:.3f}", f"{n / seconds:,.0f}", f"{seconds / memory:.2f}x")
+    console.print(table)
 
 
 def show(result: dict) -> None:
@@ -132,11 +207,13 @@ def show(result: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m kdrun.bench", description=__doc__.splitlines()[0])
-    parser.add_argument("--pairs", nargs="+", default=list(PAIRS), choices=list(PAIRS))
+    parser.add_argument("--pairs", nargs="+", default=[*PAIRS, "streaming"], choices=[*PAIRS, "streaming"])
     parser.add_argument("--device", default="auto")
     parser.add_argument("--epochs", type=int, default=3, help="epochs per run of a scenario; the first is a warm-up")
     parser.add_argument("--rounds", type=int, default=3, help="round-robin passes over the scenarios")
     parser.add_argument("--compile", action="store_true", help="add a torch.compile scenario (slow to compile)")
+    parser.add_argument("--workers", type=int, default=STREAMING["workers"], help="DataLoader workers (streaming)")
+    parser.add_argument("--images", type=int, default=STREAMING["images"], help="training images (streaming)")
     parser.add_argument("--sweep", action="store_true",
                         help="also the 24-job MNIST-1D sweep serial / joblib / stacked (minutes)")
     parser.add_argument("--sweep-epochs", type=int, default=100, help="epochs per job of --sweep (README: 100)")
@@ -145,6 +222,11 @@ def main(argv: list[str] | None = None) -> int:
     stamp = f"{datetime.now():%Y-%m-%d_%H-%M-%S_%f}"
     results = []
     for pair in args.pairs:
+        if pair == "streaming":
+            results.append(run_streaming_bench(args.device, max(2, args.epochs), max(1, args.rounds), args.workers,
+                                               args.images))
+            show_streaming(results[-1])
+            continue
         results.append(run_bench(pair, args.device, max(2, args.epochs), max(1, args.rounds), args.compile))
         show(results[-1])
     record = {"results": results}

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from kdrun.errors import KdrunError
-from kdrun.rundir import write_atomic
+from kdrun.rundir import write_atomic, writes
 
 log = logging.getLogger(__name__)
 
@@ -41,13 +41,19 @@ CHECKPOINT_VERSION = 1
 
 def save_checkpoint(path: Path, model: nn.Module, *, arch: str, arch_kwargs: dict[str, Any], num_classes: int,
                     input_shape: tuple[int, ...], dataset: str, config: dict[str, Any],
-                    metrics: dict[str, Any]) -> None:
-    """A checkpoint that says what it is: enough to rebuild the model without the config."""
+                    metrics: dict[str, Any], method_state: dict[str, Any] | None = None) -> None:
+    """A checkpoint that says what it is: enough to rebuild the model without the config (rank 0 writes it).
+
+    `method_state`: the distillation method's own trained parts (connectors, CRD's memory bank), if any.
+    """
+    if not writes():
+        return
     payload = {
         "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION,
         "arch": arch, "arch_kwargs": dict(arch_kwargs), "num_classes": num_classes,
         "input_shape": list(input_shape), "dataset": dataset, "config": config, "metrics": metrics,
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        **({"method_state": method_state} if method_state else {}),
     }
     write_atomic(path, lambda f: torch.save(payload, f))
 

@@ -12,9 +12,10 @@ import signal
 import sys
 from dataclasses import dataclass
 
-from kdrun.rundir import HYDRA
+from kdrun.rundir import HYDRA, follow_rank
 
 from kdrun.errors import KdrunError, fail
+from kdrun.jobenv import under_torchrun
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     from kdrun.sweep import is_sweep_dir, resume_sweep
 
     register_schemas()
+    if under_torchrun():  # rank 0 alone checks, holds and writes the run dir (kdrun.rundir)
+        follow_rank(int(os.environ.get("RANK", "0")))
     if not any(flag in rest for flag in COMPLETION_FLAGS):
         try:
             if is_resume(rest):
@@ -78,11 +81,26 @@ def main(argv: list[str] | None = None) -> int:
                 os.chdir(launch_dir(target / HYDRA / "hydra.yaml"))  # relative paths in its config mean what they did
             check_overrides(command.config_name, [a for a in rest if ("=" in a or a.startswith("~")) and not a.startswith("-")])
             if not any(flag in rest for flag in INFO_FLAGS):
-                check_output_dir(rest, multirun=any(a in ("-m", "--multirun") for a in rest),
-                                 create=not any(a in ("--cfg", "-c") for a in rest), resuming=is_resume(rest))
+                multirun = any(a in ("-m", "--multirun") for a in rest)
+                check_output_dir(rest, multirun=multirun, create=not any(a in ("--cfg", "-c") for a in rest),
+                                 resuming=is_resume(rest))
+                if under_torchrun():
+                    rest = torchrun_overrides(name, command, rest, multirun)
         except KdrunError as error:
             return fail(str(error))
     return launch(name, command, config_dir(), rest)
+
+
+def torchrun_overrides(name: str, command: Command, rest: list[str], multirun: bool) -> list[str]:
+    """One run on all ranks: refuse what cannot be shared, then give every rank rank 0's run directory."""
+    if multirun:
+        raise KdrunError("torchrun runs one job on several processes; drop -m (a sweep of multi-process jobs: "
+                         "hydra/launcher=slurm with hydra.launcher.tasks_per_node=N)")
+    if command.config_name == "inspect_teacher":
+        raise KdrunError(f"{name} runs on one process; start it without torchrun")
+    from kdrun.distributed import shared_overrides  # torch: only under torchrun
+
+    return shared_overrides(command.config_name, rest)
 
 
 def plain_command(command: Command, rest: list[str]) -> int:

@@ -1,10 +1,21 @@
 """The training loop: plain modules, tensors and numbers in, per-epoch metrics out.
 
-It never reads Hydra state, so tests and other tools can call it directly. Batches are
-indexed from tensors already on the device. The frozen teacher's logits come from a cache
-computed once when the dataset has no random augmentation; with augmentation the teacher
-sees the same augmented batch as the student ("consistent teaching", Beyer et al. 2022).
-The loop keeps running sums on the device and syncs with the host once per epoch.
+It never reads Hydra state, so tests and other tools can call it directly. Batches come
+from the dataset (`train_batches`: indexed from tensors already on the device, or streamed by
+DataLoader workers). The frozen teacher's logits come from a cache computed once when the
+training inputs are the same every epoch; otherwise the teacher sees the same augmented batch
+as the student ("consistent teaching", Beyer et al. 2022). The loop keeps running sums on the
+device and syncs with the host once per epoch.
+
+On several processes (torchrun, SLURM; see kdrun/distributed.py) the student is wrapped in
+DistributedDataParallel and each rank trains on its strided share of every global batch. Each
+rank's mean loss is scaled by its share of the global batch, so the averaged gradient is the
+gradient of the global batch's mean loss: the same steps as one process with that batch.
+
+The loss is a `kdrun.methods.Method`: each step it gets one `Batch` (student logits, labels,
+teacher logits, sample indices, and the named stage features it asked for). A method's own
+trainable parts are optimised with the student and saved in every snapshot. A method that reads
+teacher features runs the teacher live on every batch: features are never cached.
 
 A run can be checkpointed (`Loop.snapshot`) after any step and continued from that snapshot
 bitwise-identically on CPU: the snapshot holds every random state the loop draws from.
@@ -17,14 +28,17 @@ import re
 import time
 import warnings
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Protocol
+from typing import Any, Callable, Iterable, Optional, Protocol
 
 import torch
 from torch import nn
 
-from kdrun.data import TensorData
+from kdrun.data import EpochPlan, batch_sizes
+from kdrun.distributed import all_sum, any_rank, context, share_buffers
 from kdrun.errors import Interrupted, KdrunError
-from kdrun.losses import Loss, cross_entropy
+from kdrun.losses import cross_entropy
+from kdrun.methods import Batch, Method, as_method
+from kdrun.models.stages import tap
 from kdrun.runtime import memory_format
 from kdrun.trainstate import capture_rng, plain_scheduler_state, restore_rng, restore_scheduler
 
@@ -52,13 +66,16 @@ class Recipe:
     compile: bool = False
 
 
-def make_optimizer(model: nn.Module, recipe: Recipe) -> tuple[torch.optim.Optimizer, Any]:
-    """The optimiser and a per-epoch learning-rate schedule."""
+def make_optimizer(model: nn.Module, recipe: Recipe, extra: Iterable[nn.Parameter] = ()
+                   ) -> tuple[torch.optim.Optimizer, Any]:
+    """The optimiser of the model's parameters (and `extra` ones: a method's connectors) and a per-epoch
+    learning-rate schedule."""
+    params = [*model.parameters(), *extra]
     if recipe.optimizer == "sgd":
-        optimizer = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum,
+        optimizer = torch.optim.SGD(params, lr=recipe.lr, momentum=recipe.momentum,
                                     weight_decay=recipe.weight_decay, nesterov=recipe.nesterov)
     else:
-        optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
+        optimizer = torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
     if recipe.schedule == "cosine":
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=recipe.epochs)
     elif recipe.schedule == "multistep":
@@ -83,26 +100,45 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 1024) -> torch.
     return logits.clone()
 
 
-def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
-    return (predict(model, x).argmax(1) == y).float().mean().item()
+def evaluate(model: nn.Module, data: Any, device: torch.device) -> float:
+    """Test accuracy; on several ranks each evaluates its share of the test set and the counts are summed."""
+    was_training = model.training
+    model.eval()
+    counts = torch.zeros(2, device=device)  # correct, seen
+    with torch.inference_mode(), autocast(device):
+        for inputs, labels in data.test_batches(device):
+            counts += torch.stack([(model(inputs).argmax(1) == labels).sum(), torch.tensor(len(labels), device=device)])
+    model.train(was_training)
+    correct, seen = all_sum(counts.clone())
+    return (correct / seen).item()
 
 
 class TeacherTargets:
-    """The frozen teacher's logits for a training batch: cached by index, or computed live.
+    """The frozen teacher's logits (and named stage features) for a training batch: cached or live.
 
-    The cache is keyed by sample index, which is only correct when the student sees the
-    un-augmented sample; with augmentation the teacher runs on the augmented batch.
+    The logit cache is keyed by sample index, which is only correct when the student sees the
+    same inputs every epoch; with augmentation (or streamed data), or when stage features are
+    asked for, the teacher runs on the batch.
     """
 
-    def __init__(self, teacher: nn.Module, data: TensorData, logits: Optional[torch.Tensor] = None) -> None:
-        """`logits`: the teacher's logits for `data.x_train` if already known (e.g. from the sweep's cache)."""
+    def __init__(self, teacher: nn.Module, data: Any, logits: Optional[torch.Tensor] = None,
+                 stages: tuple[str, ...] = ()) -> None:
+        """`logits`: the teacher's logits for `data.x_train` if already known (e.g. from the sweep's cache);
+        `stages`: the named stages whose features the method reads (then the teacher always runs live)."""
         self.teacher = teacher.eval().requires_grad_(False)
+        self.stages = list(stages)
         self.cache = None
-        if data.augment is None:
+        if data.static_inputs and not stages:
             self.cache = logits if logits is not None else predict(teacher, data.x_train)
 
-    def __call__(self, index: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
-        return self.cache[index] if self.cache is not None else predict(self.teacher, inputs, len(inputs))
+    def __call__(self, index: torch.Tensor, inputs: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        if self.cache is not None:
+            return self.cache[index], {}
+        if not self.stages:
+            return predict(self.teacher, inputs, len(inputs)), {}
+        with torch.no_grad(), autocast(inputs.device), tap(self.teacher, self.stages) as features:
+            logits = self.teacher(inputs).float()
+        return logits, {name: f.float() for name, f in features.items()}
 
 
 @dataclass
@@ -115,15 +151,17 @@ class Loop:
     order: torch.Generator
     augment_rng: torch.Generator
     history: list[dict[str, float]]
+    method: Optional[Method] = None  # its trainable parts and buffers (connectors, CRD's memory bank)
 
     def snapshot(self, step: int = 0, perm: Optional[torch.Tensor] = None, sums: Optional[torch.Tensor] = None,
                  bad_step: Optional[torch.Tensor] = None, seconds: float = 0.0) -> dict[str, Any]:
         """The state after `len(history)` whole epochs plus `step` steps of the next (0: at an epoch boundary)."""
         return {
-            "epoch": len(self.history), "step": step, "seconds": seconds,
-            "perm": perm, "sums": None if sums is None else sums.cpu(),
+            "epoch": len(self.history), "step": step, "seconds": seconds, "world_size": context().world_size,
+            "perm": perm, "sums": None if sums is None else all_sum(sums.clone()).cpu(),  # rank 0 resumes the totals
             "bad_step": None if bad_step is None else bad_step.cpu(),
             "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            "method": {} if self.method is None else {k: v.detach().cpu() for k, v in self.method.state_dict().items()},
             "optimizer": self.optimizer.state_dict(),
             "scheduler": plain_scheduler_state(self.scheduler.state_dict()),
             "scaler": None,  # bf16 autocast needs no GradScaler
@@ -134,6 +172,8 @@ class Loop:
     def restore(self, state: dict[str, Any]) -> None:
         """Continue from a snapshot; the random states last, after anything that might draw from them."""
         self.model.load_state_dict(state["model"])
+        if self.method is not None:
+            self.method.load_state_dict(state.get("method", {}))
         self.optimizer.load_state_dict(state["optimizer"])
         restore_scheduler(self.scheduler, state["scheduler"])
         self.history[:] = [dict(row) for row in state["history"]]
@@ -142,11 +182,22 @@ class Loop:
 
 def _epoch_start(partial: Optional[dict[str, Any]], order: torch.Generator, n: int,
                  device: torch.device) -> tuple[torch.Tensor, int, torch.Tensor, torch.Tensor]:
-    """Batch order, first step, running sums and first-bad-step record: fresh, or an interrupted epoch's."""
-    if partial:
-        return partial["perm"], partial["step"], partial["sums"].to(device), partial["bad_step"].to(device)
+    """Batch order, first step, running sums and first-bad-step record: fresh, or an interrupted epoch's
+    (whose sums, already totalled over ranks, continue on rank 0 only)."""
     bad_step = torch.zeros((), dtype=torch.long, device=device)  # first non-finite step (1-based), 0 = none
+    if partial:
+        sums = partial["sums"].to(device) if context().is_main else torch.zeros(3, device=device)
+        return partial["perm"], partial["step"], sums, partial["bad_step"].to(device)
     return torch.randperm(n, generator=order), 0, torch.zeros(3, device=device), bad_step
+
+
+def _trained_module(model: nn.Module, device: torch.device) -> nn.Module:
+    """The module the loop calls: the model itself, or on several ranks its DistributedDataParallel wrapper."""
+    if not context().distributed:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
 
 
 def _schedule_step(scheduler: Any, resumed_after_last_step: bool) -> None:
@@ -162,10 +213,11 @@ def _checkpoint_due(epoch: int, every: int, epochs: int) -> bool:
     return every > 0 and (epoch % every == 0 or epoch == epochs)
 
 
-def nonfinite_cause(data: TensorData, recipe: Recipe, first_step: bool, distilling: bool, ce_finite: bool) -> str:
+def nonfinite_cause(data: Any, recipe: Recipe, first_step: bool, distilling: bool, ce_finite: bool) -> str:
     """The likely cause of a non-finite loss, most specific first: the data, the distillation term (T),
     the model before any update, else the learning rate."""
-    if not (torch.isfinite(data.x_train).all() and torch.isfinite(data.x_test).all()):
+    in_memory = hasattr(data, "x_train")  # a streamed set cannot be checked whole
+    if in_memory and not (torch.isfinite(data.x_train).all() and torch.isfinite(data.x_test).all()):
         return "the training data contains NaN or inf; check the dataset (and dataset.kwargs)"
     if distilling and ce_finite:
         return "the distillation term is not finite while cross-entropy is; check T (try T=4) and the teacher's logits"
@@ -176,8 +228,23 @@ def nonfinite_cause(data: TensorData, recipe: Recipe, first_step: bool, distilli
             + (", or check T" if distilling else ""))
 
 
-def fit(model: nn.Module, data: TensorData, recipe: Recipe, device: torch.device, *,
-        loss: Loss = cross_entropy, teacher: Optional[nn.Module] = None,
+def student_step(forward: Callable, model: nn.Module, stages: tuple[str, ...], inputs: torch.Tensor,
+                 device: torch.device) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The student's logits and the stage features its method reads (float32)."""
+    with autocast(device), tap(model, list(stages)) as features:
+        logits = forward(inputs).float()
+    return logits, {name: f.float() for name, f in features.items()}
+
+
+def epoch_accuracy(model: nn.Module, data: Any, device: torch.device) -> dict[str, float]:
+    """Test accuracy, and validation accuracy when the dataset holds a validation split."""
+    val = getattr(data, "x_val", None)  # the whole split on every rank: it is small
+    held_out = {"val_acc": (predict(model, val).argmax(1) == data.y_val).float().mean().item()} if val is not None else {}
+    return {**held_out, "test_acc": evaluate(model, data, device)}
+
+
+def fit(model: nn.Module, data: Any, recipe: Recipe, device: torch.device, *,
+        loss: Any = cross_entropy, teacher: Optional[nn.Module] = None,
         teacher_logits: Optional[torch.Tensor] = None,
         on_epoch: Optional[Callable[[dict[str, float]], None]] = None,
         progress: Optional[StepProgress] = None,
@@ -185,64 +252,73 @@ def fit(model: nn.Module, data: TensorData, recipe: Recipe, device: torch.device
         checkpoint: Optional[Callable[[dict[str, Any]], None]] = None,
         checkpoint_every: int = 1,
         stop: Optional[Callable[[], bool]] = None) -> list[dict[str, float]]:
-    """Train `model` on `data` (already on `device`) by `loss`, fed the frozen teacher's logits if given
-    (`teacher_logits`: its logits for the un-augmented training set, when already computed).
+    """Train `model` on `data` (a `TensorData` already on `device`, or a `StreamingData`) by `loss` (a Method,
+    or a plain logit loss), with the frozen teacher's logits and features if given (`teacher_logits`: its
+    logits for the un-augmented training set, when already computed).
 
-    Returns one metrics dict per epoch: epoch, train_loss, test_acc, lr, seconds (+ ce, kd with a teacher).
+    Returns one metrics dict per epoch: epoch, train_loss, test_acc, lr, seconds (+ ce, kd with a teacher;
+    + val_acc with a validation split).
     `checkpoint(snapshot)` is called every `checkpoint_every` epochs (and at the last), `state` (such a
     snapshot) continues a run exactly where it stopped, and `stop()` is asked after every step: when true,
     the loop checkpoints mid-epoch and raises `Interrupted`. `stop` must be a cheap host-side flag.
     """
-    model.to(device, memory_format=memory_format(device, data.x_train.dim())).train()
-    forward = torch.compile(model) if recipe.compile else model
-    targets = TeacherTargets(teacher, data, teacher_logits) if teacher is not None else None
-    optimizer, scheduler = make_optimizer(model, recipe)
+    ctx = context()
+    model.to(device, memory_format=memory_format(device, len(data.input_shape) + 1)).train()
+    trained = _trained_module(model, device)
+    forward = torch.compile(trained) if recipe.compile else trained
+    method = as_method(loss).to(device).train()
+    if ctx.distributed and any(True for _ in method.parameters()):
+        raise KdrunError("this method has trainable parts, which torchrun does not synchronise across processes "
+                         "yet; run it in one process")
+    targets = (TeacherTargets(teacher, data, teacher_logits, method.teacher_stages)
+               if teacher is not None and method.needs_teacher else None)
+    optimizer, scheduler = make_optimizer(model, recipe, extra=method.parameters())
     loop = Loop(model, optimizer, scheduler, torch.Generator().manual_seed(recipe.seed),
-                torch.Generator(device=device).manual_seed(recipe.seed + 1), [])
+                torch.Generator(device=device).manual_seed(recipe.seed + 1), [], method)
     partial = None
     if state is not None:
         loop.restore(state)
         partial = state if state["step"] else None
-    n, history = len(data.x_train), loop.history
-    steps = math.ceil(n / recipe.batch_size)
+    n, history = data.train_size, loop.history
+    sizes = batch_sizes(n, recipe.batch_size, ctx.world_size)
+    steps, seen = len(sizes), sum(sizes)
     for epoch in range(len(history) + 1, recipe.epochs + 1):
         started = time.perf_counter() - (partial["seconds"] if partial else 0.0)
         lr = optimizer.param_groups[0]["lr"]
         perm, first, sums, bad_step = _epoch_start(partial, loop.order, n, device)
         partial = None
-        batches = perm.to(device).split(recipe.batch_size)
+        plan = EpochPlan(epoch, perm, sizes, first, recipe.seed)
         if progress:
             progress.start_epoch(epoch, steps)
             for _ in range(first):
                 progress.advance()
-        for step in range(first, steps):
-            index = batches[step]
-            inputs, labels = data.x_train[index], data.y_train[index]
-            if data.augment is not None:
-                inputs = data.augment(inputs, loop.augment_rng)
-            with autocast(device):
-                logits = forward(inputs).float()
-            parts = loss(logits, labels, targets(index, inputs) if targets else None)
+        for step, (index, inputs, labels) in enumerate(data.train_batches(plan, device, loop.augment_rng), first):
+            logits, features = student_step(forward, model, method.student_stages, inputs, device)
+            t_logits, t_features = targets(index, inputs) if targets else (None, {})
+            parts = method(Batch(logits, labels, t_logits, index, features, t_features))
             optimizer.zero_grad(set_to_none=True)
-            parts.total.backward()
+            # DDP averages gradients over ranks: weigh each rank's mean by its share of the global batch.
+            share = parts.total * (len(labels) * ctx.world_size / sizes[step]) if ctx.distributed else parts.total
+            share.backward()
             optimizer.step()
             total = parts.total.detach()
-            sums += torch.stack([p.detach() for p in parts]) * len(index)
+            sums += torch.stack([p.detach() for p in parts]) * len(labels)
             bad_step = torch.where((bad_step == 0) & ~torch.isfinite(total), step + 1, bad_step)  # no host sync
             if progress:
                 progress.advance()
-            if stop is not None and stop():
+            if stop is not None and any_rank(stop(), device):
                 if checkpoint:
                     checkpoint(loop.snapshot(step + 1, perm, sums, bad_step, time.perf_counter() - started))
                 raise Interrupted(epoch, step + 1, saved=checkpoint is not None)
         _schedule_step(scheduler, resumed_after_last_step=first == steps)
-        train_loss, ce, kd = (sums / n).tolist()
+        share_buffers(model)
+        train_loss, ce, kd = (all_sum(sums) / seen).tolist()
         if not math.isfinite(train_loss):
             raise KdrunError(f"training loss became {train_loss} in epoch {epoch}, step {int(bad_step)} of {steps}; "
                              + nonfinite_cause(data, recipe, epoch == 1 and int(bad_step) == 1, targets is not None,
                                                math.isfinite(ce)))
-        row = {"epoch": epoch, "train_loss": train_loss, **({"ce": ce, "kd": kd} if targets else {}),
-               "test_acc": accuracy(model, data.x_test, data.y_test), "lr": lr,
+        row = {"epoch": epoch, "train_loss": train_loss, **({"ce": ce, "kd": kd} if teacher is not None else {}),
+               **epoch_accuracy(model, data, device), "lr": lr,
                "seconds": time.perf_counter() - started}
         history.append(row)
         if on_epoch:

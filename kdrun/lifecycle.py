@@ -92,8 +92,10 @@ def cli_name(command: str) -> str:
     return command.replace("_", "-")
 
 
-def resume_command(command: str, run_dir: object) -> str:
-    return f"kdrun {cli_name(command)} resume={run_dir}"
+def resume_command(command: str, run_dir: object, processes: int = 1) -> str:
+    """How to continue a run; one saved by several processes continues on as many (torchrun, one node)."""
+    launcher = f"torchrun --nproc_per_node={processes} -m kdrun" if processes > 1 else "kdrun"
+    return f"{launcher} {cli_name(command)} resume={run_dir}"
 
 
 def report_interrupted(message: str) -> None:

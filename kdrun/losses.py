@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple, Optional, Protocol
+from typing import NamedTuple, Optional, Protocol
 
 import torch
 import torch.nn.functional as F
 
-from kdrun.config import LOSSES  # one list of loss names; config imports no torch
 
 class LossParts(NamedTuple):
     total: torch.Tensor
@@ -16,7 +15,8 @@ class LossParts(NamedTuple):
 
 
 class Loss(Protocol):
-    """What the engine calls every step: student logits, hard labels, the teacher's logits (or None)."""
+    """A plain logit loss: student logits, hard labels, the teacher's logits (or None). The engine wraps it
+    as a `kdrun.methods.Method` (`as_method`)."""
 
     def __call__(self, student_logits: torch.Tensor, targets: torch.Tensor,
                  teacher_logits: Optional[torch.Tensor]) -> LossParts: ...
@@ -40,6 +40,16 @@ def smoothed_cross_entropy(epsilon: float) -> Loss:
     return loss
 
 
+def standardize(logits: torch.Tensor) -> torch.Tensor:
+    """Z-score each row of logits (Sun et al. 2024, "Logit Standardization in Knowledge Distillation", CVPR):
+    (z - mean(z)) / (std(z) + 1e-7), so the student matches the teacher's logit *shape*, not its scale."""
+    return (logits - logits.mean(dim=1, keepdim=True)) / (logits.std(dim=1, keepdim=True) + 1e-7)
+
+
+def maybe_standardize(logits: Optional[torch.Tensor], on: bool) -> Optional[torch.Tensor]:
+    return standardize(logits) if on and logits is not None else logits
+
+
 def soft_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, T: float) -> torch.Tensor:
     """KL(softmax(z_t/T) || softmax(z_s/T)), summed over classes, averaged over the batch."""
     return F.kl_div(F.log_softmax(student_logits / T, dim=1), F.log_softmax(teacher_logits / T, dim=1),
@@ -55,16 +65,18 @@ class KDLoss:
     targets only). RepDistiller/mdistiller's "CE 0.1, KD 0.9" is alpha=0.9; torchdistill
     puts alpha on the CE term instead. The soft term's gradient scales as 1/T^2, so the
     T^2 factor keeps its weight comparable across temperatures. The teacher's logits are
-    detached: the teacher never receives a gradient.
+    detached: the teacher never receives a gradient. `logit_std` z-scores both logits in the KD
+    term only (see `standardize`); CE always sees the raw logits.
     """
 
-    def __init__(self, T: float, alpha: float) -> None:
-        self.T, self.alpha = T, alpha
+    def __init__(self, T: float, alpha: float, logit_std: bool = False) -> None:
+        self.T, self.alpha, self.logit_std = T, alpha, logit_std
 
     def __call__(self, student_logits: torch.Tensor, targets: torch.Tensor,
                  teacher_logits: torch.Tensor) -> LossParts:
         ce = F.cross_entropy(student_logits, targets)
-        kd = soft_kl(student_logits, teacher_logits.detach(), self.T) * self.T**2
+        zs, zt = maybe_standardize(student_logits, self.logit_std), maybe_standardize(teacher_logits.detach(), self.logit_std)
+        kd = soft_kl(zs, zt, self.T) * self.T**2
         return LossParts(self.alpha * kd + (1 - self.alpha) * ce, ce, kd)
 
 
@@ -110,8 +122,8 @@ class SyntheticTeacherLoss:
     The subclasses say which q; alpha and T mean what they mean in `KDLoss`.
     """
 
-    def __init__(self, T: float, alpha: float, num_classes: int) -> None:
-        self.T, self.alpha, self.num_classes = T, alpha, num_classes
+    def __init__(self, T: float, alpha: float, num_classes: int, logit_std: bool = False) -> None:
+        self.T, self.alpha, self.num_classes, self.logit_std = T, alpha, num_classes, logit_std
 
     def targets(self, labels: torch.Tensor, teacher_logits: Optional[torch.Tensor]) -> torch.Tensor:
         raise NotImplementedError
@@ -119,8 +131,9 @@ class SyntheticTeacherLoss:
     def __call__(self, student_logits: torch.Tensor, labels: torch.Tensor,
                  teacher_logits: Optional[torch.Tensor]) -> LossParts:
         ce = F.cross_entropy(student_logits, labels)
-        q = self.targets(labels, None if teacher_logits is None else teacher_logits.detach())
-        kd = target_kl(student_logits, q, self.T) * self.T**2
+        teacher_logits = None if teacher_logits is None else teacher_logits.detach()
+        q = self.targets(labels, maybe_standardize(teacher_logits, self.logit_std))
+        kd = target_kl(maybe_standardize(student_logits, self.logit_std), q, self.T) * self.T**2
         return LossParts(self.alpha * kd + (1 - self.alpha) * ce, ce, kd)
 
 
@@ -136,8 +149,8 @@ class LabelSmoothingLoss(SyntheticTeacherLoss):
     smoothing's: KL(q || p) = CE(q, p) - H(q).
     """
 
-    def __init__(self, T: float, alpha: float, num_classes: int, epsilon: float) -> None:
-        super().__init__(T, alpha, num_classes)
+    def __init__(self, T: float, alpha: float, num_classes: int, epsilon: float, logit_std: bool = False) -> None:
+        super().__init__(T, alpha, num_classes, logit_std)
         self.epsilon = epsilon
 
     def targets(self, labels: torch.Tensor, teacher_logits: Optional[torch.Tensor]) -> torch.Tensor:
@@ -166,8 +179,8 @@ class ClassSimilarityLoss(SyntheticTeacherLoss):
     which carries which classes resemble which, but nothing about the example itself.
     """
 
-    def __init__(self, T: float, alpha: float, class_matrix: torch.Tensor) -> None:
-        super().__init__(T, alpha, class_matrix.shape[0])
+    def __init__(self, T: float, alpha: float, class_matrix: torch.Tensor, logit_std: bool = False) -> None:
+        super().__init__(T, alpha, class_matrix.shape[0], logit_std)
         self.class_matrix = class_matrix
 
     def targets(self, labels: torch.Tensor, teacher_logits: Optional[torch.Tensor]) -> torch.Tensor:
@@ -189,8 +202,9 @@ class DKDLoss:
     weighted KD term (alpha * TCKD + beta * NCKD) * T^2.
     """
 
-    def __init__(self, T: float, alpha: float = 1.0, beta: float = 8.0, warmup: int = 0) -> None:
-        self.T, self.alpha, self.beta, self.warmup = T, alpha, beta, warmup
+    def __init__(self, T: float, alpha: float = 1.0, beta: float = 8.0, warmup: int = 0,
+                 logit_std: bool = False) -> None:
+        self.T, self.alpha, self.beta, self.warmup, self.logit_std = T, alpha, beta, warmup, logit_std
         self.epoch = 1
 
     def start_epoch(self, epoch: int) -> None:
@@ -202,7 +216,8 @@ class DKDLoss:
     def __call__(self, student_logits: torch.Tensor, labels: torch.Tensor,
                  teacher_logits: torch.Tensor) -> LossParts:
         ce = F.cross_entropy(student_logits, labels)
-        tckd, nckd = dkd_terms(student_logits, teacher_logits.detach(), labels, self.T)
+        zs, zt = maybe_standardize(student_logits, self.logit_std), maybe_standardize(teacher_logits.detach(), self.logit_std)
+        tckd, nckd = dkd_terms(zs, zt, labels, self.T)
         kd = (self.alpha * tckd + self.beta * nckd) * self.T**2
         return LossParts(ce + self.weight() * kd, ce, kd)
 
@@ -234,27 +249,3 @@ def log_target_vs_rest(scaled_logits: torch.Tensor, mask: torch.Tensor) -> torch
     log_target = torch.logsumexp(scaled_logits.masked_fill(~mask, float("-inf")), dim=1, keepdim=True)
     log_rest = torch.logsumexp(scaled_logits.masked_fill(mask, float("-inf")), dim=1, keepdim=True)
     return torch.cat([log_target, log_rest], dim=1) - log_total
-
-
-def build_loss(cfg: Any, teacher_stats: Any = None) -> Loss:
-    """The loss for `cfg.loss.name`, with the run's T and alpha (dkd: loss.alpha, loss.beta).
-
-    `teacher_stats` (kdrun.knowledge.TeacherStats, from the teacher on the training set) gives
-    ls its default epsilon and kd_sim its class-relationship matrix.
-    """
-    spec, T, alpha = cfg.loss, float(cfg.T), float(cfg.alpha)
-    name = spec.name
-    if name == "ce":
-        return cross_entropy
-    if name == "kd":
-        return KDLoss(T, alpha)
-    if name == "dkd":
-        return DKDLoss(T, float(spec.alpha), float(spec.beta), int(spec.warmup))
-    if name == "kd_pt":
-        return TrueClassProbLoss(T, alpha, teacher_stats.num_classes)
-    if name == "kd_sim":
-        return ClassSimilarityLoss(T, alpha, teacher_stats.class_matrix)
-    if name == "ls":
-        epsilon = teacher_stats.epsilon if spec.epsilon is None else float(spec.epsilon)
-        return LabelSmoothingLoss(T, alpha, teacher_stats.num_classes, epsilon)
-    raise ValueError(f"unknown loss '{name}'; choose one of {', '.join(LOSSES)}")

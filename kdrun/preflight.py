@@ -120,10 +120,15 @@ def _compose(config_name: str, overrides: list[str], check: bool = True) -> Dict
     except (HydraException, OmegaConfBaseException) as error:
         raise ConfigError(_one_line(error)) from None
     except OverflowError as error:  # a 400-digit number for a float key
-        raise ConfigError(f"a number in {' '.join(overrides)[:120]}... is too large ({str(error).splitlines()[0]}); "
+        huge = [o.split("=", 1)[0] for o in overrides if len(o.split("=", 1)[-1]) > 308]
+        raise ConfigError(f"{huge[0] if huge else 'a value'} is too large ({str(error).splitlines()[0]}); "
                           "use a value below 1e308") from None
     if check:
         validate(cfg)
+        if "loss" in cfg:
+            from kdrun.methods import parse_params  # the methods' schemas live with their torch code
+
+            parse_params(cfg.loss)
     return cfg
 
 
@@ -176,6 +181,14 @@ def compose_plain(config_name: str, overrides: list[str]) -> dict:
     task = [o.input_line for o in _parse(overrides) if not o.is_hydra_override()]
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3", job_name="preflight"):
         return OmegaConf.to_container(_compose(config_name, task, check=False))
+
+
+def run_dir_of(config_name: str, overrides: list[str]) -> str:
+    """The run directory these overrides give, resolved now (its timestamp included)."""
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3", job_name="preflight"):
+        cfg = compose(config_name=config_name, overrides=[o for o in overrides if "=" in o and not o.startswith("-")],
+                      return_hydra_config=True)
+        return str(OmegaConf.select(cfg, "hydra.run.dir"))
 
 
 def _static_prefix(path: str) -> Path:

@@ -4,6 +4,10 @@
 gets `status.json` with the error instead, so nothing unfinished looks finished. A run
 holds its directory's lock (`.kdrun.lock`, an flock the OS drops with the process) for its
 whole life, so no second process writes into it. No torch here: the CLI and `report` use it too.
+
+In a job of several processes (torchrun, SLURM) only rank 0 writes run outputs and holds the
+lock: the writers here, and `save_checkpoint`/`save_state` (the model files, teacher store
+included), skip the other ranks' writes (`follow_rank`, `writes`).
 """
 
 from __future__ import annotations
@@ -36,6 +40,19 @@ def _umask() -> int:
     os.umask(mask)
     return mask
 
+_writes = True  # false on the ranks other than 0 of a distributed job
+
+
+def follow_rank(rank: int) -> None:
+    """Let only rank 0 of a distributed job write (see the module docstring)."""
+    global _writes
+    _writes = rank == 0
+
+
+def writes() -> bool:
+    """Whether this process writes run outputs (false on ranks other than 0)."""
+    return _writes
+
 
 def write_atomic(path: Path, write: Any) -> None:
     """Call `write(file)` on a temporary file beside `path`, fsync, then rename over `path`."""
@@ -62,10 +79,14 @@ def _write_failed(error: RuntimeError, path: Path) -> OSError:
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
+    if not _writes:
+        return
     write_atomic(path, lambda f: f.write((json.dumps(data, indent=2) + "\n").encode()))
 
 
 def append_metrics(run_dir: Path, row: dict[str, Any]) -> None:
+    if not _writes:
+        return
     with open(run_dir / METRICS, "a") as handle:
         handle.write(json.dumps(row) + "\n")
 
@@ -83,6 +104,8 @@ def write_status(run_dir: Path, status: str, **fields: Any) -> None:
 
 def delete_status(run_dir: Path) -> None:
     """A resumed run is running again: its old `interrupted` status no longer holds."""
+    if not _writes:
+        return
     (run_dir / STATUS).unlink(missing_ok=True)
 
 
@@ -116,6 +139,8 @@ def forget_unfinished(run_dir: Path) -> None:
 
 def rewrite_metrics(run_dir: Path, rows: list[dict[str, Any]]) -> None:
     """Replace metrics.jsonl by `rows` (a resumed run's history), so no epoch appears twice."""
+    if not _writes:
+        return
     write_atomic(run_dir / METRICS, lambda f: f.write("".join(json.dumps(r) + "\n" for r in rows).encode()))
 
 
@@ -131,7 +156,11 @@ def _lock(run_dir: Path) -> FileLock:
 
 @contextmanager
 def owned(run_dir: Path) -> Iterator[None]:
-    """Hold `run_dir` for the life of a run; a second process gets a one-line error instead of writing into it."""
+    """Hold `run_dir` for the life of a run; a second process gets a one-line error instead of writing into it.
+    In a job of several processes rank 0 holds it for all."""
+    if not _writes:
+        yield
+        return
     lock = _lock(run_dir)
     try:
         lock.acquire(timeout=0)
@@ -146,6 +175,6 @@ def owned(run_dir: Path) -> Iterator[None]:
 
 def check_not_in_use(run_dir: Path) -> None:
     """Raise the `owned` error now (before Hydra rewrites the dir's .hydra/ and log) if another process holds it."""
-    if (run_dir / LOCK).exists():
+    if _writes and (run_dir / LOCK).exists():
         with owned(run_dir):
             pass

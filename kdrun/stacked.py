@@ -11,7 +11,7 @@ matmuls sum in another order). BatchNorm keeps running statistics per job (stack
 
 Each job keeps an ordinary `engine.Loop` (its module, a torch optimiser and scheduler, its
 generators, its history): its learning rate comes from its own scheduler, its test accuracy
-from `engine.accuracy` on its own module, and its `last.pt` is `Loop.snapshot`, so a job of
+from `engine.evaluate` on its own module, and its `last.pt` is `Loop.snapshot`, so a job of
 a group resumes alone or in a group alike.
 """
 
@@ -31,8 +31,8 @@ from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from kdrun.data import TensorData
-from kdrun.engine import Loop, Recipe, StepProgress, accuracy, autocast, make_optimizer
-from kdrun.errors import Interrupted
+from kdrun.engine import Loop, Recipe, StepProgress, autocast, evaluate, make_optimizer
+from kdrun.errors import Interrupted, KdrunError
 
 ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-8  # torch.optim.AdamW's defaults, which make_optimizer uses
 
@@ -251,6 +251,9 @@ def fit_group(members: list[Member], data: TensorData, device: torch.device, *,
     `failed` and recorded no further; the others go on. On `stop()`, every member checkpoints
     and `Interrupted` is raised. `after_epoch(epoch)` is called once per epoch, after the members' rows.
     """
+    if not isinstance(data, TensorData):
+        raise KdrunError(f"stacked training needs an in-memory dataset; '{data.name}' is streamed from disk: "
+                         "sweep it with another hydra/launcher")
     for m in members:
         m.model.to(device).train()
     _start(members, device)
@@ -326,7 +329,7 @@ def _end_epoch(members: list[Member], model: StackedModel, optimizer: StackedOpt
             continue
         model.write_to(j, m.model)
         row = {"epoch": epoch, "train_loss": train_loss, **({"ce": ce, "kd": kd} if with_teacher else {}),
-               "test_acc": accuracy(m.model, data.x_test, data.y_test), "lr": lrs[j], "seconds": seconds}
+               "test_acc": evaluate(m.model, data, data.x_test.device), "lr": lrs[j], "seconds": seconds}
         m.history.append(row)
         if m.on_epoch:
             m.on_epoch(row)

@@ -24,7 +24,6 @@ from filelock import FileLock
 from torch import nn
 
 from kdrun.checkpoint import load_payload
-from kdrun.data import TensorData
 from kdrun.engine import predict
 from kdrun.errors import KdrunError
 from kdrun.latency import profile
@@ -39,7 +38,7 @@ _COSTS: dict[str, dict[str, Any]] = {}
 class TeacherFacts:
     """The frozen teacher on this sweep's training set and machine."""
 
-    train_logits: torch.Tensor  # on the data's device, un-augmented training inputs
+    train_logits: torch.Tensor  # on the data's device, for its un-augmented `teacher_reference` inputs
     cost: dict[str, Any]  # params, flops, latency
 
 
@@ -93,15 +92,17 @@ def _cached(path: Path, key: str, compute: Callable[[], dict[str, Any]]) -> dict
         return compute()
 
 
-def teacher_facts(model: nn.Module, checkpoint: Path, data: TensorData, device: torch.device,
+def teacher_facts(model: nn.Module, checkpoint: Path, data: Any, device: torch.device,
                   latency: dict[str, Any]) -> TeacherFacts:
-    """The teacher's training-set logits and cost, from the cache beside its checkpoint or computed now."""
+    """The teacher's logits for the training inputs it is judged on (`data.teacher_reference`: all of an
+    in-memory set, a fixed sample of a streamed one) and its cost, from the cache beside its checkpoint or computed now."""
+    inputs = data.teacher_reference(device)[0]
     stat = checkpoint.stat()
-    key = _key(checkpoint.name, stat.st_size, stat.st_mtime_ns, inputs_fingerprint(data.x_train), str(device),
+    key = _key(checkpoint.name, stat.st_size, stat.st_mtime_ns, inputs_fingerprint(inputs), str(device),
                torch.get_num_threads(), latency)
 
     def compute() -> dict[str, Any]:
-        return {"train_logits": predict(model, data.x_train).cpu(),
+        return {"train_logits": predict(model, inputs).cpu(),
                 "cost": profile(model, data.input_shape, device, **latency)}
 
     entry = _cached(_facts_file(checkpoint), key, compute)

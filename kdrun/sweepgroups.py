@@ -43,6 +43,10 @@ def refusal(cfg: DictConfig) -> Optional[str]:
         return "random augmentation: the teacher must see each job's own augmented batch"
     if "loss" in cfg and cfg.loss.name not in STACKABLE_LOSSES:
         return f"loss={cfg.loss.name}: stacked training supports loss={' and loss='.join(STACKABLE_LOSSES)}"
+    if "loss" in cfg and cfg.loss.get("logit_std"):
+        return "loss.logit_std=true: the stacked KD loss has no logit standardization"
+    if cfg.dataset.get("val_split"):
+        return "dataset.val_split: the stacked loop does not evaluate a validation split"
     if cfg.student.kwargs.get("dropout"):
         return "dropout: each job would need its own random masks"
     return None

@@ -23,7 +23,9 @@ import importlib
 import math
 import os
 import sys
+from contextlib import nullcontext
 from pathlib import Path
+from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
@@ -32,7 +34,8 @@ from omegaconf import DictConfig
 from kdrun.config import validate
 from kdrun.errors import Interrupted, KdrunError, fail
 from kdrun.lifecycle import report_interrupted, resume_command, stop_on_signals
-from kdrun.rundir import LAST, SUMMARY, RunDirInUse, owned, write_status
+from kdrun.jobenv import launched
+from kdrun.rundir import LAST, SUMMARY, owned, write_status, writes
 
 
 def parallel_jobs(hydra_cfg: DictConfig) -> int:
@@ -48,13 +51,31 @@ def stop_interrupted(cfg: DictConfig, run_dir: Path, interrupted: Interrupted, c
     """Mark the run interrupted (never finished), say how to continue it, exit 130/143."""
     where = f"epoch {interrupted.epoch} after step {interrupted.step}"
     if interrupted.saved:
-        resume = resume_command(cfg.command, run_dir)
+        resume = resume_command(cfg.command, run_dir, int(os.environ.get("WORLD_SIZE", "1")))
         write_status(run_dir, "interrupted", epoch=interrupted.epoch, step=interrupted.step, resume=resume)
-        report_interrupted(f"kdrun: interrupted in {where}, state saved to {run_dir / LAST}; resume with: {resume}")
+        if writes():  # rank 0 speaks for a job of several
+            report_interrupted(f"kdrun: interrupted in {where}, state saved to {run_dir / LAST}; resume with: {resume}")
     else:
         write_status(run_dir, "interrupted", epoch=interrupted.epoch, step=interrupted.step, resume=None)
         report_interrupted(f"kdrun: interrupted in {where} (teacher training, not resumable); run the command again")
     sys.exit(code)
+
+
+def join_job() -> None:
+    """In a torchrun/SLURM job of several processes: join it (only rank 0 then writes; kdrun.distributed)."""
+    if launched():
+        from kdrun.distributed import enter_job  # torch: only in a job of several
+
+        enter_job()
+
+
+def collective_failures() -> Any:
+    """In a job of several, a failed collective (a rank died) becomes a KdrunError naming it; else nothing."""
+    if not launched():
+        return nullcontext()
+    from kdrun.distributed import collective_failures as as_one_line
+
+    return as_one_line()
 
 
 def run_task(cfg: DictConfig) -> float | None:
@@ -65,9 +86,10 @@ def run_task(cfg: DictConfig) -> float | None:
     if cfg.threads == 0 and parallel_jobs(hydra_cfg) > 1:  # share the cores instead of oversubscribing them
         cfg.threads = max(1, (os.cpu_count() or 1) // parallel_jobs(hydra_cfg))
     try:
+        join_job()
         with owned(run_dir):
             return run_owned(cfg, run_dir, multirun)
-    except RunDirInUse as error:  # not ours: write nothing into it
+    except KdrunError as error:  # the run dir is in use (not ours: write nothing into it), or the job's ranks never met
         return job_failed(fail(str(error)), multirun)
 
 
@@ -75,7 +97,7 @@ def run_owned(cfg: DictConfig, run_dir: Path, multirun: bool) -> float | None:
     """The command's run with the run dir held: it ends with `summary.json`, or `status.json` and one line."""
     try:
         validate(cfg)
-        with stop_on_signals() as stop:
+        with stop_on_signals() as stop, collective_failures():
             try:
                 return importlib.import_module(f"kdrun.commands.{cfg.command}").run(cfg, run_dir)
             except Interrupted as interrupted:
@@ -96,6 +118,9 @@ def first_line(error: BaseException) -> str:
     return (str(error).strip().splitlines() or [""])[0][:200]
 
 
+OUT_OF_MEMORY = ("out of memory", "can't allocate memory")  # CUDA's and the CPU allocator's words
+
+
 def failure_message(error: Exception) -> str | None:
     """The one line for a failure the user can act on (bad value, full disk, out of memory); None for a bug."""
     if isinstance(error, KdrunError):
@@ -105,7 +130,7 @@ def failure_message(error: Exception) -> str | None:
     if isinstance(error, OSError):  # a full disk, a read-only teacher store, ...: the path and the reason
         return (f"cannot write or read {error.filename or 'a file'} ({error.strerror or first_line(error)}); "
                 "check free disk space and permissions, or choose another path")
-    if type(error).__name__ == "OutOfMemoryError" or "out of memory" in str(error).lower():
+    if type(error).__name__ == "OutOfMemoryError" or any(s in str(error).lower() for s in OUT_OF_MEMORY):
         return (f"out of memory ({first_line(error)[:120]}); lower optim.batch_size or latency.batch_size, "
                 "or pick a smaller model")
     return None

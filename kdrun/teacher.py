@@ -14,16 +14,17 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 from filelock import FileLock
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from kdrun.data import TensorData
-from kdrun.engine import Recipe, StepProgress, accuracy, fit
+from kdrun import distributed
+from kdrun.engine import Recipe, StepProgress, evaluate, fit
 from kdrun.errors import KdrunError
 from kdrun.losses import cross_entropy, smoothed_cross_entropy
 from kdrun.models import build_model, model_kwargs
@@ -47,15 +48,22 @@ class Teacher:
 def teacher_recipe(teacher: DictConfig, dataset: DictConfig) -> dict[str, Any]:
     """What makes two teachers the same; paths and switches are left out on purpose.
 
-    Label noise and the teacher's label smoothing count only when set, so a clean, unsmoothed
-    teacher keeps the hash it had before those options existed (stored teachers stay valid).
+    Label noise, the teacher's label smoothing and a streamed set's image size count only when set,
+    so a teacher keeps the hash it had before those options existed (stored teachers stay valid).
+    An image folder's path is its identity, so it counts.
     """
     train = OmegaConf.to_container(teacher.train, resolve=True)
     if not train.get("label_smoothing"):
         train.pop("label_smoothing", None)
     data = {"name": dataset.name, "augment": dataset.augment, "kwargs": OmegaConf.to_container(dataset.kwargs, resolve=True)}
+    if dataset.get("val_split"):  # the teacher trains on what the student trains on: the split is held out
+        data.update(val_split=dataset.val_split, val_seed=dataset.get("val_seed", 0))
     if dataset.get("label_noise"):
         data.update(label_noise=dataset.label_noise, noise_seed=dataset.get("noise_seed", 0))
+    if dataset.get("image_size"):
+        data["image_size"] = dataset.image_size
+    if dataset.name == "image_folder":  # a user's folder is the dataset itself
+        data["data_dir"] = str(Path(dataset.data_dir).expanduser().resolve())
     recipe = {"model": teacher.name, "kwargs": OmegaConf.to_container(teacher.kwargs, resolve=True),
               "dataset": data, "train": train}
     return {**recipe, "target": teacher.target} if teacher.get("target") else recipe
@@ -79,7 +87,7 @@ def snapshot_path(path: Path, epoch: int) -> Path:
     return path.with_name(f"{path.stem}-e{epoch}.pt")
 
 
-def train_teacher(teacher: DictConfig, data: TensorData, device: Any, progress: Optional[StepProgress] = None,
+def train_teacher(teacher: DictConfig, data: Any, device: Any, progress: Optional[StepProgress] = None,
                   on_epoch: Optional[Callable[[dict[str, float]], None]] = None,
                   snapshots: Optional[dict[int, Callable[[nn.Module, dict], None]]] = None,
                   fit_hooks: Optional[dict[str, Any]] = None) -> tuple[nn.Module, list[dict]]:
@@ -104,7 +112,7 @@ def train_teacher(teacher: DictConfig, data: TensorData, device: Any, progress: 
     return model, history
 
 
-def _check_recorded(weights: Weights, path: Path, expected_arch: str, data: TensorData) -> None:
+def _check_recorded(weights: Weights, path: Path, expected_arch: str, data: Any) -> None:
     """What the file records about its model (kdrun: everything; RepDistiller's `opt`: model, dataset)."""
     if weights.arch is not None and weights.arch != expected_arch:
         raise KdrunError(f"{path} holds a '{weights.arch}' but teacher={expected_arch}; "
@@ -130,7 +138,7 @@ def _check_kwargs(saved: dict[str, Any], config: dict[str, Any], path: Path) -> 
                          + "; set those keys to the checkpoint's values or pass the matching checkpoint")
 
 
-def load_teacher(path: Path, teacher: DictConfig, data: TensorData, device: Any) -> Teacher:
+def load_teacher(path: Path, teacher: DictConfig, data: Any, device: Any) -> Teacher:
     """A teacher from a checkpoint file, evaluated on the test set; kdrun's own files rebuild the model
     with the options they record, the others with teacher=/teacher.kwargs."""
     weights = read_weights(path)
@@ -142,16 +150,16 @@ def load_teacher(path: Path, teacher: DictConfig, data: TensorData, device: Any)
     load_weights(model, weights.state_dict, f"{path} ({weights.format} format)")
     model.to(device)
     log.info("Teacher %s from %s (%s format, sha256 %s)", teacher.name, path, weights.format, weights.sha256[:12])
-    return Teacher(model, path, accuracy(model, data.x_test, data.y_test), history=weights.metrics.get("history", []),
+    return Teacher(model, path, evaluate(model, data, device), history=weights.metrics.get("history", []),
                    source={"format": weights.format, "sha256": weights.sha256})
 
 
-def pretrained_teacher(teacher: DictConfig, data: TensorData, device: Any) -> Teacher:
+def pretrained_teacher(teacher: DictConfig, data: Any, device: Any) -> Teacher:
     """torchvision's or timm's pretrained weights (`teacher.weights`), evaluated on the test set."""
     model, path, family = build_pretrained(teacher.name, teacher.weights, data.num_classes, data.input_shape,
                                            model_kwargs(teacher))
     model.to(device)
-    return Teacher(model, path, accuracy(model, data.x_test, data.y_test),
+    return Teacher(model, path, evaluate(model, data, device),
                    source={"format": family, "weights": teacher.weights, "sha256": file_sha256(path) if path else None})
 
 
@@ -167,7 +175,27 @@ def remove_stale_temps(path: Path) -> None:
         stale.unlink(missing_ok=True)
 
 
-def obtain_teacher(teacher: DictConfig, dataset: DictConfig, data: TensorData, device: Any, config: dict,
+@contextmanager
+def store_turn(path: Path, wanted: Path) -> Iterator[bool]:
+    """Hold the store's lock for `path` and say whether `wanted` is there now (trained by another job).
+
+    In a job of several processes rank 0 takes the lock and tells the others what it found, through the
+    job's store rather than a collective, so they can wait as long as another job keeps the lock; then
+    all ranks load the teacher, or train it together (only rank 0 writes it).
+    """
+    key = f"teacher/{wanted.name}"
+    if not distributed.context().is_main:
+        yield distributed.wait_for(key) == "stored"
+        return
+    with FileLock(str(path.with_name(f".{path.name}.lock"))):
+        stored = wanted.exists()
+        distributed.publish(key, "stored" if stored else "train")
+        if not stored:
+            remove_stale_temps(path)
+        yield stored
+
+
+def obtain_teacher(teacher: DictConfig, dataset: DictConfig, data: Any, device: Any, config: dict,
                    progress: Optional[StepProgress] = None,
                    on_epoch: Optional[Callable[[dict[str, float]], None]] = None,
                    epoch: Optional[int] = None, fit_hooks: Optional[dict[str, Any]] = None) -> Teacher:
@@ -194,11 +222,10 @@ def obtain_teacher(teacher: DictConfig, dataset: DictConfig, data: TensorData, d
         raise KdrunError(f"no trained teacher for this recipe in {path.parent}; run "
                          f"`{train_command_hint(teacher, dataset)}` first (or set teacher.train_if_missing=true)")
     path.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(path.with_name(f".{path.name}.lock"))):
-        if wanted.exists():  # another job trained it while we waited for the lock
+    with store_turn(path, wanted) as stored:
+        if stored:  # another job trained it while we waited for the lock
             log.info("Using teacher trained by a parallel job: %s", wanted)
             return load_teacher(wanted, teacher, data, device)
-        remove_stale_temps(path)
         if path.exists():
             log.info("Stored teacher %s has no snapshot after epoch %s: training its recipe again to make one",
                      path, epoch)
@@ -213,6 +240,7 @@ def obtain_teacher(teacher: DictConfig, dataset: DictConfig, data: TensorData, d
         test_acc = history[-1]["test_acc"]
         if not path.exists():
             save_checkpoint(path, model, **meta, metrics={"test_acc": test_acc, "history": history})
+        distributed.barrier()  # ranks that trained it with rank 0 read the file rank 0 has just written
     if epoch is not None:
         snapshot = load_teacher(wanted, teacher, data, device)
         snapshot.trained_now, snapshot.history = True, history[:epoch]

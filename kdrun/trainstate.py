@@ -21,7 +21,7 @@ import torch
 
 from kdrun.errors import KdrunError
 from kdrun.checkpoint import load_payload
-from kdrun.rundir import write_atomic
+from kdrun.rundir import write_atomic, writes
 
 STATE_FORMAT = "kdrun-train-state"
 STATE_VERSION = 1
@@ -68,7 +68,9 @@ def restore_scheduler(scheduler: Any, state: dict[str, Any]) -> None:
 
 
 def save_state(path: Path, state: dict[str, Any]) -> None:
-    """Write `last.pt` atomically: a kill during the write leaves the previous one intact."""
+    """Write `last.pt` atomically: a kill during the write leaves the previous one intact (rank 0 writes it)."""
+    if not writes():
+        return
     write_atomic(path, lambda f: torch.save({"format": STATE_FORMAT, "version": STATE_VERSION, **state}, f))
 
 

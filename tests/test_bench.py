@@ -13,5 +13,18 @@ def test_bench_prints_ratios_and_writes_json(tmp_path):
     [written] = (tmp_path / "outputs" / "bench").glob("*.json")
     [result] = json.loads(written.read_text())["results"]
     assert {"device", "dtype", "batch_size", "threads"} <= set(result)
-    assert len(result["scenarios"]) == 4
+    assert len(result["scenarios"]) == 5 and "crd, teacher features live" in result["scenarios"]
+    assert all(s["epoch_seconds"] > 0 for s in result["scenarios"].values())
+
+
+def test_streaming_bench_times_the_dataloader_against_the_same_images_in_memory(tmp_path):
+    run = subprocess.run([sys.executable, "-m", "kdrun.bench", "--pairs", "streaming", "--epochs", "2", "--rounds", "1",
+                          "--workers", "1", "--images", "160"], cwd=tmp_path, capture_output=True, text=True, timeout=240)
+    assert run.returncode == 0, run.stderr
+    assert "ratio to in memory" in run.stdout
+    [written] = (tmp_path / "outputs" / "bench").glob("*.json")
+    [result] = json.loads(written.read_text())["results"]
+    assert result["workers"] == 1 and result["train_samples"] == 160
+    assert [label.split(" (")[0] for label in result["scenarios"]] == [
+        "in memory", "streamed", "streamed + RandomResizedCrop/flip"]
     assert all(s["epoch_seconds"] > 0 for s in result["scenarios"].values())

@@ -38,7 +38,9 @@ def test_without_augmentation_the_teacher_runs_once_and_the_cache_matches_it():
     targets = TeacherTargets(teacher, data)
     assert len(teacher.seen) == 1 and torch.equal(teacher.seen[0], data.x_train)
     index = torch.tensor([5, 0, 17])
-    assert torch.allclose(targets(index, data.x_train[index]), teacher.linear(data.x_train[index].flatten(1)))
+    logits, features = targets(index, data.x_train[index])
+    assert features == {}, "no stages asked for"
+    assert torch.allclose(logits, teacher.linear(data.x_train[index].flatten(1)))
     fit(build_model("mlp", 10, (1, 12), {"hidden": [8]}), data, Recipe(epochs=2, batch_size=32), CPU,
         loss=KDLoss(4.0, 0.9), teacher=teacher)
     assert len(teacher.seen) == 2, "one pass to fill the cache in fit, none per step"

@@ -115,11 +115,9 @@ def test_an_unreadable_checkpoint_is_a_permission_problem_not_a_corrupt_file(tmp
     assert "delete" not in str(error.value) and "corrupt" not in str(error.value)
 
 
-def test_a_run_dir_in_use_or_finished_is_refused_and_left_untouched(tmp_path):
+def test_a_run_dir_in_use_is_refused_and_left_untouched(tmp_path):
     run_dir = tmp_path / "run"
     assert kdrun(tmp_path, "train-student", *ONE_EPOCH, f"hydra.run.dir={run_dir}").returncode == 0
-    again = kdrun(tmp_path, "train-student", *ONE_EPOCH, f"hydra.run.dir={run_dir}")
-    assert again.returncode == 2 and "already holds a finished run" in again.stderr
     (run_dir / "summary.json").unlink()  # now it is an interrupted run, its last.pt complete
     log = (run_dir / "train_student.log").read_text()
     with owned(run_dir):  # as the live run holds it
@@ -187,7 +185,7 @@ def test_report_out_on_a_file_is_one_line(tmp_path, capsys):
     assert error.count("\n") == 1 and "cannot write the report to" in error and "--out DIR" in error
 
 
-def test_a_closed_stdout_stops_the_run_with_a_status_and_it_resumes(tmp_path):
+def test_a_closed_stdout_stops_the_run_with_a_resumable_status(tmp_path):
     run_dir = tmp_path / "run"
     env = child_env()
     child = subprocess.Popen([sys.executable, "-m", "kdrun", "train-student", *STUDENT, "epochs=3",
@@ -198,7 +196,34 @@ def test_a_closed_stdout_stops_the_run_with_a_status_and_it_resumes(tmp_path):
     assert child.wait(timeout=240) == 141
     stderr = child.stderr.read()
     assert "Traceback" not in stderr and "kdrun: the output was closed (SIGPIPE" in stderr
-    assert job_state(run_dir)["status"] == "interrupted" and (run_dir / "last.pt").exists()
-    resumed = kdrun(tmp_path, "train-student", f"resume={run_dir}")
+    status = job_state(run_dir)
+    assert status["status"] == "interrupted" and status["resume"] == f"kdrun train-student resume={run_dir}"
+    assert (run_dir / "last.pt").exists() and not (run_dir / "summary.json").exists()
+
+
+def test_resume_from_another_directory_uses_the_same_teacher(tmp_path):
+    here, elsewhere = tmp_path / "here", tmp_path / "elsewhere"
+    here.mkdir(), elsewhere.mkdir()
+    run_dir = here / "run"
+    assert kdrun(here, "distill", *FAST, "epochs=1", f"hydra.run.dir={run_dir}").returncode == 0
+    [stored] = (here / "outputs" / "teachers").glob("*.pt")
+    assert summary(run_dir)["paths"]["teacher_store"] == str(stored.parent)
+    (run_dir / "summary.json").unlink()  # killed after its last checkpoint
+    resumed = kdrun(elsewhere, "distill", f"resume={run_dir}")
     assert resumed.returncode == 0, resumed.stderr
-    assert [row["epoch"] for row in metric_rows(run_dir)] == [1, 2, 3]
+    assert summary(run_dir)["teacher"]["checkpoint"] == str(stored)
+    assert not (elsewhere / "outputs").exists(), "no teacher retrained into the new working directory"
+
+
+def test_failures_the_user_can_act_on_get_their_line_and_bugs_keep_their_traceback():
+    from kdrun.task import failure_message
+
+    assert failure_message(KdrunError("T must be > 0")) == "T must be > 0"
+    cuda = type("OutOfMemoryError", (RuntimeError,), {})("CUDA out of memory. Tried to allocate 2.00 GiB")
+    cpu = RuntimeError("[enforce fail at alloc_cpu.cpp:117] . DefaultCPUAllocator: can't allocate memory: 8 GB")
+    for error in (cuda, cpu):
+        assert failure_message(error).startswith("out of memory (") and "lower optim.batch_size" in failure_message(error)
+    full = OSError(28, "No space left on device", "/runs/x/last.pt")
+    assert failure_message(full).startswith("cannot write or read /runs/x/last.pt (No space left on device)")
+    assert "`| head`" in failure_message(BrokenPipeError(32, "Broken pipe"))
+    assert failure_message(ZeroDivisionError("division by zero")) is None

@@ -58,7 +58,8 @@ def test_a_full_teacher_without_the_snapshot_is_trained_again(workdir):
 
 
 @pytest.mark.parametrize("override,message", [
-    ("loss.epsilon=1.0", "loss.epsilon must be in [0, 1)"),
+    ("loss=ls loss.epsilon=1.0", "loss.epsilon must be in [0, 1)"),
+    ("loss.epsilon=0.1", "unknown key 'loss.epsilon' for this command; valid keys under 'loss': name, logit_std"),
     ("loss=dkd loss.beta=-1", "loss.beta must be >= 0"),
     ("loss=softmax", "unknown loss 'softmax'"),
     ("loss.name=softmax", "unknown loss 'softmax'"),

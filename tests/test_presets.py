@@ -57,3 +57,14 @@ def test_a_preset_runs_one_tiny_epoch_on_fake_cifar_shaped_data(workdir):
     [job] = run_dirs(workdir, "distill")
     s = summary(job)
     assert (s["model"], s["teacher"]["model"], s["T"], s["alpha"]) == ("resnet20", "resnet56", 4.0, 0.9)
+
+
+def test_imagenet_preset_composes_with_the_published_recipe_and_torchvisions_weights():
+    cfg = composed("experiment=imagenet_resnet34_resnet18", "dataset.data_dir=/data/imagenet")
+    assert (cfg.teacher.name, cfg.teacher.weights, cfg.teacher.train_if_missing) == ("tv_resnet34", "IMAGENET1K_V1", False)
+    assert cfg.student.name == "tv_resnet18"
+    assert (cfg.dataset.name, cfg.dataset.augment, cfg.dataset.data_dir) == ("imagenet", True, "/data/imagenet")
+    assert (cfg.T, cfg.alpha, cfg.epochs) == (1.0, 0.5, 100)
+    optim = cfg.optim
+    assert (optim.name, optim.lr, optim.momentum, optim.weight_decay, optim.batch_size) == ("sgd", 0.1, 0.9, 1e-4, 256)
+    assert (optim.schedule, list(optim.milestones), optim.gamma) == ("multistep", [30, 60, 90], 0.1)

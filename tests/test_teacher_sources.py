@@ -20,7 +20,7 @@ from omegaconf import OmegaConf
 from conftest import FAST, kdrun, run_dirs, summary
 from kdrun.checkpoint import file_sha256, read_weights, save_checkpoint
 from kdrun.data import load_dataset
-from kdrun.engine import accuracy, predict
+from kdrun.engine import evaluate, predict
 from kdrun.errors import KdrunError
 from kdrun.models import build_model
 from kdrun.models.pretrained import build_pretrained
@@ -117,7 +117,7 @@ def test_every_format_loads_through_the_cli_and_scores_as_the_weights_do(tmp_pat
     import torchvision.datasets.utils as utils
     monkeypatch.setattr(cifar, "check_integrity", lambda path, md5=None: utils.check_integrity(path))
     data = load_dataset("cifar10", str(data_dir), False, False, {})
-    direct = accuracy(model, data.x_test, data.y_test)
+    direct = evaluate(model, data, torch.device("cpu"))
     assert len(predict(model, data.x_test).argmax(1).unique()) > 1  # weights that tell classes apart
     teachers = {Path(summary(d)["teacher"]["checkpoint"]): summary(d)["teacher"] for d in run_dirs(tmp_path, "distill")}
     assert len(teachers) == len(files)
@@ -220,7 +220,7 @@ def test_custom_teacher_and_student_from_a_module_on_pythonpath(tmp_path):
     [run_dir] = run_dirs(tmp_path, "distill")
     result = summary(run_dir)
     data = load_dataset("fake", str(tmp_path), False, False, {"shape": [1, 40]})
-    assert result["teacher"]["test_acc"] == accuracy(teacher.eval(), data.x_test, data.y_test)
+    assert result["teacher"]["test_acc"] == evaluate(teacher.eval(), data, torch.device("cpu"))
     assert (result["model"], result["teacher"]["model"], result["teacher"]["checkpoint_format"]) == (
         "custom", "custom", "state_dict")
     student = torch.load(run_dir / "checkpoint.pt", weights_only=True)
@@ -243,7 +243,7 @@ def test_pretrained_torchvision_weights_from_the_hub_cache(tmp_path):
     teacher = summary(run_dirs(tmp_path, "distill")[0])["teacher"]
     data = load_dataset("fake", str(tmp_path), False, False, {"shape": [3, 32, 32], "num_classes": 1000,
                                                                "num_train": 64, "num_test": 64})
-    assert teacher["test_acc"] == accuracy(reference, data.x_test, data.y_test)
+    assert teacher["test_acc"] == evaluate(reference, data, torch.device("cpu"))
     assert (teacher["checkpoint"], teacher["checkpoint_format"], teacher["weights"]) == (
         str(cache), "torchvision", "IMAGENET1K_V1")
     assert teacher["checkpoint_sha256"] == file_sha256(cache)

@@ -11,7 +11,7 @@ from omegaconf import DictConfig
 from kdrun.commands.common import (EpochHook, Setup, latency_options, log, plain_config, run_header, setup, stop_hook,
                                    student_cost, train_student)
 from kdrun.knowledge import TeacherStats, gradient_probe, probe_subset, teacher_stats
-from kdrun.losses import Loss, build_loss
+from kdrun.methods import Method, MethodContext, build_method
 from kdrun.rundir import write_summary
 from kdrun.sweepcache import TeacherFacts, teacher_facts
 from kdrun.teacher import Teacher, obtain_teacher
@@ -20,14 +20,14 @@ from kdrun.ui import epoch_progress, show_results
 
 def epoch_hooks(cfg: DictConfig, env: Setup,
                 teacher_logits: torch.Tensor) -> Callable[[torch.nn.Module], list[EpochHook]]:
-    """Per-epoch extras for the student: the gradient-rescaling probe (cfg.probe)."""
+    """Per-epoch extras for the student: the gradient-rescaling probe (cfg.probe) on the teacher's reference inputs."""
 
     def hooks(student: torch.nn.Module) -> list[EpochHook]:
         if not cfg.probe:
             return []
-        index = probe_subset(len(env.data.x_train), cfg.probe_examples).to(env.device)
-        return [gradient_probe(student, teacher_logits[index], env.data.x_train[index],
-                               env.data.y_train[index], cfg.T)]
+        x, y = env.data.teacher_reference(env.device)
+        index = probe_subset(len(x), cfg.probe_examples).to(env.device)
+        return [gradient_probe(student, teacher_logits[index], x[index], y[index], cfg.T)]
 
     return hooks
 
@@ -40,23 +40,32 @@ def prepare_teacher(cfg: DictConfig, env: Setup) -> tuple[Teacher, TeacherFacts]
     return teacher, teacher_facts(teacher.model, teacher.checkpoint, env.data, env.device, latency_options(cfg))
 
 
-def job_loss(cfg: DictConfig, env: Setup, facts: TeacherFacts) -> tuple[Loss, TeacherStats]:
-    """This job's loss, and the teacher's statistics at its T (ls and kd_sim are built from them)."""
-    stats = teacher_stats(facts.train_logits, env.data.y_train, cfg.T, env.data.num_classes)
-    loss = build_loss(cfg, stats)
-    if cfg.loss.name == "ls":
-        log.info("ls: epsilon %.4f (%s)", loss.epsilon, "the teacher's mean non-target mass at T=%g" % cfg.T
-                 if cfg.loss.epsilon is None else "loss.epsilon")
-    return loss, stats
+def job_stats(cfg: DictConfig, env: Setup, facts: TeacherFacts) -> TeacherStats:
+    """The teacher's statistics at this job's T (ls and kd_sim are built from them)."""
+    labels = env.data.teacher_reference(env.device)[1]  # of the inputs facts.train_logits are for
+    return teacher_stats(facts.train_logits, labels, cfg.T, env.data.num_classes)
+
+
+def job_loss(cfg: DictConfig, env: Setup, stats: TeacherStats, teacher: torch.nn.Module,
+             student: torch.nn.Module) -> Method:
+    """This job's distillation method (`loss=`), sized for this teacher and student."""
+    data = env.data
+    sample = data.teacher_reference(env.device)[0][:2]  # to probe the stage shapes
+    context = MethodContext(cfg.T, cfg.alpha, data.num_classes, data.train_size, student, teacher, sample,
+                            getattr(data, "y_train", None), stats)
+    method = build_method(cfg.loss, context)
+    for key, value in method.summary().items():
+        log.info("%s: %s = %s", cfg.loss.name, key, value)
+    return method
 
 
 def finish(cfg: DictConfig, env: Setup, run_dir: Path, teacher: Teacher, facts: TeacherFacts, stats: TeacherStats,
-           loss: Loss, student: torch.nn.Module, result: dict[str, Any]) -> float:
+           loss: Method, student: torch.nn.Module, result: dict[str, Any]) -> float:
     """summary.json (written last) and the results table for a trained student."""
     own_cost, teacher_cost = student_cost(cfg, student, env), facts.cost
     speedup = teacher_cost["latency"]["batch1_ms_median"] / own_cost["latency"]["batch1_ms_median"]
     summary = {**run_header(cfg, run_dir), "model": cfg.student.name, "T": cfg.T, "alpha": cfg.alpha,
-               "loss": cfg.loss.name, **({"epsilon": loss.epsilon} if cfg.loss.name == "ls" else {}),
+               "loss": cfg.loss.name, "loss_options": plain_config(cfg)["loss"], **loss.summary(),
                "label_noise": cfg.dataset.label_noise, **result, **own_cost,
                "teacher": {"model": cfg.teacher.name, "test_acc": teacher.test_acc, **teacher_cost,
                            "checkpoint": str(teacher.checkpoint), "checkpoint_format": teacher.source.get("format"),
@@ -77,7 +86,14 @@ def finish(cfg: DictConfig, env: Setup, run_dir: Path, teacher: Teacher, facts: 
 def run(cfg: DictConfig, run_dir: Path) -> float:
     env = setup(cfg)
     teacher, facts = prepare_teacher(cfg, env)
-    loss, stats = job_loss(cfg, env, facts)
-    student, result = train_student(cfg, env, run_dir, teacher.model, loss=loss, teacher_logits=facts.train_logits,
+    stats = job_stats(cfg, env, facts)
+    built: list[Method] = []  # the method, built once the student exists (connectors are sized from it)
+
+    def make_loss(student: torch.nn.Module) -> Method:
+        built.append(job_loss(cfg, env, stats, teacher.model, student))
+        return built[0]
+
+    student, result = train_student(cfg, env, run_dir, teacher.model, make_loss=make_loss,
+                                    teacher_logits=facts.train_logits,
                                     epoch_hooks=epoch_hooks(cfg, env, facts.train_logits))
-    return finish(cfg, env, run_dir, teacher, facts, stats, loss, student, result)
+    return finish(cfg, env, run_dir, teacher, facts, stats, built[0], student, result)

@@ -79,8 +79,8 @@ def _member(job: Job, shared: Shared) -> Member:
     hooks: list = []
     kd = None
     if cfg.command == "distill":
-        loss, stats = distill.job_loss(cfg, env, shared.facts)
-        job.extras.update(loss=loss, stats=stats)
+        stats = distill.job_stats(cfg, env, shared.facts)
+        job.extras.update(loss=distill.job_loss(cfg, env, stats, shared.teacher.model, student), stats=stats)
         kd = (float(cfg.T), float(cfg.alpha)) if cfg.loss.name == "kd" else None
         hooks = distill.epoch_hooks(cfg, env, shared.facts.train_logits)(student)
     record = chain(*hooks, epoch_recorder(job.run_dir, "student", cfg.logger))

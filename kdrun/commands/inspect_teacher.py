@@ -17,7 +17,9 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 
 from kdrun.commands.common import log, model_cost, plain_config, run_header, setup, stop_hook
+from kdrun.data import TensorData
 from kdrun.engine import predict
+from kdrun.errors import KdrunError
 from kdrun.knowledge import calibration_by_temperature, class_matrix
 from kdrun.losses import true_class_prob
 from kdrun.rundir import write_json, write_summary
@@ -60,6 +62,8 @@ def draw(cfg: DictConfig, run_dir: Path, train_logits: torch.Tensor, test_logits
 
 def run(cfg: DictConfig, run_dir: Path) -> float:
     env = setup(cfg)
+    if not isinstance(env.data, TensorData):
+        raise KdrunError(f"inspect-teacher needs an in-memory dataset; '{env.data.name}' is streamed from disk")
     with epoch_progress(cfg.progress, "teacher") as progress:
         teacher = obtain_teacher(cfg.teacher, cfg.dataset, env.data, env.device, plain_config(cfg), progress,
                                  epoch=cfg.teacher_epoch, fit_hooks=stop_hook())

@@ -10,16 +10,16 @@ from omegaconf import DictConfig
 
 from kdrun.commands.common import (epoch_recorder, history_summary, log, model_cost, plain_config, run_header,
                                    setup, training_hooks)
-from kdrun.rundir import CHECKPOINT, rewrite_metrics, write_summary
+from kdrun.rundir import CHECKPOINT, rewrite_metrics, write_summary, writes
 from kdrun.teacher import obtain_teacher
 from kdrun.ui import epoch_progress, show_results
 
 
 def link_or_copy(source: Path, target: Path) -> None:
-    """A run dir's own handle on the stored checkpoint, without a second copy where possible.
+    """A run dir's own handle on the stored checkpoint, without a second copy where possible (rank 0 only).
 
     A resumed run may already hold it (linked before it was killed): then nothing is left to do."""
-    if target.exists() and target.samefile(source):
+    if not writes() or (target.exists() and target.samefile(source)):
         return
     target.unlink(missing_ok=True)
     try:

@@ -13,7 +13,9 @@ from kdrun.errors import KdrunError
 from kdrun.report.runs import FIXED, HEADERS, Report, Row, Stat, build_report
 
 
-def _pct(stat: Stat) -> str:
+def _pct(stat: Stat | None) -> str:
+    if stat is None:
+        return ""
     return f"{100 * stat.mean:.2f}" + (f" ± {100 * stat.std:.2f}" if stat.std is not None else "")
 
 
@@ -29,17 +31,20 @@ def cells(report: Report, row: Row) -> list[str]:
     """A row as the table and Markdown show it: accuracies in %, gain in percentage points."""
     return [row.role, str(row.field("model")), str(row.field("dataset")),
             *(row.setting.get(k, "") for k in report.keys), str(len(row.runs)),
-            _pct(row.stat("test_acc")), _pct(row.stat("best_test_acc")), _fmt(row.gain, "{:+.2f}", 100),
+            _pct(row.stat("test_acc")), _pct(row.maybe_stat("test_acc_at_best_val")), _pct(row.stat("best_test_acc")), _fmt(row.gain, "{:+.2f}", 100),
             _fmt(row.mean("teacher", "test_acc"), "{:.2f}", 100),
             _fmt(row.median("latency", "batch1_ms_median"), "{:.3f}"), _fmt(row.median("speedup"), "{:.1f}x")]
 
 
 def record(report: Report, row: Row) -> dict[str, Any]:
     """A row for CSV: the same columns, numbers unformatted in summary.json's units (fractions, ms)."""
-    test, best = row.stat("test_acc"), row.stat("best_test_acc")
+    test, best, honest = row.stat("test_acc"), row.stat("best_test_acc"), row.maybe_stat("test_acc_at_best_val")
     return {"role": row.role, "model": row.field("model"), "dataset": row.field("dataset"),
             **{k: row.setting.get(k, "") for k in report.keys}, "seeds": test.n,
-            "test_acc_mean": test.mean, "test_acc_std": test.std, "best_test_acc_mean": best.mean,
+            "test_acc_mean": test.mean, "test_acc_std": test.std,
+            "test_acc_at_best_val_mean": honest.mean if honest else None,
+            "test_acc_at_best_val_std": honest.std if honest else None,
+            "best_test_acc_mean": best.mean,
             "best_test_acc_std": best.std, "gain": row.gain, "teacher_test_acc": row.mean("teacher", "test_acc"),
             "batch1_ms": row.median("latency", "batch1_ms_median"), "speedup": row.median("speedup")}
 

@@ -38,7 +38,9 @@ NOT_TRAINING = ("inspect_teacher",)  # finished runs that train nothing: never r
 FIXED = ("role", "model", "dataset")  # columns of every row; they also separate rows, so never a swept column
 FALLBACK_KEYS = ("T", "alpha", "teacher")
 RECIPE_KEYS = ("dataset", "student", "optim", "epochs")
-HEADERS = ("final acc %", "best acc %", "gain (pp)", "teacher acc %", "batch-1 ms", "speedup")
+# "at best val": the epoch picked on the validation split (dataset.val_split), the honest number;
+# "best (test-picked)": the max over epochs of test accuracy, as published tables report it.
+HEADERS = ("final acc %", "acc at best val %", "best acc % (test-picked)", "gain (pp)", "teacher acc %", "batch-1 ms", "speedup")
 
 
 @dataclass
@@ -91,6 +93,10 @@ class Row:
     def stat(self, metric: str) -> Stat:
         values = self.values(metric)
         return Stat(statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None, len(values))
+
+    def maybe_stat(self, metric: str) -> Stat | None:
+        """`stat` where every run has the metric (runs without a validation split have no val numbers)."""
+        return self.stat(metric) if len(self.values(metric)) == len(self.runs) else None
 
     def median(self, *path: str) -> float | None:
         values = self.values(*path)

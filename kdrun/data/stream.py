@@ -1,0 +1,199 @@
+"""Datasets too big for memory: image folders and ImageNet, decoded and augmented by DataLoader workers.
+
+`dataset=image_folder dataset.data_dir=DIR` reads `DIR/train/<class>/*` and `DIR/val/<class>/*`
+(torchvision's `ImageFolder`); `dataset=imagenet` reads torchvision's `ImageNet` layout
+(`DIR/train/<wnid>/*.JPEG`, `DIR/val/<wnid>/*.JPEG`, `DIR/meta.bin` or the devkit archive).
+Nothing is loaded whole. Training uses the standard RandomResizedCrop + horizontal flip,
+evaluation Resize(size * 256/224) + CenterCrop(size), both normalised with ImageNet's mean/std.
+
+Seeded and resumable: each sample's random crop and flip are drawn from a seed that depends
+only on the run's seed, the epoch and the sample's position in the epoch's order. So
+augmentation does not depend on the number of workers or ranks, and an interrupted epoch
+continues with exactly the batches it would have had. The batch order is the engine's
+(`EpochPlan`); the workers live as long as the run (`persistent_workers`).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from kdrun.data import EVAL_BATCH, Batch, EpochPlan, register_dataset
+from kdrun.distributed import context
+from kdrun.errors import KdrunError
+from kdrun.runtime import memory_format
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+REFERENCE_SAMPLES = 2048  # training images (un-augmented) behind teacher statistics and the gradient probe
+
+
+def sample_seed(run_seed: int, epoch: int, position: int) -> int:
+    """The seed of one sample's random transform: a function of where it is, not of who loads it."""
+    return ((run_seed * 1_000_003 + epoch) * 10_000_000_019 + position) % (2 ** 63)
+
+
+def transforms(image_size: int, augment: bool) -> tuple[Any, Any]:
+    """(training transform, evaluation transform): the torchvision ImageNet recipe at `image_size`."""
+    from torchvision import transforms as T
+
+    normalise = [T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+    evaluation = T.Compose([T.Resize(round(image_size * 256 / 224)), T.CenterCrop(image_size), *normalise])
+    if not augment:
+        return evaluation, evaluation
+    return T.Compose([T.RandomResizedCrop(image_size), T.RandomHorizontalFlip(), *normalise]), evaluation
+
+
+class SeededSamples(Dataset):
+    """`samples[(index, seed)]`: one image, transformed with torch's generator seeded by `seed`.
+
+    torchvision's transforms draw from torch's global generator; it is forked around each draw,
+    so loading in the main process (workers=0) leaves the run's own random state untouched.
+    """
+
+    def __init__(self, folder: Any, transform: Any) -> None:
+        self.folder, self.transform = folder, transform
+
+    def __len__(self) -> int:
+        return len(self.folder)
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, int]:
+        index, seed = key
+        path, label = self.folder.samples[index]
+        image = self.folder.loader(path)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self.transform(image), label
+
+
+class PlannedBatches:
+    """A batch sampler whose batches are set before each pass (the loader's workers persist across passes)."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[tuple[int, int]]] = []
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+class StreamingData:
+    """A dataset read from disk batch by batch; the same interface the loop uses for `TensorData`."""
+
+    static_inputs = False  # no teacher-logit cache: the teacher runs on every (augmented) batch
+
+    def __init__(self, name: str, train: Any, test: Any, image_size: int, augment: bool, workers: int = 0) -> None:
+        self.name, self.image_size, self.augment, self.workers = name, image_size, augment, workers
+        train_transform, eval_transform = transforms(image_size, augment)
+        self.train = SeededSamples(train, train_transform)
+        self.train_plain = SeededSamples(train, eval_transform)
+        self.test = SeededSamples(test, eval_transform)
+        self.num_classes = len(train.classes)
+        self._loaders: dict[str, tuple[DataLoader, PlannedBatches]] = {}
+        self._reference: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # loaded once per device
+
+    def with_workers(self, workers: int) -> "StreamingData":
+        """At most one worker per CPU this process may use: more only queue for the same cores."""
+        self.workers = min(workers, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else workers)
+        return self
+
+    def to(self, device: torch.device) -> "StreamingData":
+        return self  # batches move to the device as they arrive
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return (3, self.image_size, self.image_size)
+
+    @property
+    def train_size(self) -> int:
+        return len(self.train)
+
+    @property
+    def test_size(self) -> int:
+        return len(self.test)
+
+    def _loader(self, split: str, device: torch.device) -> tuple[DataLoader, PlannedBatches]:
+        if split not in self._loaders:
+            planned = PlannedBatches()
+            samples = {"train": self.train, "train_plain": self.train_plain, "test": self.test}[split]
+            loader = DataLoader(samples, batch_sampler=planned, num_workers=self.workers,
+                                pin_memory=device.type == "cuda",
+                                persistent_workers=self.workers > 0 and split != "train_plain")  # used once
+            self._loaders[split] = (loader, planned)
+        return self._loaders[split]
+
+    def _stream(self, split: str, batches: list[list[tuple[int, int]]],
+                device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        loader, planned = self._loader(split, device)
+        planned.batches = batches
+        layout = memory_format(device, 4)
+        for inputs, labels in loader:
+            yield (inputs.to(device, memory_format=layout, non_blocking=True),
+                   labels.to(device, non_blocking=True))
+
+    def train_batches(self, plan: EpochPlan, device: torch.device, augment_rng: Optional[torch.Generator]
+                      ) -> Iterator[Batch]:
+        ctx, order = context(), plan.order.tolist()
+        batches = []
+        for step in range(plan.first_step, len(plan.sizes)):
+            start = plan.offset(step)
+            batch = [(order[p], sample_seed(plan.seed, plan.epoch, p)) for p in range(start, start + plan.sizes[step])]
+            batches.append(ctx.shard(batch))
+        for inputs, labels in self._stream("train", batches, device):
+            yield None, inputs, labels
+
+    def test_batches(self, device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        mine = context().shard([(index, 0) for index in range(self.test_size)])
+        yield from self._stream("test", [mine[i:i + EVAL_BATCH] for i in range(0, len(mine), EVAL_BATCH)], device)
+
+    def teacher_reference(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Un-augmented training images for teacher statistics and the gradient probe: a fixed random
+        sample of `REFERENCE_SAMPLES` (a pass over all of ImageNet would cost an epoch)."""
+        if str(device) not in self._reference:
+            chosen = torch.randperm(self.train_size, generator=torch.Generator().manual_seed(0))[:REFERENCE_SAMPLES]
+            keys = [(index, 0) for index in chosen.tolist()]
+            pairs = list(self._stream("train_plain", [keys[i:i + 256] for i in range(0, len(keys), 256)], device))
+            self._reference[str(device)] = torch.cat([x for x, _ in pairs]), torch.cat([y for _, y in pairs])
+        return self._reference[str(device)]
+
+
+def _folder(cls: Any, where: Path, what: str, **kwargs: Any) -> Any:
+    try:
+        return cls(str(where), **kwargs)
+    except (FileNotFoundError, RuntimeError) as error:
+        reason = " ".join(str(error).split())[:160]
+        raise KdrunError(f"{what} not found or empty under {where} ({reason}); point dataset.data_dir at it") from None
+
+
+def _check_classes(train: Any, test: Any, root: Path) -> None:
+    if train.classes != test.classes:
+        raise KdrunError(f"{root}/train and {root}/val hold different classes ({len(train.classes)} vs "
+                         f"{len(test.classes)}); both need the same <class> subfolders")
+
+
+@register_dataset("image_folder")
+def image_folder(root: Path, download: bool, augment: bool, image_size: int = 224) -> StreamingData:
+    """Any `DIR/{train,val}/<class>/<image>` tree (torchvision's ImageFolder: jpg, png, ...)."""
+    from torchvision.datasets import ImageFolder
+
+    train = _folder(ImageFolder, root / "train", "an image folder (DIR/train/<class>/<image>)")
+    test = _folder(ImageFolder, root / "val", "an image folder (DIR/val/<class>/<image>)")
+    _check_classes(train, test, root)
+    return StreamingData("image_folder", train, test, image_size, augment)
+
+
+@register_dataset("imagenet")
+def imagenet(root: Path, download: bool, augment: bool, image_size: int = 224) -> StreamingData:
+    """ILSVRC-2012 in torchvision's layout; torchvision parses the devkit into meta.bin on first use."""
+    from torchvision.datasets import ImageNet
+
+    what = "ImageNet (DIR/train/<wnid>/*.JPEG, DIR/val/<wnid>/*.JPEG, DIR/meta.bin or the devkit .tar.gz)"
+    train = _folder(ImageNet, root, what, split="train")
+    test = _folder(ImageNet, root, what, split="val")
+    return StreamingData("imagenet", train, test, image_size, augment)

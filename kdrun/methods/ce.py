@@ -1,0 +1,9 @@
+"""`ce`: hard labels only, the baseline inside a distill sweep (the teacher is loaded for the probe only)."""
+
+from kdrun.losses import cross_entropy
+from kdrun.methods import LogitLoss, MethodContext, Params, register_method
+
+
+@register_method("ce", Params, needs_teacher=False)
+def build(params: Params, ctx: MethodContext) -> LogitLoss:
+    return LogitLoss(cross_entropy, needs_teacher=False)

@@ -1,0 +1,9 @@
+"""`kd`: Hinton et al. (2015); the formula is on `kdrun.losses.KDLoss`. Top-level T and alpha."""
+
+from kdrun.losses import KDLoss
+from kdrun.methods import LogitLoss, LogitParams, MethodContext, register_method
+
+
+@register_method("kd", LogitParams)
+def build(params: LogitParams, ctx: MethodContext) -> LogitLoss:
+    return LogitLoss(KDLoss(ctx.T, ctx.alpha, params.logit_std))

@@ -1,0 +1,9 @@
+"""`kd_pt`: the teacher's true-class probability alone (Tang et al. 2020); see `kdrun.losses.TrueClassProbLoss`."""
+
+from kdrun.losses import TrueClassProbLoss
+from kdrun.methods import LogitLoss, LogitParams, MethodContext, register_method
+
+
+@register_method("kd_pt", LogitParams)
+def build(params: LogitParams, ctx: MethodContext) -> LogitLoss:
+    return LogitLoss(TrueClassProbLoss(ctx.T, ctx.alpha, ctx.num_classes, params.logit_std))

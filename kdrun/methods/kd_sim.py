@@ -1,0 +1,12 @@
+"""`kd_sim`: the teacher's class-relationship matrix alone (Tang et al. 2020); see `kdrun.losses.ClassSimilarityLoss`.
+
+The matrix is the teacher's on the training set at T (computed once); logit_std standardises the student only.
+"""
+
+from kdrun.losses import ClassSimilarityLoss
+from kdrun.methods import LogitLoss, LogitParams, MethodContext, register_method
+
+
+@register_method("kd_sim", LogitParams)
+def build(params: LogitParams, ctx: MethodContext) -> LogitLoss:
+    return LogitLoss(ClassSimilarityLoss(ctx.T, ctx.alpha, ctx.teacher_stats.class_matrix, params.logit_std))

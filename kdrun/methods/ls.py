@@ -1,0 +1,36 @@
+"""`ls`: label smoothing as a synthetic teacher (Tang et al. 2020); see `kdrun.losses.LabelSmoothingLoss`."""
+
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from kdrun.config import ConfigError
+from kdrun.losses import LabelSmoothingLoss
+from kdrun.methods import LogitLoss, LogitParams, MethodContext, register_method
+
+
+@dataclass
+class LSParams(LogitParams):
+    """epsilon: the non-target mass; null matches the teacher's average at T on the training set."""
+
+    epsilon: Optional[float] = None
+
+    def __post_init__(self) -> None:
+        if self.epsilon is not None and not 0 <= self.epsilon < 1:
+            raise ConfigError(f"loss.epsilon must be in [0, 1) or null to match the teacher (got {self.epsilon})")
+
+
+class LabelSmoothing(LogitLoss):
+    def __init__(self, loss: LabelSmoothingLoss, source: str) -> None:
+        super().__init__(loss)
+        self.source = source
+
+    def summary(self) -> dict[str, Any]:
+        return {"epsilon": self.loss.epsilon, "epsilon_source": self.source}
+
+
+@register_method("ls", LSParams)
+def build(params: LSParams, ctx: MethodContext) -> LabelSmoothing:
+    from_teacher = params.epsilon is None
+    epsilon = ctx.teacher_stats.epsilon if from_teacher else params.epsilon
+    source = f"the teacher's mean non-target mass at T={ctx.T:g}" if from_teacher else "loss.epsilon"
+    return LabelSmoothing(LabelSmoothingLoss(ctx.T, ctx.alpha, ctx.num_classes, epsilon, params.logit_std), source)
