@@ -62,6 +62,14 @@ def _per_job(factor: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return factor.view(-1, *[1] * (like.dim() - 1))
 
 
+def _is_plain_mlp(model: nn.Module) -> bool:
+    """An nn.Sequential of Flatten (first), Linear (with bias) and ReLU layers only, e.g. kdrun's `mlp`."""
+    children = list(model.children())
+    return (isinstance(model, nn.Sequential) and bool(children) and isinstance(children[0], nn.Flatten)
+            and all(isinstance(c, (nn.Flatten, nn.ReLU)) or (isinstance(c, nn.Linear) and c.bias is not None)
+                    for c in children))
+
+
 class StackedModel:
     """The members' parameters and buffers stacked along dim 0, run through one functional module."""
 
@@ -76,9 +84,25 @@ class StackedModel:
             return functional_call(self.base, (p, b), (x,))
 
         self._forward = vmap(one)
+        self._plain_mlp = _is_plain_mlp(models[0])
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self._plain_mlp:
+            return self._mlp(x)
         return self._forward(self.params, self.buffers, x)
+
+    def _mlp(self, x: torch.Tensor) -> torch.Tensor:
+        """Flatten/Linear/ReLU stacks as batched matmuls: the same arithmetic as vmap's, fewer dispatches."""
+        h = x
+        for name, module in self.base.named_children():
+            if isinstance(module, nn.Flatten):
+                h = h.flatten(2)
+            elif isinstance(module, nn.Linear):
+                h = torch.baddbmm(self.params[f"{name}.bias"].unsqueeze(1), h,
+                                  self.params[f"{name}.weight"].transpose(1, 2))
+            else:
+                h = torch.relu(h)
+        return h
 
     def write_to(self, j: int, model: nn.Module) -> None:
         """Copy job j's weights and buffers into its own module."""

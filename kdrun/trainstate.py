@@ -94,7 +94,8 @@ class StateWriter:
             save_state(self.path, snapshot)
             return
         if StateWriter._pool is None:
-            StateWriter._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="kdrun-last-pt")
+            # Many threads: a stacked group writes one last.pt per job, and fsyncs wait side by side.
+            StateWriter._pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="kdrun-last-pt")
         self.pending = StateWriter._pool.submit(save_state, self.path, copy.deepcopy(snapshot))
 
     def flush(self) -> None:

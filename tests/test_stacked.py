@@ -147,10 +147,13 @@ def test_sigterm_stops_a_stacked_group_and_each_job_resumes(workdir):
     _, err = job.communicate(timeout=120)
     assert job.returncode == 143, err
     assert "stacked group of 2 interrupted" in err and "Traceback" not in err
+    sweep_dir = jobs()[0].parent
+    assert f"resume the sweep with: kdrun train-student resume={sweep_dir}" in err
     for run_dir in jobs():
         status = json.loads((run_dir / "status.json").read_text())
         assert status["status"] == "interrupted" and status["resume"].endswith(f"resume={run_dir}")
         assert (run_dir / "last.pt").is_file() and not (run_dir / "summary.json").exists()
-    resumed = kdrun(workdir, "train-student", f"resume={jobs()[1]}")  # the group's last.pt are ordinary ones
+    resumed = kdrun(workdir, "train-student", f"resume={sweep_dir}")  # each job from its own last.pt
     assert resumed.returncode == 0, resumed.stderr
-    assert [r["epoch"] for r in metric_rows(jobs()[1])] == [1, 2, 3] and summary(jobs()[1])["seed"] == 1
+    for seed, run_dir in enumerate(jobs()):
+        assert [r["epoch"] for r in metric_rows(run_dir)] == [1, 2, 3] and summary(run_dir)["seed"] == seed
