@@ -1,5 +1,7 @@
 # `make demo` and `make test` are all a new user needs: both create .venv on first use.
 PYTHON ?= python3
+# pytest-xdist workers: the suite is mostly CLI subprocesses on one thread each; 2 suits a 2-core machine.
+TEST_WORKERS ?= 2
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
@@ -21,7 +23,7 @@ demo: install
 	$(BIN)/kdrun distill
 
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS)
 
 bench: install
 	$(BIN)/python -m kdrun.bench $(BENCH_ARGS)
