@@ -30,7 +30,7 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from kdrun.errors import KdrunError
+from kdrun.errors import KdrunError, first_line
 from kdrun.rundir import write_atomic, writes
 
 log = logging.getLogger(__name__)
@@ -93,8 +93,7 @@ def load_payload(path: Path, allowed: tuple[type, ...] = ()) -> Any:
                          "not loaded: unpickling it could run code; pass a checkpoint of weights (kdrun's, "
                          "RepDistiller's, mdistiller's or a state_dict)") from None
     except Exception as error:  # noqa: BLE001 - a damaged file fails in many ways (zip, legacy pickle, EOF)
-        first_line = (str(error).splitlines() or [""])[0][:100]
-        raise _damaged(path, f"{type(error).__name__}: {first_line}") from None
+        raise _damaged(path, f"{type(error).__name__}: {first_line(error, 100)}") from None
     return payload
 
 

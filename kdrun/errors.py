@@ -24,6 +24,11 @@ class Interrupted(Exception):
         self.epoch, self.step, self.saved = epoch, step, saved
 
 
+def first_line(error: BaseException, limit: int | None = 200) -> str:
+    """The first line of an error's message (at most `limit` characters): enough for a one-line report."""
+    return (str(error).strip().splitlines() or [""])[0][:limit]
+
+
 def fail(message: str, run_dir: Path | None = None) -> int:
     """The one failure path of the CLI and the task: `status.json` says `failed` (where a run dir is
     ours to write), one line on stderr, and the exit code to return.

@@ -32,7 +32,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from kdrun.config import validate
-from kdrun.errors import Interrupted, KdrunError, fail
+from kdrun.errors import Interrupted, KdrunError, fail, first_line
 from kdrun.lifecycle import report_interrupted, resume_command, stop_on_signals
 from kdrun.jobenv import launched
 from kdrun.rundir import LAST, SUMMARY, owned, write_status, writes
@@ -112,10 +112,6 @@ def run_owned(cfg: DictConfig, run_dir: Path, multirun: bool) -> float | None:
                              "with HYDRA_FULL_ERROR=1 for the traceback)"
         return job_failed(fail(message, run_dir), multirun)
     return None
-
-
-def first_line(error: BaseException) -> str:
-    return (str(error).strip().splitlines() or [""])[0][:200]
 
 
 OUT_OF_MEMORY = ("out of memory", "can't allocate memory")  # CUDA's and the CPU allocator's words

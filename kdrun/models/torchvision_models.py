@@ -41,7 +41,7 @@ import torchvision.models as tvm
 from torch import nn
 
 from kdrun.checkpoint import load_payload
-from kdrun.errors import KdrunError
+from kdrun.errors import KdrunError, first_line
 from kdrun.models import image_channels, register_model
 from kdrun.models.pretrained import check_pretrained_fits
 
@@ -68,7 +68,7 @@ def torchvision_classifier(arch: str, num_classes: int, input_shape: tuple[int, 
         model = tvm.get_model(arch, weights=None, num_classes=num_classes, **options)
     except (TypeError, ValueError, AssertionError) as error:
         raise KdrunError(f"torchvision cannot build tv_{arch} for inputs {tuple(input_shape)} with options "
-                         f"{options} ({_first_line(error)}); see torchvision.models.{arch}") from None
+                         f"{options} ({first_line(error, None)}); see torchvision.models.{arch}") from None
     small = max(input_shape[1:]) <= SMALL_INPUT_SIDE and not arch.startswith(TRANSFORMERS)
     adapt_stem(model, channels, small)
     _check_shapes(arch, model, input_shape)
@@ -169,14 +169,10 @@ def _check_shapes(arch: str, model: nn.Module, input_shape: tuple[int, ...]) -> 
         with torch.no_grad():
             model.eval()(torch.zeros(1, *input_shape))
     except RuntimeError as error:
-        raise KdrunError(f"tv_{arch} cannot take inputs shaped {tuple(input_shape)} ({_first_line(error)}); "
+        raise KdrunError(f"tv_{arch} cannot take inputs shaped {tuple(input_shape)} ({first_line(error, None)}); "
                          f"pick another model or resize the data") from None
     finally:
         model.train()
-
-
-def _first_line(error: Exception) -> str:
-    return str(error).strip().splitlines()[0]
 
 
 for _arch in tvm.list_models(module=tvm):
