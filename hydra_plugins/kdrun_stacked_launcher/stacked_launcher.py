@@ -48,6 +48,28 @@ def _output_dir() -> Path:
     return Path(HydraConfig.get().runtime.output_dir).resolve()
 
 
+def _remember_compositions(loader: Any, master: DictConfig, composed: dict) -> Callable:
+    """Keep, in `composed`, each job config the sweeper composes before launching; return the loader's own method.
+
+    Hydra's sweepers compose every job of a batch once to validate it (`validate_batch_is_legal`, ~0.1 s a job)
+    and discard the result; the launcher would compose each again. The config loader of this run's HydraContext
+    (shared by sweeper and launcher) is made to keep those configs, keyed by the job's overrides, so the launcher
+    takes each over (once, by `pop`) instead of composing it again. The validation only composes: the config it
+    keeps is exactly what a second composition would return (same overrides, same master config, whose resolver
+    cache is copied into each).
+    """
+    compose = loader.load_sweep_config
+
+    def remembering(master_config: DictConfig, sweep_overrides: list[str]) -> DictConfig:
+        config = compose(master_config, sweep_overrides)
+        if master_config is master:
+            composed[tuple(sweep_overrides)] = config
+        return config
+
+    loader.load_sweep_config = remembering
+    return compose
+
+
 class StackedLauncher(Launcher):
     def __init__(self, max_group_size: int = 64, resume: bool = False) -> None:
         super().__init__()
@@ -58,9 +80,11 @@ class StackedLauncher(Launcher):
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
+        self._composed: dict[tuple[str, ...], DictConfig] = {}
+        self._compose = _remember_compositions(hydra_context.config_loader, config, self._composed)
 
     def _job_config(self, idx: int, overrides: Sequence[str]) -> DictConfig:
-        config = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+        config = self._composed.pop(tuple(overrides), None) or self._compose(self.config, list(overrides))
         with open_dict(config):
             config.hydra.job.id = idx
             config.hydra.job.num = idx
