@@ -17,6 +17,11 @@ from omegaconf import DictConfig, OmegaConf
 
 STACKABLE_COMMANDS = ("distill", "train_student")
 STACKABLE_LOSSES = ("kd", "ce")
+# Students from torchvision, timm or your own code may hold random layers (dropout, stochastic depth),
+# which vmap refuses to run ("random operation"), or code it cannot batch; these torchvision families
+# hold none and were trained stacked (kdrun's own models all stack: the MLP, cnn1d, the CIFAR zoo).
+FOREIGN_STUDENTS = ("tv_", "timm_", "custom")
+STACKABLE_FOREIGN = ("tv_resnet", "tv_resnext", "tv_wide_resnet", "tv_regnet", "tv_shufflenet_v2", "tv_densenet")
 
 
 @dataclass
@@ -49,6 +54,10 @@ def refusal(cfg: DictConfig) -> Optional[str]:
         return "dataset.val_split: the stacked loop does not evaluate a validation split"
     if cfg.student.kwargs.get("dropout"):
         return "dropout: each job would need its own random masks"
+    name = cfg.student.name
+    if name.startswith(FOREIGN_STUDENTS) and not name.startswith(STACKABLE_FOREIGN):
+        return (f"student {name} may hold random layers (dropout, stochastic depth), which a stacked model cannot "
+                f"draw per job; of torchvision's models these stack: {', '.join(STACKABLE_FOREIGN)}")
     return None
 
 

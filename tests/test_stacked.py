@@ -6,15 +6,19 @@ import signal
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from conftest import FAST, kdrun, metric_rows, run_dirs, start_kdrun, summary, wait_until
 from kdrun.checkpoint import load_weights, read_weights
+from kdrun.config import register_schemas
 from kdrun.data import load_dataset
 from kdrun.engine import Recipe, fit, predict
 from kdrun.errors import Interrupted
 from kdrun.losses import KDLoss
 from kdrun.models import build_model
+from kdrun.preflight import compose_plain
 from kdrun.stacked import Member, fit_group
+from kdrun.sweepgroups import plan
 
 CPU = torch.device("cpu")
 TOLERANCE = 1e-5  # relative, on every per-epoch metric and final weight (README: "Equivalence")
@@ -69,6 +73,44 @@ def test_a_stacked_job_equals_the_same_job_trained_alone(arch, optimizer):
         for (name, expected), got in zip(model.state_dict().items(), member.model.state_dict().values()):
             assert torch.allclose(expected.float(), got.float(), rtol=TOLERANCE, atol=TOLERANCE), name
     assert len({round(m.history[-1]["train_loss"], 4) for m in members}) == len(JOBS), "jobs must really differ"
+
+
+def test_a_batchnorm_cifar_student_stacked_equals_itself_alone():
+    """resnet8 (BatchNorm in every block): each job's running statistics stay its own."""
+    data = load_dataset("fake", "/unused", False, False, {"shape": [3, 32, 32], "num_train": 64, "num_test": 32})
+    jobs = JOBS[:2]
+
+    def resnet8(seed):
+        torch.manual_seed(seed)
+        return build_model("resnet8", 10, (3, 32, 32), {})
+
+    recipe = lambda job: Recipe(epochs=2, batch_size=32, optimizer="sgd", lr=20 * job["lr"],  # noqa: E731
+                                weight_decay=5e-4, seed=job["seed"])
+    alone = [resnet8(job["seed"]) for job in jobs]
+    histories = [fit(model, data, recipe(job), CPU) for model, job in zip(alone, jobs)]
+    members = [Member(resnet8(job["seed"]), recipe(job)) for job in jobs]
+    fit_group(members, data, CPU)
+    for model, history, member in zip(alone, histories, members):
+        for expected, got in zip(history, member.history):
+            assert all(_close(expected[k], got[k]) for k in ("train_loss", "test_acc", "lr")), (expected, got)
+        stats = {k: v for k, v in model.state_dict().items() if "running" in k}
+        assert stats and all(torch.allclose(v, member.model.state_dict()[k], rtol=1e-4, atol=1e-5)
+                             for k, v in stats.items())
+    assert not torch.equal(members[0].model.bn1.running_mean, members[1].model.bn1.running_mean)
+
+
+@pytest.mark.parametrize("student,alone", [("resnet8", False), ("tv_resnet18", False),
+                                           ("tv_mobilenet_v3_small", True), ("custom", True)])
+def test_students_with_random_layers_run_alone(student, alone):
+    """vmap refuses a model's dropout or stochastic depth ("random operation"): such a job runs alone, saying why."""
+    register_schemas()
+    configs = [OmegaConf.create(compose_plain("distill", ["dataset=fake", f"student.name={student}", f"seed={seed}"]))
+               for seed in (0, 1)]
+    groups = plan(configs, max_group_size=8)
+    if alone:
+        assert [g.jobs for g in groups] == [[0], [1]] and "may hold random layers" in groups[0].alone_because
+    else:
+        assert [(g.jobs, g.alone_because) for g in groups] == [([0, 1], None)]
 
 
 class StopAfter:
