@@ -12,7 +12,7 @@ import signal
 import sys
 from dataclasses import dataclass
 
-from kdrun.rundir import HYDRA, follow_rank
+from kdrun.rundir import HYDRA, MULTIRUN, follow_rank
 
 from kdrun.errors import KdrunError, fail
 from kdrun.jobenv import under_torchrun
@@ -66,24 +66,29 @@ def main(argv: list[str] | None = None) -> int:
     from kdrun.config import config_dir, register_schemas
     from kdrun.preflight import check_output_dir, check_overrides
     from kdrun.resume import is_resume, launch_dir, resume_overrides, resume_target
-    from kdrun.sweep import is_sweep_dir, resume_sweep
+    from kdrun.sweep import is_stacked_sweep, is_sweep_dir, resume_sweep, stacked_resume_overrides
 
     register_schemas()
     if under_torchrun():  # rank 0 alone checks, holds and writes the run dir (kdrun.rundir)
         follow_rank(int(os.environ.get("RANK", "0")))
     if not any(flag in rest for flag in COMPLETION_FLAGS):
         try:
-            if is_resume(rest):
+            resuming = is_resume(rest)
+            if resuming:
                 target = resume_target(rest)
                 if is_sweep_dir(target):
-                    return resume_sweep(name, command.config_name, target)
-                rest = resume_overrides(command.config_name, rest)
-                os.chdir(launch_dir(target / HYDRA / "hydra.yaml"))  # relative paths in its config mean what they did
+                    if not is_stacked_sweep(target):
+                        return resume_sweep(name, command.config_name, target)
+                    # its own launcher runs it again, so its groups train stacked again
+                    rest, hydra_file = stacked_resume_overrides(command.config_name, target), target / MULTIRUN
+                else:
+                    rest, hydra_file = resume_overrides(command.config_name, rest), target / HYDRA / "hydra.yaml"
+                os.chdir(launch_dir(hydra_file))  # relative paths in its config mean what they did
             check_overrides(command.config_name, [a for a in rest if ("=" in a or a.startswith("~")) and not a.startswith("-")])
             if not any(flag in rest for flag in INFO_FLAGS):
                 multirun = any(a in ("-m", "--multirun") for a in rest)
                 check_output_dir(rest, multirun=multirun, create=not any(a in ("--cfg", "-c") for a in rest),
-                                 resuming=is_resume(rest))
+                                 resuming=resuming)
                 if under_torchrun():
                     rest = torchrun_overrides(name, command, rest, multirun)
         except KdrunError as error:

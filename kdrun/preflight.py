@@ -3,15 +3,21 @@
 Hydra reports a bad override as several lines (or a traceback) and only once a run
 directory exists; a sweep may fail in its tenth job. Here every override, and every value
 of a sweep, is composed with Hydra's compose API and checked by `config.validate`, and the
-first problem becomes a `KdrunError` whose message names the key and what is allowed.
+first problem becomes a `KdrunError` whose message names the key and what is allowed. A
+sweep over a plain key (T, seed, optim.lr) is checked by one composition and Hydra's
+override step applied to a copy of it per value: the same checks, at a fraction of the cost.
 """
 
 from __future__ import annotations
 
+import copy
 import os
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 from hydra import compose, initialize_config_dir
+from hydra._internal.config_loader_impl import ConfigLoaderImpl
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override, OverrideType
 from hydra.errors import HydraException
@@ -113,23 +119,50 @@ def _check_sweep_not_empty(override: Override) -> None:
                           f"give at least one, e.g. {override.get_key_element()}=1,2")
 
 
-def _compose(config_name: str, overrides: list[str], check: bool = True) -> DictConfig:
+@contextmanager
+def _as_config_error(overrides: list[str]) -> Iterator[None]:
+    """Hydra's and OmegaConf's errors while composing `overrides`, as one-line ConfigErrors."""
     try:
-        cfg = compose(config_name=config_name, overrides=overrides)
-        OmegaConf.resolve(cfg)
+        yield
     except (HydraException, OmegaConfBaseException) as error:
         raise ConfigError(_one_line(error)) from None
     except OverflowError as error:  # a 400-digit number for a float key
         huge = [o.split("=", 1)[0] for o in overrides if len(o.split("=", 1)[-1]) > 308]
         raise ConfigError(f"{huge[0] if huge else 'a value'} is too large ({str(error).splitlines()[0]}); "
                           "use a value below 1e308") from None
-    if check:
-        validate(cfg)
-        if "loss" in cfg:
-            from kdrun.methods import parse_params  # the methods' schemas live with their torch code
 
-            parse_params(cfg.loss)
+
+def _check(cfg: DictConfig) -> None:
+    validate(cfg)
+    if "loss" in cfg:
+        from kdrun.methods import parse_params  # the methods' schemas live with their torch code
+
+        parse_params(cfg.loss)
+
+
+def _compose(config_name: str, overrides: list[str], check: bool = True, resolve: bool = True) -> DictConfig:
+    with _as_config_error(overrides):
+        cfg = compose(config_name=config_name, overrides=overrides)
+        if resolve:
+            OmegaConf.resolve(cfg)
+    if check:
+        _check(cfg)
     return cfg
+
+
+def _plain_key(override: Override, groups: list[Override]) -> bool:
+    """A `KEY=VALUE` override of a key in the config (T, optim.lr), not of a config group (student=...)."""
+    return override.type is OverrideType.CHANGE and override not in groups and override.package is None
+
+
+def _check_assigned(base: DictConfig, line: str) -> None:
+    """What composing with one more plain-key override `line` would check, without composing again: Hydra's own
+    override step applied to a copy of the composed `base` (the schema type-checks the value), then `validate`."""
+    cfg = copy.deepcopy(base)
+    with _as_config_error([line]):
+        ConfigLoaderImpl._apply_overrides_to_config(_parse([line]), cfg)
+        OmegaConf.resolve(cfg)
+    _check(cfg)
 
 
 def _one_line(error: Exception) -> str:
@@ -171,9 +204,16 @@ def check_overrides(config_name: str, overrides: list[str]) -> None:
         for override in (o for o in parsed if o not in groups and o.type is not OverrideType.CHANGE):
             _check_add_or_delete(skeleton, override)
         _compose(config_name, [_first(o) if o.is_sweep_override() else o.input_line for o in parsed if _first(o)])
+        base = None  # composed once, for every value of every plain-key sweep (a sweep over T, seed, optim.lr)
         for override in (o for o in parsed if o.is_sweep_override()):
             for value in _values(override) or []:
-                _compose(config_name, fixed + [f"{override.get_key_element()}={value}"])
+                line = f"{override.get_key_element()}={value}"
+                if _plain_key(override, groups):
+                    if base is None:
+                        base = _compose(config_name, fixed, check=False, resolve=False)
+                    _check_assigned(base, line)
+                else:
+                    _compose(config_name, fixed + [line])
 
 
 def compose_plain(config_name: str, overrides: list[str]) -> dict:

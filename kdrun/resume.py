@@ -83,9 +83,14 @@ def resume_overrides(config_name: str, args: list[str]) -> list[str]:
     overrides_file = run_dir / HYDRA / "overrides.yaml"
     original = [str(o) for o in OmegaConf.load(overrides_file)] if overrides_file.is_file() else []
     original = [o for o in original if not o.startswith("resume=")]
+    check_same_config(run_dir, saved, compose_plain(config_name, original))
+    return [*original, f"resume={run_dir}", f"hydra.run.dir={run_dir}"]
+
+
+def check_same_config(run_dir: Path, saved: dict[str, Any], now: dict[str, Any]) -> None:
+    """A run continues only with the config it started with (`resume` aside): refuse it if they differ."""
     changed = differences({k: v for k, v in saved.items() if k != "resume"},
-                          {k: v for k, v in compose_plain(config_name, original).items() if k != "resume"})
+                          {k: v for k, v in now.items() if k != "resume"})
     if changed:
         raise KdrunError(f"{run_dir}'s overrides no longer give its saved config (differs in: {', '.join(changed[:5])}); "
                          "the config files changed since the run, so it cannot be resumed exactly")
-    return [*original, f"resume={run_dir}", f"hydra.run.dir={run_dir}"]

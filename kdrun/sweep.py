@@ -7,23 +7,54 @@ resume=SWEEP_DIR/N`, which checks its config still composes the same); else run 
 own directory with its own overrides, after clearing what a failed attempt left there. At
 the end the sweep's report is rewritten and the exit code says whether every job finished.
 No torch here: each job runs in a child `kdrun`, so a crash in one cannot take the others down.
+
+A sweep run with `hydra/launcher=stacked` is run again through that launcher instead, as one
+multirun in the same sweep dir (`stacked_resume_overrides`): the launcher makes the same
+per-job choice (`job_step`), so its unfinished jobs train as stacked groups again.
 """
 
 from __future__ import annotations
 
+import json
+import math
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from kdrun.errors import KdrunError
-from kdrun.resume import launch_dir
-from kdrun.rundir import LAST, MULTIRUN, SUMMARY, check_not_in_use, forget_unfinished
+from kdrun.resume import check_same_config, launch_dir
+from kdrun.rundir import HYDRA, LAST, MULTIRUN, SUMMARY, check_not_in_use, forget_unfinished
 
 
 def is_sweep_dir(path: Path) -> bool:
     return (path / MULTIRUN).is_file()
+
+
+STACKED_LAUNCHER = "StackedLauncher"  # the class name of hydra/launcher=stacked's _target_
+FINISHED, CONTINUE, RESTART = "finished", "continue", "restart"  # what finishing a job of a sweep takes
+# Hydra overrides a resumed stacked sweep sets itself (the sweep dir, multirun mode, the launcher's resume flag).
+OWN_HYDRA_OVERRIDES = ("hydra.sweep.dir=", "hydra.mode=", "hydra.launcher.resume=")
+
+
+def saved_sweep(sweep_dir: Path) -> dict[str, Any]:
+    saved = OmegaConf.to_container(OmegaConf.load(sweep_dir / MULTIRUN), resolve=False)
+    return saved if isinstance(saved, dict) else {}
+
+
+def is_stacked_sweep(sweep_dir: Path) -> bool:
+    """Whether the sweep ran with `hydra/launcher=stacked` (its groups then resume as groups)."""
+    target = OmegaConf.select(OmegaConf.create(saved_sweep(sweep_dir)), "hydra.launcher._target_", default="")
+    return str(target).endswith(STACKED_LAUNCHER)
+
+
+def job_step(job_dir: Path) -> str:
+    """FINISHED (it has summary.json: left alone), CONTINUE (from its last.pt), or RESTART (afresh)."""
+    if (job_dir / SUMMARY).exists():
+        return FINISHED
+    return CONTINUE if (job_dir / LAST).is_file() else RESTART
 
 
 def sweep_jobs(sweep_dir: Path, config_name: str) -> list[tuple[Path, list[str]]]:
@@ -31,8 +62,8 @@ def sweep_jobs(sweep_dir: Path, config_name: str) -> list[tuple[Path, list[str]]
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    saved = OmegaConf.to_container(OmegaConf.load(sweep_dir / MULTIRUN), resolve=False)
-    hydra = saved.get("hydra", {}) if isinstance(saved, dict) else {}
+    saved = saved_sweep(sweep_dir)
+    hydra = saved.get("hydra", {})
     if saved.get("command") != config_name:
         raise KdrunError(f"{sweep_dir} is a '{saved.get('command')}' sweep, not '{config_name}'; "
                          f"resume it with its own command")
@@ -51,9 +82,10 @@ def sweep_jobs(sweep_dir: Path, config_name: str) -> list[tuple[Path, list[str]]
 
 def job_command(name: str, job_dir: Path, overrides: list[str]) -> list[str] | None:
     """The kdrun command line that completes this job; None if it finished."""
-    if (job_dir / SUMMARY).exists():
+    step = job_step(job_dir)
+    if step == FINISHED:
         return None
-    if (job_dir / LAST).is_file():
+    if step == CONTINUE:
         return [name, f"resume={job_dir}"]
     forget_unfinished(job_dir)
     return [name, *overrides, f"hydra.run.dir={job_dir}"]
@@ -69,17 +101,33 @@ def run_child(argv: list[str], cwd: Path) -> int:
             continue
 
 
+def checked_jobs(sweep_dir: Path, config_name: str) -> list[tuple[Path, list[str]]]:
+    """The sweep's jobs, none of them in use by another process; says which ones will run."""
+    jobs = sweep_jobs(sweep_dir, config_name)
+    for job_dir, _ in jobs:
+        check_not_in_use(job_dir)
+    todo = [job_dir.name for job_dir, _ in jobs if job_step(job_dir) != FINISHED]
+    print(f"kdrun: {sweep_dir}: {len(jobs) - len(todo)} of {len(jobs)} job(s) finished; "
+          f"running {', '.join(todo) or 'none'}", flush=True)
+    return jobs
+
+
+def stacked_resume_overrides(config_name: str, sweep_dir: Path) -> list[str]:
+    """The command line that runs a stacked sweep again in its own dir, its launcher in resume mode:
+    finished jobs left alone, the others continued or restarted, in stacked groups as before."""
+    checked_jobs(sweep_dir, config_name)
+    overrides = saved_sweep(sweep_dir)["hydra"]["overrides"]
+    hydra = [o for o in overrides["hydra"] if not o.startswith(OWN_HYDRA_OVERRIDES)]
+    return ["-m", *overrides["task"], *hydra, f"hydra.sweep.dir={sweep_dir}", "hydra.launcher.resume=true"]
+
+
 def resume_sweep(name: str, config_name: str, sweep_dir: Path) -> int:
     """Run the sweep's unfinished jobs one by one, then rewrite its report; 0 only if every job finished."""
     from kdrun.callbacks import end_of_incomplete_sweep, summarise_sweep
 
-    jobs = sweep_jobs(sweep_dir, config_name)
-    for job_dir, _ in jobs:
-        check_not_in_use(job_dir)
+    jobs = checked_jobs(sweep_dir, config_name)
     todo = [(job_dir, job_command(name, job_dir, overrides)) for job_dir, overrides in jobs]
     todo = [(job_dir, argv) for job_dir, argv in todo if argv is not None]
-    print(f"kdrun: {sweep_dir}: {len(jobs) - len(todo)} of {len(jobs)} job(s) finished; "
-          f"running {', '.join(d.name for d, _ in todo) or 'none'}", flush=True)
     for job_dir, argv in todo:
         print(f"kdrun: job {job_dir.name}: kdrun {' '.join(argv)}", flush=True)
         code = run_child(argv, launch_dir(sweep_dir / MULTIRUN))
@@ -89,3 +137,24 @@ def resume_sweep(name: str, config_name: str, sweep_dir: Path) -> int:
     return end_of_incomplete_sweep(sweep_dir, config_name, unfinished) if unfinished else 0
 
 
+
+
+def job_dir_of(config: DictConfig) -> Path:
+    """Where a job of a sweep runs (the sweep dir and its subdir, as Hydra's launchers compose them)."""
+    return Path(str(config.hydra.sweep.dir), str(config.hydra.sweep.subdir)).resolve()
+
+
+def finished_result(job_dir: Path) -> float:
+    """A finished job's return value, as its task returned it: its final test accuracy."""
+    return float(json.loads((job_dir / SUMMARY).read_text()).get("test_acc", math.nan))
+
+
+def continue_from_last(job_dir: Path, config: DictConfig) -> None:
+    """Make a job's composed config continue from its `last.pt`, as `resume=JOB_DIR` does (the override
+    recorded in its .hydra/ too); a one-line error if the config files changed since it ran."""
+    saved = OmegaConf.to_container(OmegaConf.load(job_dir / HYDRA / "config.yaml"), resolve=True)
+    now = OmegaConf.to_container(OmegaConf.masked_copy(config, [k for k in config if k != "hydra"]), resolve=True)
+    check_same_config(job_dir, saved, now)
+    with open_dict(config):
+        config.resume = str(job_dir)
+        config.hydra.overrides.task.append(f"resume={job_dir}")

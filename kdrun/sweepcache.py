@@ -32,6 +32,7 @@ from kdrun.rundir import write_atomic
 log = logging.getLogger("kdrun")
 
 _COSTS: dict[str, dict[str, Any]] = {}
+ARCHITECTURE_ONCE = "once per architecture"  # a student's latency.measured: shared, not timed for this job's weights
 
 
 @dataclass(frozen=True)
@@ -55,10 +56,12 @@ def inputs_fingerprint(x: torch.Tensor) -> str:
 
 def architecture_cost(name: str, kwargs: dict[str, Any], model: nn.Module, input_shape: tuple[int, ...],
                       device: torch.device, latency: dict[str, Any]) -> dict[str, Any]:
-    """`latency.profile` of this architecture, measured once per process, device, threads and setting."""
+    """`latency.profile` of this architecture, measured once per process, device, threads and setting: every job
+    with those (all the jobs of a stacked group) records the same numbers, and `latency.measured` says so."""
     key = _key(name, kwargs, list(input_shape), str(device), torch.get_num_threads(), latency)
     if key not in _COSTS:
-        _COSTS[key] = profile(model, input_shape, device, **latency)
+        cost = profile(model, input_shape, device, **latency)
+        _COSTS[key] = {**cost, "latency": {**cost["latency"], "measured": ARCHITECTURE_ONCE}}
     return _COSTS[key]
 
 

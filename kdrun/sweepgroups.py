@@ -70,8 +70,14 @@ def group_key(cfg: DictConfig) -> str:
     return json.dumps(shared, sort_keys=True, default=str)
 
 
-def plan(configs: list[DictConfig], max_group_size: int) -> list[Group]:
-    """The sweep's jobs as groups, in the order of their first job; incompatible jobs alone with a reason."""
+def plan(configs: list[DictConfig], max_group_size: int, starts: Optional[list[Any]] = None) -> list[Group]:
+    """The sweep's jobs as groups, in the order of their first job; incompatible jobs alone with a reason.
+
+    `starts` (a resumed sweep) says where each job's training continues (epoch and step of its
+    last.pt, None for a fresh start): a stacked loop runs its jobs in step, so only jobs at the
+    same point group; a job stopped elsewhere (a failed job, a kill between two jobs' epoch-end
+    checkpoints) continues in a group of its own point, or alone.
+    """
     groups: list[Group] = []
     open_groups: dict[str, Group] = {}
     for index, cfg in enumerate(configs):
@@ -79,7 +85,7 @@ def plan(configs: list[DictConfig], max_group_size: int) -> list[Group]:
         if reason is not None:
             groups.append(Group([index], reason))
             continue
-        key = group_key(cfg)
+        key = group_key(cfg) + json.dumps(starts[index] if starts else None)
         group = open_groups.get(key)
         if group is None or len(group.jobs) >= max_group_size:
             group = open_groups[key] = Group()

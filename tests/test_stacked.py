@@ -138,22 +138,41 @@ def test_stacked_sweep_groups_what_it_can_writes_every_jobs_outputs_and_matches_
         assert all(_close(expected[k], got[k]) for k in expected), (expected, got)
 
 
-def test_sigterm_stops_a_stacked_group_and_each_job_resumes(workdir):
-    slow = [a for a in FAST if not a.startswith("teacher.")] + ["dataset.kwargs.num_train=20000", "epochs=3"]
-    job = start_kdrun(workdir, "train-student", "-m", "hydra/launcher=stacked", *slow, "seed=0,1")
+def test_sigterm_stops_a_stacked_group_and_resume_trains_it_stacked_again(workdir):
+    """Jobs 0-2 (1 epoch) finish; the group of jobs 3-5 (3 epochs) is stopped mid-epoch; job 5's last.pt is
+    put back to its end of epoch 1, as a kill between two jobs' epoch-end checkpoints leaves it. The resume
+    leaves 0-2 alone, trains 3 and 4 stacked from their mid-epoch state and 5 alone (its own point), and
+    each ends as the uninterrupted sweep's twin does."""
+    slow = [a for a in FAST if not a.startswith("teacher.")] + ["dataset.kwargs.num_train=20000"]
+    sweep = ["train-student", "-m", "hydra/launcher=stacked", *slow]
+    job = start_kdrun(workdir, *sweep, "epochs=1,3", "seed=0,1,2")  # the first override varies slowest
     jobs = lambda: run_dirs(workdir, "train_student-sweep")  # noqa: E731
-    wait_until(lambda: len(jobs()) == 2 and all(metric_rows(d) for d in jobs()), job)
+    wait_until(lambda: len(jobs()) == 6 and all((d / "last.pt").exists() for d in jobs()[3:]), job)
+    epoch_one = (jobs()[5] / "last.pt").read_bytes()
     job.send_signal(signal.SIGTERM)
     _, err = job.communicate(timeout=120)
     assert job.returncode == 143, err
-    assert "stacked group of 2 interrupted" in err and "Traceback" not in err
+    assert "stacked group of 3 interrupted" in err and "Traceback" not in err
     sweep_dir = jobs()[0].parent
     assert f"resume the sweep with: kdrun train-student resume={sweep_dir}" in err
-    for run_dir in jobs():
+    for run_dir in jobs()[3:]:
         status = json.loads((run_dir / "status.json").read_text())
         assert status["status"] == "interrupted" and status["resume"].endswith(f"resume={run_dir}")
         assert (run_dir / "last.pt").is_file() and not (run_dir / "summary.json").exists()
-    resumed = kdrun(workdir, "train-student", f"resume={sweep_dir}")  # each job from its own last.pt
+    (jobs()[5] / "last.pt").write_bytes(epoch_one)
+    finished = [(d / "summary.json").stat().st_mtime_ns for d in jobs()[:3]]
+
+    resumed = kdrun(workdir, "train-student", f"resume={sweep_dir}")
     assert resumed.returncode == 0, resumed.stderr
-    for seed, run_dir in enumerate(jobs()):
-        assert [r["epoch"] for r in metric_rows(run_dir)] == [1, 2, 3] and summary(run_dir)["seed"] == seed
+    out = resumed.stdout + resumed.stderr
+    assert "3 of 6 job(s) finished; running 3, 4, 5" in out and "kdrun: job 3:" not in out
+    assert "Launching 3 jobs: 2 in 1 stacked group(s), 1 alone" in out and "Training 2 jobs as one stacked model" in out
+    assert "#5 runs alone" in out  # its start differs from 3's and 4's
+    assert [(d / "summary.json").stat().st_mtime_ns for d in jobs()[:3]] == finished, "finished jobs are left alone"
+    assert "6 run(s) in 2 row(s)" in out, "one row per epochs value: a resumed job is no other setting"
+    reference = kdrun(workdir, *sweep, "epochs=3", "seed=0,1,2", f"hydra.sweep.dir={workdir / 'reference'}")
+    assert reference.returncode == 0, reference.stderr
+    for number, run_dir in enumerate(jobs()[3:]):
+        expected, got = _rows(workdir / "reference" / str(number)), _rows(run_dir)
+        assert [r["epoch"] for r in got] == [1, 2, 3] and summary(run_dir)["seed"] == number
+        assert all(_close(a[k], b[k]) for a, b in zip(expected, got) for k in a), (expected, got)

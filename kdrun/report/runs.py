@@ -12,9 +12,9 @@ and that is no sweep. Where any run lacks `.hydra/overrides.yaml` (copied summar
 summary fields T, alpha and the teacher's model are compared instead. Model and dataset
 always have their own columns, and rows never mix them.
 
-`seed` never separates rows: runs that differ only in their seed form one row, whose final
-and best-epoch accuracies are the mean ± sample std over its n seeds. Latency and speedup
-are medians over those runs. The gain is over the baseline (`train_student`) trained with the
+`seed` never separates rows (nor `resume`, which only says where a run continued from): runs
+that differ only in their seed form one row, whose final and best-epoch accuracies are the
+mean ± sample std over its n seeds. Latency and speedup are medians over those runs. The gain is over the baseline (`train_student`) trained with the
 same recipe (dataset, student, optimiser, epochs; from the summaries' dataset, model and
 epochs without configs), on final accuracy: picking the best epoch on the test set flatters.
 """
@@ -36,6 +36,7 @@ from kdrun.rundir import HYDRA, METRICS, SUMMARY, run_state
 ROLES = {"train_teacher": "teacher", "train_student": "baseline", "distill": "distill"}
 NOT_TRAINING = ("inspect_teacher",)  # finished runs that train nothing: never rows of a report
 FIXED = ("role", "model", "dataset")  # columns of every row; they also separate rows, so never a swept column
+NOT_SWEPT = ("seed", "resume")  # a job resumed in its dir (`resume=`) is the same setting as one that ran through
 FALLBACK_KEYS = ("T", "alpha", "teacher")
 RECIPE_KEYS = ("dataset", "student", "optim", "epochs")
 # "at best val": the epoch picked on the validation split (dataset.val_split), the honest number;
@@ -238,7 +239,7 @@ def swept_settings(runs: list[Run]) -> tuple[list[str], list[dict[str, str]]]:
                       else FALLBACK_KEYS)
         for key in candidates:
             values = {i: setting_value(runs[i], key, use_overrides) for i in members}
-            if key not in ("seed", *FIXED) and len(set(values.values())) > 1:
+            if key not in (*NOT_SWEPT, *FIXED) and len(set(values.values())) > 1:
                 columns += [key] if key not in columns else []
                 for i, value in values.items():
                     settings[i][key] = "" if value is None else value
