@@ -1,6 +1,7 @@
 """`hydra/launcher=stacked`: a multirun whose compatible jobs train together as one stacked model.
 
-The launcher composes every job's config (as Hydra's basic launcher does), asks
+The launcher gets every job's config (`kdrun.jobconfigs`: the configs Hydra's sweeper composed
+to validate the batch, most of them derived from one composition), asks
 `kdrun.sweepgroups.plan` which jobs share a training loop, runs a job that shares it with no
 other (or cannot be stacked; the log says why) as usual, and a group in three steps
 (`kdrun.commands.group`): each job opened in its own Hydra context (`.hydra/`, log file), the
@@ -29,6 +30,8 @@ from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, open_dict
 
+from kdrun.jobconfigs import JobConfigs
+
 log = logging.getLogger(__name__)
 
 
@@ -48,28 +51,6 @@ def _output_dir() -> Path:
     return Path(HydraConfig.get().runtime.output_dir).resolve()
 
 
-def _remember_compositions(loader: Any, master: DictConfig, composed: dict) -> Callable:
-    """Keep, in `composed`, each job config the sweeper composes before launching; return the loader's own method.
-
-    Hydra's sweepers compose every job of a batch once to validate it (`validate_batch_is_legal`, ~0.1 s a job)
-    and discard the result; the launcher would compose each again. The config loader of this run's HydraContext
-    (shared by sweeper and launcher) is made to keep those configs, keyed by the job's overrides, so the launcher
-    takes each over (once, by `pop`) instead of composing it again. The validation only composes: the config it
-    keeps is exactly what a second composition would return (same overrides, same master config, whose resolver
-    cache is copied into each).
-    """
-    compose = loader.load_sweep_config
-
-    def remembering(master_config: DictConfig, sweep_overrides: list[str]) -> DictConfig:
-        config = compose(master_config, sweep_overrides)
-        if master_config is master:
-            composed[tuple(sweep_overrides)] = config
-        return config
-
-    loader.load_sweep_config = remembering
-    return compose
-
-
 class StackedLauncher(Launcher):
     def __init__(self, max_group_size: int = 64, resume: bool = False) -> None:
         super().__init__()
@@ -80,11 +61,11 @@ class StackedLauncher(Launcher):
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
-        self._composed: dict[tuple[str, ...], DictConfig] = {}
-        self._compose = _remember_compositions(hydra_context.config_loader, config, self._composed)
+        # Takes over the loader's load_sweep_config: the sweeper's validation composes (at most) once for both.
+        self.job_configs = JobConfigs(hydra_context.config_loader, config)
 
     def _job_config(self, idx: int, overrides: Sequence[str]) -> DictConfig:
-        config = self._composed.pop(tuple(overrides), None) or self._compose(self.config, list(overrides))
+        config = self.job_configs.take(list(overrides))
         with open_dict(config):
             config.hydra.job.id = idx
             config.hydra.job.num = idx
