@@ -35,7 +35,8 @@ def _shape(override: Override) -> tuple:
 def _plain(override: Override, choices: Any) -> bool:
     """An override whose value can be assigned into a composed config: a key of it, not a group of the defaults list."""
     return (override.type is OverrideType.CHANGE and override.package is None and not override.is_hydra_override()
-            and override.key_or_group not in choices and not isinstance(override.value(), dict))
+            and not override.is_sweep_override() and override.key_or_group not in choices
+            and not isinstance(override.value(), dict))
 
 
 class JobConfigs:
