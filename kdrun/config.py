@@ -118,6 +118,8 @@ class RunConfig:
     logger: str = "none"
     # Write last.pt (everything needed to continue) every N epochs and at the last; 0: never.
     checkpoint_every: int = 1
+    # ...but skip a due write while the previous one is younger than this (short epochs); the last epoch always.
+    checkpoint_min_seconds: float = 10.0
     # Set by `kdrun <command> resume=RUN_DIR` (see kdrun/resume.py); not for typing by hand.
     resume: Optional[str] = None
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
@@ -246,6 +248,8 @@ def validate(cfg: Any) -> None:
     _check(cfg.epochs >= 1, f"epochs must be >= 1 (got {cfg.epochs}); try epochs=10")
     _check(cfg.logger in LOGGERS, f"logger must be one of {', '.join(LOGGERS)} (got '{cfg.logger}')")
     _check(cfg.checkpoint_every >= 0, f"checkpoint_every must be >= 0, 0 meaning never (got {cfg.checkpoint_every})")
+    _check(cfg.checkpoint_min_seconds >= 0, "checkpoint_min_seconds must be >= 0, 0 meaning every due epoch "
+           f"(got {cfg.checkpoint_min_seconds})")
     _check(0 <= cfg.threads <= MAX_THREADS, f"threads must be in [0, {MAX_THREADS}], 0 meaning torch's default "
            f"(got {cfg.threads})")
     _validate_dataset(cfg.dataset)

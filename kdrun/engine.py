@@ -209,8 +209,24 @@ def _schedule_step(scheduler: Any, resumed_after_last_step: bool) -> None:
         scheduler.step()
 
 
-def _checkpoint_due(epoch: int, every: int, epochs: int) -> bool:
-    return every > 0 and (epoch % every == 0 or epoch == epochs)
+@dataclass
+class CheckpointSchedule:
+    """When `last.pt` is written: every `every` epochs and after the last (0: only on a signal), but a due
+    write is skipped while the previous one is younger than `min_seconds`: epochs of a fraction of a
+    second would otherwise spend much of their time pickling and fsyncing it. The last epoch is always written."""
+
+    every: int = 1
+    min_seconds: float = 0.0
+    written: Optional[float] = None  # time.monotonic() of the previous write
+
+    def due(self, epoch: int, epochs: int) -> bool:
+        if self.every <= 0 or (epoch % self.every and epoch != epochs):
+            return False
+        now = time.monotonic()
+        if epoch != epochs and self.written is not None and now - self.written < self.min_seconds:
+            return False
+        self.written = now
+        return True
 
 
 def nonfinite_cause(data: Any, recipe: Recipe, first_step: bool, distilling: bool, ce_finite: bool) -> str:
@@ -251,6 +267,7 @@ def fit(model: nn.Module, data: Any, recipe: Recipe, device: torch.device, *,
         state: Optional[dict[str, Any]] = None,
         checkpoint: Optional[Callable[[dict[str, Any]], None]] = None,
         checkpoint_every: int = 1,
+        checkpoint_min_seconds: float = 0.0,
         stop: Optional[Callable[[], bool]] = None) -> list[dict[str, float]]:
     """Train `model` on `data` (a `TensorData` already on `device`, or a `StreamingData`) by `loss` (a Method,
     or a plain logit loss), with the frozen teacher's logits and features if given (`teacher_logits`: its
@@ -258,7 +275,8 @@ def fit(model: nn.Module, data: Any, recipe: Recipe, device: torch.device, *,
 
     Returns one metrics dict per epoch: epoch, train_loss, test_acc, lr, seconds (+ ce, kd with a teacher;
     + val_acc with a validation split).
-    `checkpoint(snapshot)` is called every `checkpoint_every` epochs (and at the last), `state` (such a
+    `checkpoint(snapshot)` is called every `checkpoint_every` epochs (and at the last; not sooner than
+    `checkpoint_min_seconds` after the previous one, see `CheckpointSchedule`), `state` (such a
     snapshot) continues a run exactly where it stopped, and `stop()` is asked after every step: when true,
     the loop checkpoints mid-epoch and raises `Interrupted`. `stop` must be a cheap host-side flag.
     """
@@ -273,6 +291,7 @@ def fit(model: nn.Module, data: Any, recipe: Recipe, device: torch.device, *,
     targets = (TeacherTargets(teacher, data, teacher_logits, method.teacher_stages)
                if teacher is not None and method.needs_teacher else None)
     optimizer, scheduler = make_optimizer(model, recipe, extra=method.parameters())
+    schedule = CheckpointSchedule(checkpoint_every, checkpoint_min_seconds)
     loop = Loop(model, optimizer, scheduler, torch.Generator().manual_seed(recipe.seed),
                 torch.Generator(device=device).manual_seed(recipe.seed + 1), [], method)
     partial = None
@@ -323,6 +342,6 @@ def fit(model: nn.Module, data: Any, recipe: Recipe, device: torch.device, *,
         history.append(row)
         if on_epoch:
             on_epoch(row)
-        if checkpoint and _checkpoint_due(epoch, checkpoint_every, recipe.epochs):
+        if checkpoint and schedule.due(epoch, recipe.epochs):
             checkpoint(loop.snapshot())
     return history

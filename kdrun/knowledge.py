@@ -77,13 +77,16 @@ def calibration_by_temperature(logits: torch.Tensor, labels: torch.Tensor,
 # --- gradient rescaling (Tang et al. 2020, Sec. 3.3) ---------------------------------------------
 
 def ce_logit_grad_norm(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Per-example ||d CE / d z|| = ||softmax(z) - onehot(y)||."""
-    return (F.softmax(logits.float(), dim=1) - F.one_hot(labels, logits.shape[1])).norm(dim=1)
+    """Per-example ||d CE / d z|| = ||softmax(z) - onehot(y)||, over the last (class) dimension."""
+    return (F.softmax(logits.float(), dim=-1) - F.one_hot(labels, logits.shape[-1])).norm(dim=-1)
 
 
-def kd_logit_grad_norm(logits: torch.Tensor, teacher_logits: torch.Tensor, T: float) -> torch.Tensor:
-    """Per-example ||d (T^2 KL(softmax(z_t/T) || softmax(z/T))) / d z|| = T ||softmax(z/T) - softmax(z_t/T)||."""
-    return T * (F.softmax(logits.float() / T, dim=1) - F.softmax(teacher_logits.float() / T, dim=1)).norm(dim=1)
+def kd_logit_grad_norm(logits: torch.Tensor, teacher_logits: torch.Tensor, T: float | torch.Tensor) -> torch.Tensor:
+    """Per-example ||d (T^2 KL(softmax(z_t/T) || softmax(z/T))) / d z|| = T ||softmax(z/T) - softmax(z_t/T)||.
+
+    `T` may be a (J, 1, 1) tensor for (J, N, C) logits: several students, each at its own temperature.
+    """
+    return (T * (F.softmax(logits.float() / T, dim=-1) - F.softmax(teacher_logits.float() / T, dim=-1))).norm(dim=-1)
 
 
 def ranks(values: torch.Tensor) -> torch.Tensor:
@@ -97,34 +100,60 @@ def ranks(values: torch.Tensor) -> torch.Tensor:
     return result
 
 
+def _centred_ranks(values: torch.Tensor) -> torch.Tensor:
+    r = ranks(values)
+    return r - r.mean()
+
+
+def spearman_rows(rows: torch.Tensor, b: torch.Tensor) -> list[float]:
+    """Spearman's rank correlation of each row of `rows` (J, N) with `b` (N,); nan where a side is constant."""
+    ra, rb = torch.stack([_centred_ranks(a) for a in rows]), _centred_ranks(b)
+    return [float("nan") if d == 0 else n / d
+            for n, d in zip((ra @ rb).tolist(), (ra.norm(dim=1) * rb.norm()).tolist())]
+
+
 def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
     """Spearman's rank correlation: Pearson's on the ranks; nan if either side is constant."""
-    ra, rb = ranks(a), ranks(b)
-    ra, rb = ra - ra.mean(), rb - rb.mean()
-    denominator = (ra.norm() * rb.norm()).item()
-    return float("nan") if denominator == 0 else (ra @ rb).item() / denominator
+    return spearman_rows(a.unsqueeze(0), b)[0]
+
+
+def grad_ratio_by_student(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
+                          temperatures: list[float]) -> list[dict[str, float]]:
+    """`grad_ratio_corr` of several students at once: logits (J, N, C) on the same N examples, each at its own T."""
+    T = torch.tensor(temperatures, device=student_logits.device).view(-1, 1, 1)
+    ratio = (kd_logit_grad_norm(student_logits, teacher_logits, T)
+             / ce_logit_grad_norm(student_logits, labels).clamp_min(1e-12))
+    confidence = true_class_prob(teacher_logits, labels, 1.0)
+    return [{"grad_ratio_corr": corr, "grad_ratio_median": median}
+            for corr, median in zip(spearman_rows(ratio, confidence), ratio.median(dim=1).values.tolist())]
 
 
 def grad_ratio_corr(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
                     T: float) -> dict[str, float]:
     """Spearman correlation between each example's KD/CE logit-gradient-norm ratio and the teacher's
     true-class probability (at T = 1: its confidence), plus the ratio's median."""
-    ratio = kd_logit_grad_norm(student_logits, teacher_logits, T) / ce_logit_grad_norm(student_logits, labels).clamp_min(1e-12)
-    confidence = true_class_prob(teacher_logits, labels, 1.0)
-    return {"grad_ratio_corr": spearman(ratio, confidence), "grad_ratio_median": ratio.median().item()}
+    return grad_ratio_by_student(student_logits.unsqueeze(0), teacher_logits, labels, [T])[0]
 
 
-def gradient_probe(student: nn.Module, teacher_logits: torch.Tensor, x: torch.Tensor, labels: torch.Tensor,
-                   T: float) -> Callable[[dict[str, float]], None]:
+@dataclass(frozen=True)
+class ProbeSet:
+    """The fixed training examples the gradient-rescaling probe looks at every epoch (`probe_subset`)."""
+
+    x: torch.Tensor
+    teacher_logits: torch.Tensor
+    labels: torch.Tensor
+
+
+def gradient_probe(student: nn.Module, probe: ProbeSet, T: float) -> Callable[[dict[str, float]], None]:
     """An on_epoch hook adding grad_ratio_corr (and grad_ratio_median) to the epoch's row, on a fixed subset.
 
     One forward pass of the student over the subset per epoch, in eval/inference mode.
     """
 
-    def probe(row: dict[str, float]) -> None:
-        row.update(grad_ratio_corr(predict(student, x), teacher_logits, labels, T))
+    def hook(row: dict[str, float]) -> None:
+        row.update(grad_ratio_corr(predict(student, probe.x), probe.teacher_logits, probe.labels, T))
 
-    return probe
+    return hook
 
 
 def probe_subset(n: int, size: int, seed: int = 0) -> torch.Tensor:

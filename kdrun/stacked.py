@@ -2,17 +2,18 @@
 
 The jobs of a group share the data, the architecture, the teacher's logits, the epochs, the
 batch size and the optimiser type; each keeps its own initial weights and batch order (its
-`seed`), learning rate, weight decay, schedule, `T` and `alpha`. Their parameters are
-stacked along a leading job dimension (`torch.func.stack_module_state`), one forward and
-backward pass (`vmap` over `functional_call`) serves them all, and the optimiser applies
-torch's own AdamW/SGD update with per-job learning rates and weight decays as tensors. So a
-job's trajectory equals the one `engine.fit` gives it alone, up to float rounding (batched
-matmuls sum in another order). BatchNorm keeps running statistics per job (stacked buffers).
+`seed`), learning rate, weight decay, schedule, `T` and `alpha`. Their parameters live in
+one (jobs, P) tensor (`torch.func.stack_module_state`, flattened), one forward and backward
+pass (batched matmuls for plain MLPs, `vmap` over `functional_call` otherwise) serves them
+all, the test accuracy and the gradient probe are one stacked forward each, and the
+optimiser applies torch's own AdamW/SGD update with per-job learning rates and weight decays
+as tensors. So a job's trajectory equals the one `engine.fit` gives it alone, up to float
+rounding (batched kernels sum in another order). BatchNorm keeps running statistics per job
+(stacked buffers).
 
 Each job keeps an ordinary `engine.Loop` (its module, a torch optimiser and scheduler, its
-generators, its history): its learning rate comes from its own scheduler, its test accuracy
-from `engine.evaluate` on its own module, and its `last.pt` is `Loop.snapshot`, so a job of
-a group resumes alone or in a group alike.
+generators, its history): its learning rate comes from its own scheduler and its `last.pt`
+is `Loop.snapshot`, so a job of a group resumes alone or in a group alike.
 """
 
 from __future__ import annotations
@@ -31,8 +32,9 @@ from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from kdrun.data import TensorData
-from kdrun.engine import Loop, Recipe, StepProgress, autocast, evaluate, make_optimizer
+from kdrun.engine import CheckpointSchedule, Loop, Recipe, StepProgress, autocast, make_optimizer
 from kdrun.errors import Interrupted, KdrunError
+from kdrun.knowledge import ProbeSet, grad_ratio_by_student
 
 ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-8  # torch.optim.AdamW's defaults, which make_optimizer uses
 
@@ -41,14 +43,16 @@ ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-8  # torch.optim.AdamW's defaults, which
 class Member:
     """One job of a group: its student (initial weights in, trained weights out) and what it trains with.
 
-    `kd` is (T, alpha) for the KD loss, None for hard labels alone. `on_epoch` records an epoch's
-    row; `checkpoint` writes the job's last.pt; `state` is a last.pt to continue from. After
-    training, `history` holds the rows and `failed` says why the job stopped early, if it did.
+    `kd` is (T, alpha) for the KD loss, None for hard labels alone; `probe_T` the temperature of its
+    gradient-rescaling probe (None: no probe). `on_epoch` records an epoch's row; `checkpoint`
+    writes the job's last.pt; `state` is a last.pt to continue from. After training, `history`
+    holds the rows and `failed` says why the job stopped early, if it did.
     """
 
     model: nn.Module
     recipe: Recipe
     kd: Optional[tuple[float, float]] = None
+    probe_T: Optional[float] = None
     on_epoch: Optional[Callable[[dict[str, float]], None]] = None
     checkpoint: Optional[Callable[[dict[str, Any]], None]] = None
     state: Optional[dict[str, Any]] = None
@@ -70,87 +74,129 @@ def _is_plain_mlp(model: nn.Module) -> bool:
                     for c in children))
 
 
+@dataclass(frozen=True)
+class Slot:
+    """Where one parameter lives in the flat (jobs, P) buffer: columns [start, end), viewed as (jobs, *shape)."""
+
+    name: str
+    start: int
+    end: int
+    shape: tuple[int, ...]
+
+
 class StackedModel:
-    """The members' parameters and buffers stacked along dim 0, run through one functional module."""
+    """The members' parameters in one flat (jobs, P) leaf tensor, buffers stacked, run through one functional module.
+
+    One flat leaf (each parameter a view of its columns) lets the optimiser update every
+    parameter of every job in a handful of element-wise operations, and autograd accumulate
+    every gradient into one tensor; the arithmetic per element is the same as per parameter.
+    """
 
     def __init__(self, models: list[nn.Module]) -> None:
-        params, buffers = stack_module_state(models)
-        self.params = {k: v.detach().requires_grad_(True) for k, v in params.items()}
-        self.buffers = buffers
+        params, self.buffers = stack_module_state(models)
+        self.jobs, start, self.slots = len(models), 0, []
+        for name, tensor in params.items():
+            size = tensor[0].numel()
+            self.slots.append(Slot(name, start, start + size, tuple(tensor.shape[1:])))
+            start += size
+        self.flat = torch.cat([t.detach().reshape(self.jobs, -1) for t in params.values()], 1).requires_grad_(True)
         self.base = copy.deepcopy(models[0]).to("meta")
         self.base.train()
 
         def one(p: dict, b: dict, x: torch.Tensor) -> torch.Tensor:
             return functional_call(self.base, (p, b), (x,))
 
-        self._forward = vmap(one)
+        self._forward, self._forward_shared_input = vmap(one), vmap(one, in_dims=(0, 0, None))
         self._plain_mlp = _is_plain_mlp(models[0])
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if self._plain_mlp:
-            return self._mlp(x)
-        return self._forward(self.params, self.buffers, x)
+    def params(self, flat: Optional[torch.Tensor] = None) -> dict[str, torch.Tensor]:
+        """Each parameter as a (jobs, *shape) view of `flat` (the parameters, or a state shaped like them)."""
+        flat = self.flat if flat is None else flat
+        return {s.name: flat[:, s.start:s.end].view(self.jobs, *s.shape) for s in self.slots}
 
-    def _mlp(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Logits (jobs, batch, classes) for inputs (jobs, batch, ...), each job its own batch, by `params()`."""
+        if self._plain_mlp:
+            return self._mlp(x, params)
+        return self._forward(params, self.buffers, x)
+
+    @torch.no_grad()
+    def predict(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Every job's logits (jobs, batch, classes) for the same inputs, its module in eval mode."""
+        self.base.eval()
+        with autocast(inputs.device):
+            logits = (self._mlp(inputs.expand(self.jobs, *inputs.shape), self.params()) if self._plain_mlp
+                      else self._forward_shared_input(self.params(), self.buffers, inputs)).float()
+        self.base.train()
+        return logits
+
+    def accuracies(self, data: TensorData) -> list[float]:
+        """Every job's test accuracy, one pass over the test set for all."""
+        correct = sum((self.predict(inputs).argmax(2) == labels).sum(1) for inputs, labels in data.test_batches(data.x_test.device))
+        return (correct / data.test_size).tolist()
+
+    def _mlp(self, x: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
         """Flatten/Linear/ReLU stacks as batched matmuls: the same arithmetic as vmap's, fewer dispatches."""
         h = x
         for name, module in self.base.named_children():
             if isinstance(module, nn.Flatten):
                 h = h.flatten(2)
             elif isinstance(module, nn.Linear):
-                h = torch.baddbmm(self.params[f"{name}.bias"].unsqueeze(1), h,
-                                  self.params[f"{name}.weight"].transpose(1, 2))
+                h = torch.baddbmm(params[f"{name}.bias"].unsqueeze(1), h, params[f"{name}.weight"].transpose(1, 2))
             else:
                 h = torch.relu(h)
         return h
 
+    def _tensors(self, model: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(the module's tensor, its stacked (jobs, ...) counterpart) for every parameter and buffer."""
+        stacked = {**self.params(), **self.buffers}
+        return [(tensor, stacked[name]) for name, tensor in [*model.named_parameters(), *model.named_buffers()]]
+
+    @torch.no_grad()
     def write_to(self, j: int, model: nn.Module) -> None:
         """Copy job j's weights and buffers into its own module."""
-        with torch.no_grad():
-            for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
-                source = self.params.get(name, self.buffers.get(name))
-                tensor.copy_(source[j])
+        for tensor, stacked in self._tensors(model):
+            tensor.copy_(stacked[j])
 
+    @torch.no_grad()
     def read_from(self, j: int, model: nn.Module) -> None:
         """Copy a module's weights and buffers into job j's slice (a resumed job)."""
-        with torch.no_grad():
-            for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
-                self.params.get(name, self.buffers.get(name))[j].copy_(tensor)
+        for tensor, stacked in self._tensors(model):
+            stacked[j].copy_(tensor)
 
 
 class StackedOptimizer:
     """torch.optim.AdamW / SGD's update, once for all jobs, with per-job learning rate and weight decay.
 
-    The arithmetic follows torch's single-tensor implementations step for step; the per-job
-    state maps onto each job's torch optimiser for checkpoints (`export_to` / `import_from`).
+    The arithmetic follows torch's single-tensor implementations step for step, on the flat
+    (jobs, P) parameter buffer; the per-job state maps onto each job's torch optimiser for
+    checkpoints (`export_to` / `import_from`).
     """
 
-    def __init__(self, params: list[torch.Tensor], recipe: Recipe) -> None:
-        self.params, self.kind = params, recipe.optimizer
+    def __init__(self, model: StackedModel, recipe: Recipe) -> None:
+        self.model, self.param, self.kind = model, model.flat, recipe.optimizer
         self.momentum, self.nesterov = recipe.momentum, recipe.nesterov
         self.steps = 0
-        self.state: list[dict[str, torch.Tensor]] = [{} for _ in params]
+        self.state: dict[str, torch.Tensor] = {}
+        self.grad: Optional[torch.Tensor] = None
 
     @torch.no_grad()
-    def step(self, lrs: list[float], weight_decays: list[float]) -> None:
-        """One update of every job; the per-job factors in double precision, as torch's Python floats are."""
+    def step(self, grads: list[torch.Tensor], lrs: list[float], weight_decays: list[float]) -> None:
+        """One update of every job by its gradients (one per `StackedModel.params()` view); the per-job
+        factors in double precision, as torch's Python floats are."""
         self.steps += 1
-        device = self.params[0].device
-        per_job = lambda values: torch.tensor(values, dtype=self.params[0].dtype, device=device)  # noqa: E731
+        self.grad = torch.cat([g.reshape(self.model.jobs, -1) for g in grads], 1)
+        per_job = lambda values: torch.tensor(values, dtype=self.param.dtype, device=self.param.device).view(-1, 1)  # noqa: E731
         if self.kind == "sgd":
             decay = per_job(weight_decays) if any(weight_decays) else None
-            step = per_job([-lr for lr in lrs])
+            self._sgd(decay, per_job([-lr for lr in lrs]))
         else:
             decay = per_job([1 - lr * wd for lr, wd in zip(lrs, weight_decays)]) if any(weight_decays) else None
-            step = per_job([-lr / (1 - ADAM_BETAS[0] ** self.steps) for lr in lrs])
-        for param, state in zip(self.params, self.state):
-            update = self._sgd if self.kind == "sgd" else self._adamw
-            update(param, param.grad, state, None if decay is None else _per_job(decay, param), _per_job(step, param))
+            self._adamw(decay, per_job([-lr / (1 - ADAM_BETAS[0] ** self.steps) for lr in lrs]))
 
-    def _adamw(self, param: torch.Tensor, grad: torch.Tensor, state: dict, decay: Optional[torch.Tensor],
-               step: torch.Tensor) -> None:
+    def _adamw(self, decay: Optional[torch.Tensor], step: torch.Tensor) -> None:
         """torch.optim.AdamW (_single_tensor_adam): `decay` = 1 - lr * wd, `step` = -lr / bias_correction1."""
-        beta1, beta2 = ADAM_BETAS
+        param, grad, state, (beta1, beta2) = self.param, self.grad, self.state, ADAM_BETAS
         if not state:
             state["exp_avg"], state["exp_avg_sq"] = torch.zeros_like(param), torch.zeros_like(param)
         if decay is not None:
@@ -161,38 +207,52 @@ class StackedOptimizer:
         denom = (state["exp_avg_sq"].sqrt() / bias_correction2_sqrt).add_(ADAM_EPS)
         param.addcmul_(state["exp_avg"] / denom, step)
 
-    def _sgd(self, param: torch.Tensor, grad: torch.Tensor, state: dict, decay: Optional[torch.Tensor],
-             step: torch.Tensor) -> None:
+    def _sgd(self, decay: Optional[torch.Tensor], step: torch.Tensor) -> None:
         """torch.optim.SGD (_single_tensor_sgd, dampening 0): `decay` = wd, `step` = -lr."""
+        param, grad = self.param, self.grad
         if decay is not None:
             grad = grad.add(param * decay)
         if self.momentum != 0:
-            if "momentum_buffer" not in state:
-                state["momentum_buffer"] = grad.clone()
+            if "momentum_buffer" not in self.state:
+                self.state["momentum_buffer"] = grad.clone()
             else:
-                state["momentum_buffer"].mul_(self.momentum).add_(grad)
-            buffer = state["momentum_buffer"]
+                self.state["momentum_buffer"].mul_(self.momentum).add_(grad)
+            buffer = self.state["momentum_buffer"]
             grad = grad.add(buffer, alpha=self.momentum) if self.nesterov else buffer
         param.add_(grad * step)
 
+    def _per_param(self, optimizer: torch.optim.Optimizer) -> list[tuple[torch.Tensor, dict[str, torch.Tensor]]]:
+        """(job's torch parameter, {state name: its (jobs, *shape) stacked view}) in the optimiser's order."""
+        views = {name: self.model.params(tensor) for name, tensor in self.state.items()}
+        return [(param, {name: view[slot.name] for name, view in views.items()})
+                for param, slot in zip(optimizer.param_groups[0]["params"], self.model.slots)]
+
     def export_to(self, j: int, optimizer: torch.optim.Optimizer) -> None:
         """Job j's state, in torch's own layout, into its torch optimiser (before `state_dict()`)."""
-        for param, state in zip(optimizer.param_groups[0]["params"], self.state):
-            if not state:
-                continue
-            optimizer.state[param] = {name: tensor[j].clone() for name, tensor in state.items()}
-            if self.kind != "sgd":
-                optimizer.state[param]["step"] = torch.tensor(float(self.steps))
+        for param, stacked in self._per_param(optimizer):
+            if stacked:
+                optimizer.state[param] = {name: view[j].clone() for name, view in stacked.items()}
+                if self.kind != "sgd":
+                    optimizer.state[param]["step"] = torch.tensor(float(self.steps))
 
     def import_from(self, j: int, optimizer: torch.optim.Optimizer) -> None:
         """Job j's state from its torch optimiser (a resumed job)."""
-        for param, stacked, state in zip(optimizer.param_groups[0]["params"], self.params, self.state):
+        saved_names = {n for s in optimizer.state.values() for n, t in s.items() if n != "step" and t is not None}
+        for name in saved_names:
+            self.state.setdefault(name, torch.zeros_like(self.param))
+        for param, stacked in self._per_param(optimizer):
             saved = optimizer.state.get(param, {})
             if "step" in saved:
                 self.steps = int(saved["step"].item())
-            for name, tensor in saved.items():
-                if name != "step" and tensor is not None:
-                    state.setdefault(name, torch.zeros_like(stacked))[j].copy_(tensor)
+            for name, view in stacked.items():
+                if saved.get(name) is not None:
+                    view[j].copy_(saved[name])
+
+
+def _log_softmax(z: torch.Tensor) -> torch.Tensor:
+    """log_softmax over the classes of (jobs, batch, classes) logits, computed along a non-last dimension:
+    torch's CPU kernel for a short last dimension (10 classes) is ~10x slower than its strided one."""
+    return torch.log_softmax(z.transpose(1, 2), 1).transpose(1, 2)
 
 
 class StackedKDLoss:
@@ -211,14 +271,19 @@ class StackedKDLoss:
 
     def __call__(self, logits: torch.Tensor, labels: torch.Tensor,
                  teacher: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        jobs, batch, classes = logits.shape
-        ce = F.cross_entropy(logits.reshape(-1, classes), labels.reshape(-1), reduction="none").view(jobs, batch).mean(1)
+        batch = logits.shape[1]
+        ce = -_log_softmax(logits).gather(2, labels.unsqueeze(2)).mean((1, 2))
         if teacher is None or not self.kd:
             return ce, ce, torch.zeros_like(ce)
-        kl = F.kl_div(F.log_softmax(logits / self.T, dim=2), F.log_softmax(teacher / self.T, dim=2),
+        kl = F.kl_div(_log_softmax(logits / self.T), _log_softmax(teacher / self.T),
                       reduction="none", log_target=True).sum((1, 2)) / batch
         kd = kl * self.T2
         return self.alpha * kd + self.rest * ce, ce, kd
+
+
+def _gather(rows: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """rows[index] for a (jobs, batch) index, as one index_select (several times faster than advanced indexing)."""
+    return rows.index_select(0, index.reshape(-1)).view(*index.shape, *rows.shape[1:])
 
 
 def _start(members: list[Member], device: torch.device) -> None:
@@ -231,107 +296,156 @@ def _start(members: list[Member], device: torch.device) -> None:
             m.loop.restore(m.state)
 
 
-def _snapshot(m: Member, j: int, model: StackedModel, optimizer: StackedOptimizer, step: int = 0,
-              perm: Optional[torch.Tensor] = None, sums: Optional[torch.Tensor] = None,
-              bad_step: Optional[torch.Tensor] = None, seconds: float = 0.0) -> dict[str, Any]:
-    model.write_to(j, m.model)
-    optimizer.export_to(j, m.loop.optimizer)
-    return m.loop.snapshot(step, None if perm is None else perm[j], None if sums is None else sums[j],
-                           None if bad_step is None else bad_step[j], seconds)
+@dataclass
+class _EpochState:
+    """Where every job is within an epoch: batch orders (jobs, n), first step, loss sums (jobs, 3), first bad step."""
+
+    perm: torch.Tensor
+    first: int
+    sums: torch.Tensor
+    bad_step: torch.Tensor
+    started: float
+
+
+class GroupTraining:
+    """One stacked training loop over the members of a group (`fit_group`)."""
+
+    def __init__(self, members: list[Member], data: TensorData, device: torch.device,
+                 teacher_logits: Optional[torch.Tensor], probe: Optional[ProbeSet], schedule: CheckpointSchedule) -> None:
+        self.members, self.data, self.device = members, data, device
+        self.teacher_logits, self.probe, self.schedule = teacher_logits, probe, schedule
+        for m in members:
+            m.model.to(device).train()
+        _start(members, device)
+        self.model = StackedModel([m.model for m in members])
+        self.optimizer = StackedOptimizer(self.model, members[0].recipe)
+        for j, m in enumerate(members):
+            if m.state is not None:
+                self.optimizer.import_from(j, m.loop.optimizer)
+        self.loss = StackedKDLoss(members, device)
+        self.recipe, self.n = members[0].recipe, len(data.x_train)
+        self.steps = math.ceil(self.n / self.recipe.batch_size)
+
+    def run(self, progress: Optional[StepProgress], stop: Optional[Callable[[], bool]],
+            after_epoch: Optional[Callable[[int], None]]) -> None:
+        resumed = self.members[0].state if self.members[0].state and self.members[0].state["step"] else None
+        for epoch in range(len(self.members[0].history) + 1, self.recipe.epochs + 1):
+            state = self._resumed_epoch(resumed) if resumed else self._new_epoch()
+            resumed = None
+            lrs = [m.loop.optimizer.param_groups[0]["lr"] for m in self.members]
+            if progress:
+                progress.start_epoch(epoch, self.steps)
+            self._train_epoch(epoch, state, lrs, progress, stop)
+            self._end_epoch(epoch, state, lrs, self._seconds(state))
+            if after_epoch:
+                after_epoch(epoch)
+        for j, m in enumerate(self.members):
+            self.model.write_to(j, m.model)
+
+    def _new_epoch(self) -> _EpochState:
+        jobs = len(self.members)
+        perm = torch.stack([torch.randperm(self.n, generator=m.loop.order) for m in self.members])
+        return _EpochState(perm, 0, torch.zeros(jobs, 3, device=self.device),
+                           torch.zeros(jobs, dtype=torch.long, device=self.device), time.perf_counter())
+
+    def _resumed_epoch(self, saved: dict[str, Any]) -> _EpochState:
+        """The epoch every member's last.pt stopped in (a group is interrupted at one step)."""
+        stacked = lambda key: torch.stack([m.state[key] for m in self.members]).to(self.device)  # noqa: E731
+        return _EpochState(stacked("perm").cpu(), saved["step"], stacked("sums"), stacked("bad_step"),
+                           time.perf_counter() - saved["seconds"] * len(self.members))
+
+    def _seconds(self, state: _EpochState) -> float:
+        """Each member's share of the group's time in this epoch (so the members' train_seconds add up to it)."""
+        return (time.perf_counter() - state.started) / len(self.members)
+
+    def _train_epoch(self, epoch: int, state: _EpochState, lrs: list[float], progress: Optional[StepProgress],
+                     stop: Optional[Callable[[], bool]]) -> None:
+        decays = [m.recipe.weight_decay for m in self.members]
+        batches = state.perm.to(self.device).split(self.recipe.batch_size, dim=1)
+        for step in range(state.first, self.steps):
+            index = batches[step]
+            params = self.model.params()
+            with autocast(self.device):
+                logits = self.model(_gather(self.data.x_train, index), params).float()
+            teacher = _gather(self.teacher_logits, index) if self.teacher_logits is not None else None
+            total, ce, kd = self.loss(logits, _gather(self.data.y_train, index), teacher)
+            # Gradients of the views, not of the flat leaf: autograd would build a (jobs, P) zero tensor per view
+            self.optimizer.step(torch.autograd.grad(total.sum(), list(params.values())), lrs, decays)
+            state.sums += torch.stack([total, ce, kd], 1).detach() * index.shape[1]
+            state.bad_step = torch.where((state.bad_step == 0) & ~torch.isfinite(total.detach()), step + 1,
+                                         state.bad_step)
+            if progress:
+                progress.advance()
+            if stop is not None and stop():
+                self._interrupt(epoch, step + 1, state)
+
+    def _interrupt(self, epoch: int, step: int, state: _EpochState) -> None:
+        """Every member's last.pt at this step, then `Interrupted`."""
+        seconds = self._seconds(state)
+        for j, m in enumerate(self.members):
+            if m.checkpoint and not m.failed:
+                m.checkpoint(self._snapshot(j, step, state.perm[j], state.sums[j], state.bad_step[j], seconds))
+        raise Interrupted(epoch, step, saved=self.members[0].checkpoint is not None)
+
+    def _snapshot(self, j: int, step: int = 0, perm: Optional[torch.Tensor] = None, sums: Optional[torch.Tensor] = None,
+                  bad_step: Optional[torch.Tensor] = None, seconds: float = 0.0) -> dict[str, Any]:
+        m = self.members[j]
+        self.model.write_to(j, m.model)
+        self.optimizer.export_to(j, m.loop.optimizer)
+        return m.loop.snapshot(step, perm, sums, bad_step, seconds)
+
+    def _probe_rows(self) -> list[dict[str, float]]:
+        """The gradient-rescaling probe's numbers per member (empty for members without it), one stacked forward."""
+        temperatures = [m.probe_T for m in self.members]
+        if self.probe is None or all(T is None for T in temperatures):
+            return [{} for _ in self.members]
+        rows = grad_ratio_by_student(self.model.predict(self.probe.x), self.probe.teacher_logits, self.probe.labels,
+                                     [1.0 if T is None else T for T in temperatures])
+        return [{} if T is None else row for T, row in zip(temperatures, rows)]
+
+    def _end_epoch(self, epoch: int, state: _EpochState, lrs: list[float], seconds: float) -> None:
+        """Each member's schedule step, row, hooks and checkpoint, as `engine.fit` does at an epoch's end."""
+        means, bad = (state.sums / self.n).tolist(), state.bad_step.tolist()
+        accuracies, probed = self.model.accuracies(self.data), self._probe_rows()
+        checkpoint = self.schedule.due(epoch, self.recipe.epochs)
+        for j, m in enumerate(self.members):
+            with warnings.catch_warnings():  # its torch optimiser only holds state: the stacked one took the steps
+                warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()`"))
+                m.loop.scheduler.step()
+            if m.failed:
+                continue
+            train_loss, ce, kd = means[j]
+            if not math.isfinite(train_loss):
+                m.failed = (f"training loss became {train_loss} in epoch {epoch}, step {bad[j]} of {self.steps}; lower "
+                            f"the learning rate (it is {m.recipe.lr:g}; try {m.recipe.lr / 10:g} or less)")
+                continue
+            self.model.write_to(j, m.model)
+            row = {"epoch": epoch, "train_loss": train_loss,
+                   **({"ce": ce, "kd": kd} if self.teacher_logits is not None else {}),
+                   "test_acc": accuracies[j], "lr": lrs[j], "seconds": seconds, **probed[j]}
+            m.history.append(row)
+            if m.on_epoch:
+                m.on_epoch(row)
+            if m.checkpoint and checkpoint:
+                m.checkpoint(self._snapshot(j))
 
 
 def fit_group(members: list[Member], data: TensorData, device: torch.device, *,
-              teacher_logits: Optional[torch.Tensor] = None, checkpoint_every: int = 1,
+              teacher_logits: Optional[torch.Tensor] = None, probe: Optional[ProbeSet] = None,
+              checkpoint_every: int = 1, checkpoint_min_seconds: float = 0.0,
               progress: Optional[StepProgress] = None, stop: Optional[Callable[[], bool]] = None,
               after_epoch: Optional[Callable[[int], None]] = None) -> None:
     """Train every member for its recipe's epochs as one stacked model (see the module docstring).
 
-    Rows match `engine.fit`'s; `seconds` is the member's share of the group's epoch time (so the
-    members' train_seconds add up to the group's). A member whose loss turns non-finite is marked
-    `failed` and recorded no further; the others go on. On `stop()`, every member checkpoints
-    and `Interrupted` is raised. `after_epoch(epoch)` is called once per epoch, after the members' rows.
+    Rows match `engine.fit`'s; `seconds` is the member's share of the group's epoch time. A member
+    whose loss turns non-finite is marked `failed` and recorded no further; the others go on.
+    `probe` adds the gradient-rescaling probe to the rows of members with a `probe_T`. last.pt is
+    written as `engine.fit` writes it (`CheckpointSchedule`); on `stop()`, every member
+    checkpoints and `Interrupted` is raised. `after_epoch(epoch)` is called once per epoch,
+    after the members' rows.
     """
     if not isinstance(data, TensorData):
         raise KdrunError(f"stacked training needs an in-memory dataset; '{data.name}' is streamed from disk: "
                          "sweep it with another hydra/launcher")
-    for m in members:
-        m.model.to(device).train()
-    _start(members, device)
-    model = StackedModel([m.model for m in members])
-    optimizer = StackedOptimizer(list(model.params.values()), members[0].recipe)
-    for j, m in enumerate(members):
-        if m.state is not None:
-            optimizer.import_from(j, m.loop.optimizer)
-    recipe, n = members[0].recipe, len(data.x_train)
-    kd_loss = StackedKDLoss(members, device)
-    steps = math.ceil(n / recipe.batch_size)
-    partial = members[0].state if members[0].state and members[0].state["step"] else None
-    for epoch in range(len(members[0].history) + 1, recipe.epochs + 1):
-        started = time.perf_counter() - (partial["seconds"] * len(members) if partial else 0.0)
-        lrs = [m.loop.optimizer.param_groups[0]["lr"] for m in members]
-        decays = [m.recipe.weight_decay for m in members]
-        if partial:
-            perm = torch.stack([m.state["perm"] for m in members])
-            first, sums = partial["step"], torch.stack([m.state["sums"] for m in members]).to(device)
-            bad_step = torch.stack([m.state["bad_step"] for m in members]).to(device)
-        else:
-            perm = torch.stack([torch.randperm(n, generator=m.loop.order) for m in members])
-            first, sums = 0, torch.zeros(len(members), 3, device=device)
-            bad_step = torch.zeros(len(members), dtype=torch.long, device=device)
-        partial = None
-        batches = perm.to(device).split(recipe.batch_size, dim=1)
-        if progress:
-            progress.start_epoch(epoch, steps)
-        for step in range(first, steps):
-            index = batches[step]
-            with autocast(device):
-                logits = model(data.x_train[index]).float()
-            teacher = teacher_logits[index] if teacher_logits is not None else None
-            total, ce, kd = kd_loss(logits, data.y_train[index], teacher)
-            for p in model.params.values():
-                p.grad = None
-            total.sum().backward()
-            optimizer.step(lrs, decays)
-            sums += torch.stack([total, ce, kd], 1).detach() * index.shape[1]
-            bad_step = torch.where((bad_step == 0) & ~torch.isfinite(total.detach()), step + 1, bad_step)
-            if progress:
-                progress.advance()
-            if stop is not None and stop():
-                seconds = (time.perf_counter() - started) / len(members)
-                for j, m in enumerate(members):
-                    if m.checkpoint and not m.failed:
-                        m.checkpoint(_snapshot(m, j, model, optimizer, step + 1, perm, sums, bad_step, seconds))
-                raise Interrupted(epoch, step + 1, saved=members[0].checkpoint is not None)
-        seconds = (time.perf_counter() - started) / len(members)
-        _end_epoch(members, model, optimizer, data, epoch, steps, sums / n, bad_step, lrs, seconds,
-                   teacher_logits is not None, checkpoint_every)
-        if after_epoch:
-            after_epoch(epoch)
-    for j, m in enumerate(members):
-        model.write_to(j, m.model)
-
-
-def _end_epoch(members: list[Member], model: StackedModel, optimizer: StackedOptimizer, data: TensorData,
-               epoch: int, steps: int, means: torch.Tensor, bad_step: torch.Tensor, lrs: list[float],
-               seconds: float, with_teacher: bool, checkpoint_every: int) -> None:
-    """Each member's schedule step, row, hooks and checkpoint, as `engine.fit` does at an epoch's end."""
-    rows, bad = means.tolist(), bad_step.tolist()
-    for j, m in enumerate(members):
-        with warnings.catch_warnings():  # its torch optimiser only holds state: the stacked one took the steps
-            warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()`"))
-            m.loop.scheduler.step()
-        if m.failed:
-            continue
-        train_loss, ce, kd = rows[j]
-        if not math.isfinite(train_loss):
-            m.failed = (f"training loss became {train_loss} in epoch {epoch}, step {bad[j]} of {steps}; lower the "
-                        f"learning rate (it is {m.recipe.lr:g}; try {m.recipe.lr / 10:g} or less)")
-            continue
-        model.write_to(j, m.model)
-        row = {"epoch": epoch, "train_loss": train_loss, **({"ce": ce, "kd": kd} if with_teacher else {}),
-               "test_acc": evaluate(m.model, data, data.x_test.device), "lr": lrs[j], "seconds": seconds}
-        m.history.append(row)
-        if m.on_epoch:
-            m.on_epoch(row)
-        if m.checkpoint and checkpoint_every > 0 and (epoch % checkpoint_every == 0 or epoch == m.recipe.epochs):
-            m.checkpoint(_snapshot(m, j, model, optimizer))
+    schedule = CheckpointSchedule(checkpoint_every, checkpoint_min_seconds)
+    GroupTraining(members, data, device, teacher_logits, probe, schedule).run(progress, stop, after_epoch)

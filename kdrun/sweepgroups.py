@@ -61,7 +61,8 @@ def group_key(cfg: DictConfig) -> str:
         "momentum": optim.momentum if optim.name == "sgd" else None,
         "nesterov": optim.nesterov if optim.name == "sgd" else None,
         "device": cfg.device, "threads": cfg.threads, "latency": _plain(cfg.latency), "progress": cfg.progress,
-        "checkpoint_every": cfg.checkpoint_every, "resumed": cfg.resume is not None,
+        "checkpoint_every": cfg.checkpoint_every, "checkpoint_min_seconds": cfg.checkpoint_min_seconds,
+        "resumed": cfg.resume is not None,
     }
     if cfg.command == "distill":
         shared.update(teacher=_plain(cfg.teacher), teacher_epoch=cfg.teacher_epoch, loss=cfg.loss.name,

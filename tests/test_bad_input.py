@@ -26,6 +26,8 @@ TABLE = [
     ("alpha > 1", ["distill", "alpha=1.5"], "alpha must be in [0, 1] (got 1.5)"),
     ("alpha < 0", ["distill", "alpha=-0.1"], "alpha must be in [0, 1] (got -0.1)"),
     ("epochs < 1", ["train-student", "epochs=0"], "epochs must be >= 1 (got 0)"),
+    ("checkpoint_min_seconds < 0", ["train-student", "checkpoint_min_seconds=-1"],
+     "checkpoint_min_seconds must be >= 0, 0 meaning every due epoch (got -1.0)"),
     ("bad value in a sweep", ["distill", "-m", "T=1,0"], "T must be > 0 (got 0.0)"),
     ("unknown dataset", ["distill", "dataset=cifar1000"],
      "unknown dataset 'cifar1000'; choose one of: cifar10, cifar100, fake, fashion_mnist, image_folder, imagenet, "

@@ -15,7 +15,7 @@ import torch
 from conftest import FAST, kdrun, metric_rows, start_kdrun, summary, wait_until
 from kdrun.data import TensorData, load_dataset
 from kdrun.data.augment import crop_flip_augment
-from kdrun.engine import Recipe, fit
+from kdrun.engine import CheckpointSchedule, Recipe, fit
 from kdrun.errors import Interrupted
 from kdrun.lifecycle import StopRequest
 from kdrun.losses import KDLoss
@@ -100,6 +100,13 @@ def test_checkpoint_every_sets_the_interval_and_zero_turns_it_off():
         saved = []
         fit(_fresh(), data, recipe, CPU, checkpoint=lambda s: saved.append(s["epoch"]), checkpoint_every=every)
         assert saved == epochs_saved
+
+
+def test_checkpoint_min_seconds_skips_due_writes_until_the_previous_one_is_old_enough(monkeypatch):
+    clock = iter([0.0, 4.0, 11.0, 12.0, 30.0, 31.0])  # time.monotonic() at each due epoch
+    monkeypatch.setattr("kdrun.engine.time.monotonic", lambda: next(clock))
+    schedule = CheckpointSchedule(every=1, min_seconds=10)
+    assert [e for e in range(1, 7) if schedule.due(e, 6)] == [1, 3, 5, 6]  # 4 s and 12 s after a write skip; last always
 
 
 def test_a_second_ctrl_c_exits_at_once(monkeypatch):

@@ -118,7 +118,8 @@ def training_hooks(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         log.info("Resuming from %s: %d epochs done, %d steps into the next", path, state["epoch"], state["step"])
         delete_status(run_dir)
     return {"state": state, "checkpoint": StateWriter(path),
-            "checkpoint_every": cfg.checkpoint_every, **stop_hook()}
+            "checkpoint_every": cfg.checkpoint_every, "checkpoint_min_seconds": cfg.checkpoint_min_seconds,
+            **stop_hook()}
 
 
 def history_summary(history: list[dict[str, float]]) -> dict[str, Any]:

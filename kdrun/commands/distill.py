@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import torch
 from omegaconf import DictConfig
 
 from kdrun.commands.common import (EpochHook, Setup, latency_options, log, plain_config, run_header, setup, stop_hook,
                                    student_cost, train_student)
-from kdrun.knowledge import TeacherStats, gradient_probe, probe_subset, teacher_stats
+from kdrun.knowledge import ProbeSet, TeacherStats, gradient_probe, probe_subset, teacher_stats
 from kdrun.methods import Method, MethodContext, build_method
 from kdrun.rundir import write_summary
 from kdrun.sweepcache import TeacherFacts, teacher_facts
@@ -18,18 +18,20 @@ from kdrun.teacher import Teacher, obtain_teacher
 from kdrun.ui import epoch_progress, show_results
 
 
+def probe_set(cfg: DictConfig, env: Setup, teacher_logits: torch.Tensor) -> Optional[ProbeSet]:
+    """The gradient-rescaling probe's examples (cfg.probe) among the teacher's reference inputs; None if off."""
+    if not cfg.probe:
+        return None
+    x, y = env.data.teacher_reference(env.device)
+    index = probe_subset(len(x), cfg.probe_examples).to(env.device)
+    return ProbeSet(x[index], teacher_logits[index], y[index])
+
+
 def epoch_hooks(cfg: DictConfig, env: Setup,
                 teacher_logits: torch.Tensor) -> Callable[[torch.nn.Module], list[EpochHook]]:
-    """Per-epoch extras for the student: the gradient-rescaling probe (cfg.probe) on the teacher's reference inputs."""
-
-    def hooks(student: torch.nn.Module) -> list[EpochHook]:
-        if not cfg.probe:
-            return []
-        x, y = env.data.teacher_reference(env.device)
-        index = probe_subset(len(x), cfg.probe_examples).to(env.device)
-        return [gradient_probe(student, teacher_logits[index], x[index], y[index], cfg.T)]
-
-    return hooks
+    """Per-epoch extras for the student: the gradient-rescaling probe (cfg.probe)."""
+    probe = probe_set(cfg, env, teacher_logits)
+    return lambda student: [] if probe is None else [gradient_probe(student, probe, cfg.T)]
 
 
 def prepare_teacher(cfg: DictConfig, env: Setup) -> tuple[Teacher, TeacherFacts]:

@@ -21,8 +21,7 @@ from typing import Any, Iterator, Optional
 from omegaconf import DictConfig
 
 from kdrun.commands import distill, train_student
-from kdrun.commands.common import (Setup, build_student, chain, epoch_recorder, log, save_student, setup,
-                                   training_hooks)
+from kdrun.commands.common import Setup, build_student, epoch_recorder, log, save_student, setup, training_hooks
 from kdrun.errors import Interrupted, fail
 from kdrun.lifecycle import report_interrupted, resume_command, stop_on_signals
 from kdrun.rundir import owned, write_status
@@ -76,20 +75,19 @@ def open_job(cfg: DictConfig, run_dir: Path) -> Job:
 def _member(job: Job, shared: Shared) -> Member:
     cfg, env = job.cfg, shared.env
     student = build_student(cfg, env)
-    hooks: list = []
-    kd = None
+    kd = probe_T = None
     if cfg.command == "distill":
         stats = distill.job_stats(cfg, env, shared.facts)
         job.extras.update(loss=distill.job_loss(cfg, env, stats, shared.teacher.model, student), stats=stats)
         kd = (float(cfg.T), float(cfg.alpha)) if cfg.loss.name == "kd" else None
-        hooks = distill.epoch_hooks(cfg, env, shared.facts.train_logits)(student)
-    record = chain(*hooks, epoch_recorder(job.run_dir, "student", cfg.logger))
+        probe_T = float(cfg.T) if cfg.probe else None  # the group's probe runs for all its jobs at once
+    record = epoch_recorder(job.run_dir, "student", cfg.logger)
 
     def on_epoch(row: dict[str, float]) -> None:
         with logging_to(job.log_files):
             record(row)
 
-    return Member(student, recipe_from_optim(cfg.optim, cfg.epochs, cfg.seed), kd, on_epoch,
+    return Member(student, recipe_from_optim(cfg.optim, cfg.epochs, cfg.seed), kd, probe_T, on_epoch,
                   job.hooks["checkpoint"], job.hooks["state"])
 
 
@@ -121,8 +119,9 @@ def train_group(jobs: list[Job]) -> Shared:
         try:
             fit_group(members, shared.env.data, shared.env.device,
                       teacher_logits=shared.facts.train_logits if shared.facts else None,
-                      checkpoint_every=first.checkpoint_every, progress=progress, stop=stop,
-                      after_epoch=_group_line(jobs))
+                      probe=distill.probe_set(first, shared.env, shared.facts.train_logits) if shared.facts else None,
+                      checkpoint_every=first.checkpoint_every, checkpoint_min_seconds=first.checkpoint_min_seconds,
+                      progress=progress, stop=stop, after_epoch=_group_line(jobs))
         except Interrupted as interrupted:
             stop_group(jobs, interrupted, stop.exit_code)
     for job in jobs:
