@@ -6,7 +6,9 @@ again to run it; one composition costs ~0.1 s on a quiet 2-core machine, several
 under load. `JobConfigs` takes over the config loader's `load_sweep_config` for one sweep:
 
 - it keeps every config it returns, and the launcher `take`s each (once) instead of
-  composing it again;
+  composing it again: the validation only composes and discards (nothing changes a kept
+  config before the launcher takes it), and the configs jobs are derived from are private
+  copies, never handed out;
 - a job whose overrides differ from an already composed job's only in plain keys (`T=4`
   instead of `T=2`; not a config group, a Hydra setting, a `+`/`~` or a dict value) is not
   composed: that job's config is copied and Hydra's own override step
@@ -35,7 +37,8 @@ def _shape(override: Override) -> tuple:
 def _plain(override: Override, choices: Any) -> bool:
     """An override whose value can be assigned into a composed config: a key of it, not a group of the defaults list."""
     return (override.type is OverrideType.CHANGE and override.package is None and not override.is_hydra_override()
-            and override.key_or_group not in choices and not isinstance(override.value(), dict))
+            and not override.is_sweep_override() and override.key_or_group not in choices
+            and not isinstance(override.value(), dict))
 
 
 class JobConfigs:
