@@ -29,14 +29,14 @@ from kdrun.resume import check_same_config, launch_dir
 from kdrun.rundir import HYDRA, LAST, MULTIRUN, SUMMARY, check_not_in_use, forget_unfinished
 
 
-def is_sweep_dir(path: Path) -> bool:
-    return (path / MULTIRUN).is_file()
-
-
 STACKED_LAUNCHER = "StackedLauncher"  # the class name of hydra/launcher=stacked's _target_
 FINISHED, CONTINUE, RESTART = "finished", "continue", "restart"  # what finishing a job of a sweep takes
 # Hydra overrides a resumed stacked sweep sets itself (the sweep dir, multirun mode, the launcher's resume flag).
 OWN_HYDRA_OVERRIDES = ("hydra.sweep.dir=", "hydra.mode=", "hydra.launcher.resume=")
+
+
+def is_sweep_dir(path: Path) -> bool:
+    return (path / MULTIRUN).is_file()
 
 
 def saved_sweep(sweep_dir: Path) -> dict[str, Any]:
@@ -137,7 +137,7 @@ def resume_sweep(name: str, config_name: str, sweep_dir: Path) -> int:
     return end_of_incomplete_sweep(sweep_dir, config_name, unfinished) if unfinished else 0
 
 
-
+# In the stacked launcher's resume mode (hydra.launcher.resume=true), for each job of the sweep:
 
 def job_dir_of(config: DictConfig) -> Path:
     """Where a job of a sweep runs (the sweep dir and its subdir, as Hydra's launchers compose them)."""
