@@ -182,9 +182,9 @@ def test_stacked_sweep_groups_what_it_can_writes_every_jobs_outputs_and_matches_
 
 def test_sigterm_stops_a_stacked_group_and_resume_trains_it_stacked_again(workdir):
     """Jobs 0-2 (1 epoch) finish; the group of jobs 3-5 (3 epochs) is stopped mid-epoch; job 5's last.pt is
-    put back to its end of epoch 1, as a kill between two jobs' epoch-end checkpoints leaves it. The resume
-    leaves 0-2 alone, trains 3 and 4 stacked from their mid-epoch state and 5 alone (its own point), and
-    each ends as the uninterrupted sweep's twin does."""
+    put back to its end of epoch 1, as a kill between two jobs' epoch-end checkpoints leaves it; job 0 is
+    made a failed attempt. The resume leaves 1 and 2 alone, restarts 0 afresh, trains 3 and 4 stacked from
+    their mid-epoch state and 5 alone (its own point), and each ends as the uninterrupted sweep's twin does."""
     slow = [a for a in FAST if not a.startswith("teacher.")] + ["dataset.kwargs.num_train=20000"]
     sweep = ["train-student", "-m", "hydra/launcher=stacked", *slow]
     job = start_kdrun(workdir, *sweep, "epochs=1,3", "seed=0,1,2")  # the first override varies slowest
@@ -202,15 +202,21 @@ def test_sigterm_stops_a_stacked_group_and_resume_trains_it_stacked_again(workdi
         assert status["status"] == "interrupted" and status["resume"].endswith(f"resume={run_dir}")
         assert (run_dir / "last.pt").is_file() and not (run_dir / "summary.json").exists()
     (jobs()[5] / "last.pt").write_bytes(epoch_one)
-    finished = [(d / "summary.json").stat().st_mtime_ns for d in jobs()[:3]]
+    failed, before = jobs()[0], _rows(jobs()[0])
+    for name in ("summary.json", "checkpoint.pt", "last.pt"):
+        (failed / name).unlink()
+    (failed / "status.json").write_text('{"status": "failed", "error": "a failed attempt"}')
+    finished = [(d / "summary.json").stat().st_mtime_ns for d in jobs()[1:3]]
 
     resumed = kdrun(workdir, "train-student", f"resume={sweep_dir}")
     assert resumed.returncode == 0, resumed.stderr
     out = resumed.stdout + resumed.stderr
-    assert "3 of 6 job(s) finished; running 3, 4, 5" in out and "kdrun: job 3:" not in out
-    assert "Launching 3 jobs: 2 in 1 stacked group(s), 1 alone" in out and "Training 2 jobs as one stacked model" in out
-    assert "#5 runs alone" in out  # its start differs from 3's and 4's
-    assert [(d / "summary.json").stat().st_mtime_ns for d in jobs()[:3]] == finished, "finished jobs are left alone"
+    assert "2 of 6 job(s) finished; running 0, 3, 4, 5" in out and "kdrun: job 3:" not in out
+    assert "Launching 4 jobs: 2 in 1 stacked group(s), 2 alone" in out and "Training 2 jobs as one stacked model" in out
+    assert "#0 runs alone" in out and "#5 runs alone" in out  # 5's start differs from 3's and 4's
+    assert [(d / "summary.json").stat().st_mtime_ns for d in jobs()[1:3]] == finished, "finished jobs are left alone"
+    assert not (failed / "status.json").exists() and len(_rows(failed)) == 1, "a restart clears the failed attempt"
+    assert all(_close(before[0][k], _rows(failed)[0][k]) for k in before[0])
     assert "6 run(s) in 2 row(s)" in out, "one row per epochs value: a resumed job is no other setting"
     reference = kdrun(workdir, *sweep, "epochs=3", "seed=0,1,2", f"hydra.sweep.dir={workdir / 'reference'}")
     assert reference.returncode == 0, reference.stderr
