@@ -104,6 +104,14 @@ def smoothed_targets(labels: torch.Tensor, epsilon: torch.Tensor | float, num_cl
     return targets.scatter_(1, labels.unsqueeze(1), (1 - epsilon).unsqueeze(1))
 
 
+def class_softmax(z: torch.Tensor, log: bool = False) -> torch.Tensor:
+    """(log_)softmax over the last (class) dimension, computed along a strided dimension instead: torch's
+    CPU kernel for a short contiguous last dimension (10 classes) is ~10x slower than its strided one.
+    Used where many rows at once make it count (a stacked group's loss)."""
+    softmax = F.log_softmax if log else F.softmax
+    return softmax(z.transpose(-1, -2), dim=-2).transpose(-1, -2)
+
+
 def true_class_prob(logits: torch.Tensor, labels: torch.Tensor, T: float = 1.0) -> torch.Tensor:
     """softmax(z/T)[y] per example: how sure a model is of the (given) label."""
     return F.softmax(logits.float() / T, dim=1).gather(1, labels.unsqueeze(1)).squeeze(1)

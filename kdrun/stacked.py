@@ -35,6 +35,7 @@ from kdrun.data import TensorData
 from kdrun.engine import CheckpointSchedule, Loop, Recipe, StepProgress, autocast, make_optimizer
 from kdrun.errors import Interrupted, KdrunError
 from kdrun.knowledge import ProbeSet, grad_ratio_by_student
+from kdrun.losses import class_softmax
 
 ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-8  # torch.optim.AdamW's defaults, which make_optimizer uses
 
@@ -67,11 +68,11 @@ def _per_job(factor: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 
 def _is_plain_mlp(model: nn.Module) -> bool:
-    """An nn.Sequential of Flatten (first), Linear (with bias) and ReLU layers only, e.g. kdrun's `mlp`."""
+    """An nn.Sequential of a Flatten, then Linear (with bias) and ReLU layers only, e.g. kdrun's `mlp`."""
     children = list(model.children())
     return (isinstance(model, nn.Sequential) and bool(children) and isinstance(children[0], nn.Flatten)
-            and all(isinstance(c, (nn.Flatten, nn.ReLU)) or (isinstance(c, nn.Linear) and c.bias is not None)
-                    for c in children))
+            and all(isinstance(c, nn.ReLU) or (isinstance(c, nn.Linear) and c.bias is not None)
+                    for c in children[1:]))
 
 
 @dataclass(frozen=True)
@@ -136,16 +137,16 @@ class StackedModel:
         return (correct / data.test_size).tolist()
 
     def _mlp(self, x: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Flatten/Linear/ReLU stacks as batched matmuls: the same arithmetic as vmap's, fewer dispatches."""
-        h = x
-        for name, module in self.base.named_children():
-            if isinstance(module, nn.Flatten):
-                h = h.flatten(2)
-            elif isinstance(module, nn.Linear):
-                h = torch.baddbmm(params[f"{name}.bias"].unsqueeze(1), h, params[f"{name}.weight"].transpose(1, 2))
+        """Flatten/Linear/ReLU stacks as batched matmuls W @ h on features-major (jobs, features, batch)
+        activations: the same sums as vmap's, fewer dispatches, and every weight gradient comes out
+        contiguous (h @ W^T would give transposed ones, which the optimiser's flat gradient must copy)."""
+        h = x.flatten(2).transpose(1, 2)
+        for name, module in list(self.base.named_children())[1:]:
+            if isinstance(module, nn.Linear):
+                h = torch.baddbmm(params[f"{name}.bias"].unsqueeze(2), params[f"{name}.weight"], h)
             else:
                 h = torch.relu(h)
-        return h
+        return h.transpose(1, 2)
 
     def _tensors(self, model: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """(the module's tensor, its stacked (jobs, ...) counterpart) for every parameter and buffer."""
@@ -178,14 +179,16 @@ class StackedOptimizer:
         self.momentum, self.nesterov = recipe.momentum, recipe.nesterov
         self.steps = 0
         self.state: dict[str, torch.Tensor] = {}
-        self.grad: Optional[torch.Tensor] = None
+        # Preallocated (jobs, P) buffers: a fresh megabyte-sized tensor per operation and step costs more
+        # than the arithmetic (the allocator hands back fresh pages).
+        self.grad, self.scratch = torch.empty_like(self.param), torch.empty_like(self.param)
 
     @torch.no_grad()
     def step(self, grads: list[torch.Tensor], lrs: list[float], weight_decays: list[float]) -> None:
         """One update of every job by its gradients (one per `StackedModel.params()` view); the per-job
         factors in double precision, as torch's Python floats are."""
         self.steps += 1
-        self.grad = torch.cat([g.reshape(self.model.jobs, -1) for g in grads], 1)
+        torch.cat([g.reshape(self.model.jobs, -1) for g in grads], 1, out=self.grad)
         per_job = lambda values: torch.tensor(values, dtype=self.param.dtype, device=self.param.device).view(-1, 1)  # noqa: E731
         if self.kind == "sgd":
             decay = per_job(weight_decays) if any(weight_decays) else None
@@ -204,14 +207,14 @@ class StackedOptimizer:
         state["exp_avg"].lerp_(grad, 1 - beta1)
         state["exp_avg_sq"].mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
         bias_correction2_sqrt = (1 - beta2 ** self.steps) ** 0.5
-        denom = (state["exp_avg_sq"].sqrt() / bias_correction2_sqrt).add_(ADAM_EPS)
-        param.addcmul_(state["exp_avg"] / denom, step)
+        denom = torch.sqrt(state["exp_avg_sq"], out=self.scratch).div_(bias_correction2_sqrt).add_(ADAM_EPS)
+        param.addcmul_(torch.div(state["exp_avg"], denom, out=self.scratch), step)
 
     def _sgd(self, decay: Optional[torch.Tensor], step: torch.Tensor) -> None:
         """torch.optim.SGD (_single_tensor_sgd, dampening 0): `decay` = wd, `step` = -lr."""
         param, grad = self.param, self.grad
         if decay is not None:
-            grad = grad.add(param * decay)
+            grad.addcmul_(param, decay)  # the flat gradient is ours to change
         if self.momentum != 0:
             if "momentum_buffer" not in self.state:
                 self.state["momentum_buffer"] = grad.clone()
@@ -219,7 +222,7 @@ class StackedOptimizer:
                 self.state["momentum_buffer"].mul_(self.momentum).add_(grad)
             buffer = self.state["momentum_buffer"]
             grad = grad.add(buffer, alpha=self.momentum) if self.nesterov else buffer
-        param.add_(grad * step)
+        param.addcmul_(grad, step)
 
     def _per_param(self, optimizer: torch.optim.Optimizer) -> list[tuple[torch.Tensor, dict[str, torch.Tensor]]]:
         """(job's torch parameter, {state name: its (jobs, *shape) stacked view}) in the optimiser's order."""
@@ -249,12 +252,6 @@ class StackedOptimizer:
                     view[j].copy_(saved[name])
 
 
-def _log_softmax(z: torch.Tensor) -> torch.Tensor:
-    """log_softmax over the classes of (jobs, batch, classes) logits, computed along a non-last dimension:
-    torch's CPU kernel for a short last dimension (10 classes) is ~10x slower than its strided one."""
-    return torch.log_softmax(z.transpose(1, 2), 1).transpose(1, 2)
-
-
 class StackedKDLoss:
     """kdrun.losses.KDLoss (or plain CE) for every job at once: per-job (total, ce, kd), each (J,).
 
@@ -272,10 +269,10 @@ class StackedKDLoss:
     def __call__(self, logits: torch.Tensor, labels: torch.Tensor,
                  teacher: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         batch = logits.shape[1]
-        ce = -_log_softmax(logits).gather(2, labels.unsqueeze(2)).mean((1, 2))
+        ce = -class_softmax(logits, log=True).gather(2, labels.unsqueeze(2)).mean((1, 2))
         if teacher is None or not self.kd:
             return ce, ce, torch.zeros_like(ce)
-        kl = F.kl_div(_log_softmax(logits / self.T), _log_softmax(teacher / self.T),
+        kl = F.kl_div(class_softmax(logits / self.T, log=True), class_softmax(teacher / self.T, log=True),
                       reduction="none", log_target=True).sum((1, 2)) / batch
         kd = kl * self.T2
         return self.alpha * kd + self.rest * ce, ce, kd
@@ -405,13 +402,14 @@ class GroupTraining:
 
     def _end_epoch(self, epoch: int, state: _EpochState, lrs: list[float], seconds: float) -> None:
         """Each member's schedule step, row, hooks and checkpoint, as `engine.fit` does at an epoch's end."""
+        with warnings.catch_warnings():  # the torch optimisers only hold state: the stacked one took the steps
+            warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()`"))
+            for m in self.members:
+                m.loop.scheduler.step()
         means, bad = (state.sums / self.n).tolist(), state.bad_step.tolist()
         accuracies, probed = self.model.accuracies(self.data), self._probe_rows()
         checkpoint = self.schedule.due(epoch, self.recipe.epochs)
         for j, m in enumerate(self.members):
-            with warnings.catch_warnings():  # its torch optimiser only holds state: the stacked one took the steps
-                warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()`"))
-                m.loop.scheduler.step()
             if m.failed:
                 continue
             train_loss, ce, kd = means[j]
@@ -419,7 +417,6 @@ class GroupTraining:
                 m.failed = (f"training loss became {train_loss} in epoch {epoch}, step {bad[j]} of {self.steps}; lower "
                             f"the learning rate (it is {m.recipe.lr:g}; try {m.recipe.lr / 10:g} or less)")
                 continue
-            self.model.write_to(j, m.model)
             row = {"epoch": epoch, "train_loss": train_loss,
                    **({"ce": ce, "kd": kd} if self.teacher_logits is not None else {}),
                    "test_acc": accuracies[j], "lr": lrs[j], "seconds": seconds, **probed[j]}
@@ -428,7 +425,6 @@ class GroupTraining:
                 m.on_epoch(row)
             if m.checkpoint and checkpoint:
                 m.checkpoint(self._snapshot(j))
-
 
 def fit_group(members: list[Member], data: TensorData, device: torch.device, *,
               teacher_logits: Optional[torch.Tensor] = None, probe: Optional[ProbeSet] = None,
