@@ -25,6 +25,9 @@ demo: install
 test: install
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS)
 
+# The README's 24-job sweep serial / joblib / stacked is part of it (about 6 minutes on 2 cores);
+# `make bench BENCH_ARGS=` runs the per-epoch scenarios alone.
+BENCH_ARGS ?= --sweep
 bench: install
 	$(BIN)/python -m kdrun.bench $(BENCH_ARGS)
 

@@ -21,7 +21,7 @@ small student without random augmentation (so both do the same work per step and
 path sets the pace); the augmented streamed path (RandomResizedCrop + flip in the workers) is a
 third row.
 `--sweep` adds the README's 24-job sweep run serially, with joblib and stacked (kdrun.bench_sweep;
-several minutes, so not by default). Results also go to outputs/bench/<time>.json.
+several minutes; `make bench` passes it, `BENCH_ARGS=` leaves it out). Results also go to outputs/bench/<time>.json.
 """
 
 from __future__ import annotations
