@@ -67,10 +67,11 @@ def check_run_dir(run_dir: Path, config_name: str) -> dict[str, Any]:
 
 
 def differences(saved: Any, now: Any, prefix: str = "") -> list[str]:
-    """Dotted keys whose values differ between two plain configs."""
+    """Dotted keys whose values differ between two plain configs. A key only `now` has is a setting a
+    newer kdrun added (e.g. checkpoint_min_seconds): the saved run never had it, so it is no change."""
     if isinstance(saved, dict) and isinstance(now, dict):
-        keys = sorted(set(saved) | set(now), key=str)
-        return [d for k in keys for d in differences(saved.get(k), now.get(k), f"{prefix}{k}.")]
+        keys = sorted(set(saved), key=str)
+        return [d for k in keys for d in differences(saved[k], now.get(k), f"{prefix}{k}.")]
     return [] if saved == now else [prefix.rstrip(".")]
 
 

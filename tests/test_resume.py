@@ -16,10 +16,11 @@ from conftest import FAST, kdrun, metric_rows, start_kdrun, summary, wait_until
 from kdrun.data import TensorData, load_dataset
 from kdrun.data.augment import crop_flip_augment
 from kdrun.engine import CheckpointSchedule, Recipe, fit
-from kdrun.errors import Interrupted
+from kdrun.errors import Interrupted, KdrunError
 from kdrun.lifecycle import StopRequest
 from kdrun.losses import KDLoss
 from kdrun.models import build_model
+from kdrun.resume import check_same_config, differences
 from kdrun.trainstate import load_state, save_state
 
 CPU = torch.device("cpu")
@@ -107,6 +108,15 @@ def test_checkpoint_min_seconds_skips_due_writes_until_the_previous_one_is_old_e
     monkeypatch.setattr("kdrun.engine.time.monotonic", lambda: next(clock))
     schedule = CheckpointSchedule(every=1, min_seconds=10)
     assert [e for e in range(1, 7) if schedule.due(e, 6)] == [1, 3, 5, 6]  # 4 s and 12 s after a write skip; last always
+
+
+def test_resume_refuses_a_changed_config_but_not_a_key_a_newer_kdrun_added():
+    saved = {"T": 4.0, "optim": {"lr": 0.002}, "resume": None}
+    assert differences(saved, {"T": 2.0, "optim": {"lr": 0.002}}) == ["T"]
+    assert differences(saved, {"T": 4.0, "optim": {"lr": 0.002, "fused": True}, "checkpoint_min_seconds": 10.0}) == []
+    assert differences(saved, {"T": 4.0}) == ["optim"]  # a key the run had and the config lost is a change
+    with pytest.raises(KdrunError, match=r"differs in: optim\.lr\)"):
+        check_same_config(Path("run"), saved, {"T": 4.0, "optim": {"lr": 0.1}, "resume": "run"})
 
 
 def test_a_second_ctrl_c_exits_at_once(monkeypatch):
