@@ -62,11 +62,6 @@ class Member:
     history: list[dict[str, float]] = field(default_factory=list)
 
 
-def _per_job(factor: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """A (J,) factor viewed as (J, 1, 1, ...), to broadcast one value per job over a stacked tensor."""
-    return factor.view(-1, *[1] * (like.dim() - 1))
-
-
 def _is_plain_mlp(model: nn.Module) -> bool:
     """An nn.Sequential of a Flatten, then Linear (with bias) and ReLU layers only, e.g. kdrun's `mlp`."""
     children = list(model.children())
@@ -86,11 +81,11 @@ class Slot:
 
 
 class StackedModel:
-    """The members' parameters in one flat (jobs, P) leaf tensor, buffers stacked, run through one functional module.
+    """The members' parameters in one flat (jobs, P) tensor, buffers stacked, run through one functional module.
 
-    One flat leaf (each parameter a view of its columns) lets the optimiser update every
-    parameter of every job in a handful of element-wise operations, and autograd accumulate
-    every gradient into one tensor; the arithmetic per element is the same as per parameter.
+    Each parameter is a view of its columns (`params()`), so the optimiser updates every
+    parameter of every job in a handful of element-wise operations on one tensor; the
+    arithmetic per element is the same as per parameter.
     """
 
     def __init__(self, models: list[nn.Module]) -> None:
@@ -133,7 +128,8 @@ class StackedModel:
 
     def accuracies(self, data: TensorData) -> list[float]:
         """Every job's test accuracy, one pass over the test set for all."""
-        correct = sum((self.predict(inputs).argmax(2) == labels).sum(1) for inputs, labels in data.test_batches(data.x_test.device))
+        batches = data.test_batches(data.x_test.device)
+        correct = sum((self.predict(inputs).argmax(2) == labels).sum(1) for inputs, labels in batches)
         return (correct / data.test_size).tolist()
 
     def _mlp(self, x: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -189,7 +185,8 @@ class StackedOptimizer:
         factors in double precision, as torch's Python floats are."""
         self.steps += 1
         torch.cat([g.reshape(self.model.jobs, -1) for g in grads], 1, out=self.grad)
-        per_job = lambda values: torch.tensor(values, dtype=self.param.dtype, device=self.param.device).view(-1, 1)  # noqa: E731
+        like = self.param
+        per_job = lambda values: torch.tensor(values, dtype=like.dtype, device=like.device).view(-1, 1)  # noqa: E731
         if self.kind == "sgd":
             decay = per_job(weight_decays) if any(weight_decays) else None
             self._sgd(decay, per_job([-lr for lr in lrs]))
@@ -308,7 +305,8 @@ class GroupTraining:
     """One stacked training loop over the members of a group (`fit_group`)."""
 
     def __init__(self, members: list[Member], data: TensorData, device: torch.device,
-                 teacher_logits: Optional[torch.Tensor], probe: Optional[ProbeSet], schedule: CheckpointSchedule) -> None:
+                 teacher_logits: Optional[torch.Tensor], probe: Optional[ProbeSet],
+                 schedule: CheckpointSchedule) -> None:
         self.members, self.data, self.device = members, data, device
         self.teacher_logits, self.probe, self.schedule = teacher_logits, probe, schedule
         for m in members:
@@ -425,6 +423,7 @@ class GroupTraining:
                 m.on_epoch(row)
             if m.checkpoint and checkpoint:
                 m.checkpoint(self._snapshot(j))
+
 
 def fit_group(members: list[Member], data: TensorData, device: torch.device, *,
               teacher_logits: Optional[torch.Tensor] = None, probe: Optional[ProbeSet] = None,

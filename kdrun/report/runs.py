@@ -14,9 +14,10 @@ always have their own columns, and rows never mix them.
 
 `seed` never separates rows (nor `resume`, which only says where a run continued from): runs
 that differ only in their seed form one row, whose final and best-epoch accuracies are the
-mean ± sample std over its n seeds. Latency and speedup are medians over those runs. The gain is over the baseline (`train_student`) trained with the
-same recipe (dataset, student, optimiser, epochs; from the summaries' dataset, model and
-epochs without configs), on final accuracy: picking the best epoch on the test set flatters.
+mean ± sample std over its n seeds. Latency and speedup are medians over those runs. The gain
+is over the baseline (`train_student`) trained with the same recipe (dataset, student,
+optimiser, epochs; from the summaries' dataset, model and epochs without configs), on final
+accuracy: picking the best epoch on the test set flatters.
 """
 
 from __future__ import annotations
