@@ -12,10 +12,12 @@ import signal
 import sys
 from dataclasses import dataclass
 
-from kdrun.rundir import HYDRA, MULTIRUN, follow_rank
+from kdrun.run.rundir import HYDRA, MULTIRUN
+from kdrun.core.files import follow_rank
 
-from kdrun.errors import KdrunError, fail
-from kdrun.jobenv import under_torchrun
+from kdrun.core.errors import KdrunError
+from kdrun.run.failure import fail
+from kdrun.core.jobenv import under_torchrun
 
 
 @dataclass(frozen=True)
@@ -63,13 +65,13 @@ def main(argv: list[str] | None = None) -> int:
     if command.config_name is None:
         return plain_command(command, rest)
 
-    from kdrun.config import config_dir, register_schemas
-    from kdrun.preflight import check_output_dir, check_overrides
-    from kdrun.resume import is_resume, launch_dir, resume_overrides, resume_target
-    from kdrun.sweep import is_stacked_sweep, is_sweep_dir, resume_sweep, stacked_resume_overrides
+    from kdrun.run.config import config_dir, register_schemas
+    from kdrun.run.preflight import check_output_dir, check_overrides
+    from kdrun.run.resume import is_resume, launch_dir, resume_overrides, resume_target
+    from kdrun.sweep.resume import is_stacked_sweep, is_sweep_dir, resume_sweep, stacked_resume_overrides
 
     register_schemas()
-    if under_torchrun():  # rank 0 alone checks, holds and writes the run dir (kdrun.rundir)
+    if under_torchrun():  # rank 0 alone checks, holds and writes the run dir (kdrun.run.rundir)
         follow_rank(int(os.environ.get("RANK", "0")))
     if not any(flag in rest for flag in COMPLETION_FLAGS):
         try:
@@ -90,22 +92,12 @@ def main(argv: list[str] | None = None) -> int:
                 check_output_dir(rest, multirun=multirun, create=not any(a in ("--cfg", "-c") for a in rest),
                                  resuming=resuming)
                 if under_torchrun():
-                    rest = torchrun_overrides(name, command, rest, multirun)
+                    from kdrun.run.torchrun import torchrun_overrides  # torch: only under torchrun
+
+                    rest = torchrun_overrides(name, command.config_name, rest, multirun)
         except KdrunError as error:
             return fail(str(error))
     return launch(name, command, config_dir(), rest)
-
-
-def torchrun_overrides(name: str, command: Command, rest: list[str], multirun: bool) -> list[str]:
-    """One run on all ranks: refuse what cannot be shared, then give every rank rank 0's run directory."""
-    if multirun:
-        raise KdrunError("torchrun runs one job on several processes; drop -m (a sweep of multi-process jobs: "
-                         "hydra/launcher=slurm with hydra.launcher.tasks_per_node=N)")
-    if command.config_name == "inspect_teacher":
-        raise KdrunError(f"{name} runs on one process; start it without torchrun")
-    from kdrun.distributed import shared_overrides  # torch: only under torchrun
-
-    return shared_overrides(command.config_name, rest)
 
 
 def plain_command(command: Command, rest: list[str]) -> int:
@@ -122,7 +114,7 @@ def launch(name: str, command: Command, conf: object, rest: list[str]) -> int:
     """Run Hydra's own main with this command's config; results go to files, not returns."""
     import hydra
 
-    from kdrun.task import run_task
+    from kdrun.run.task import run_task
 
     sys.argv = [f"kdrun {name}", *rest]
     hydra.main(config_path=str(conf), config_name=command.config_name, version_base="1.3")(run_task)()

@@ -2,8 +2,9 @@
 
 import pytest
 
-from kdrun.config import ConfigError, register_schemas
-from kdrun.preflight import check_overrides
+from kdrun.core.errors import ConfigError
+from kdrun.run.config import register_schemas
+from kdrun.run.preflight import check_overrides
 
 register_schemas()
 

@@ -16,8 +16,8 @@ import pytest
 import torch
 
 from conftest import kdrun, metric_rows, run_dirs, summary, wait_until
-from kdrun.distributed import Context, slurm_environment
-from kdrun.rundir import CHECKPOINT, HYDRA, LAST, LOCK, METRICS, SUMMARY
+from kdrun.core.distributed import Context, slurm_environment
+from kdrun.run.rundir import CHECKPOINT, HYDRA, LAST, LOCK, METRICS, SUMMARY
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
 COMMON = ["progress=false", "latency.min_seconds=0.01", "latency.batch_size=16", "threads=1", "student=mlp",

@@ -4,8 +4,8 @@ import torch
 from torch import nn
 
 from kdrun.data import TensorData, load_dataset
-from kdrun.engine import Recipe, TeacherTargets, fit, predict
-from kdrun.losses import KDLoss
+from kdrun.train.engine import Recipe, TeacherTargets, fit, predict
+from kdrun.methods.losses import KDLoss
 from kdrun.models import build_model
 
 CPU = torch.device("cpu")

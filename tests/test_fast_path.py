@@ -4,9 +4,9 @@ import torch
 
 from kdrun.data import TensorData
 from kdrun.data.augment import crop_flip
-from kdrun.engine import Recipe, fit
+from kdrun.train.engine import Recipe, fit
 from kdrun.models import build_model
-from kdrun.runtime import memory_format
+from kdrun.core.runtime import memory_format
 
 CPU = torch.device("cpu")
 

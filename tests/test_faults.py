@@ -17,11 +17,12 @@ import pytest
 import torch
 
 from conftest import FAST, kdrun, metric_rows, summary
-from kdrun.checkpoint import load_payload
+from kdrun.models.checkpoint import load_payload
 from kdrun.data import load_dataset
-from kdrun.errors import KdrunError
+from kdrun.core.errors import KdrunError
 from kdrun.report import build_report
-from kdrun.rundir import owned, write_json
+from kdrun.run.rundir import owned
+from kdrun.core.files import write_json
 from test_bad_input import STUDENT, assert_one_line_error
 from test_report import write_run
 
@@ -216,7 +217,7 @@ def test_resume_from_another_directory_uses_the_same_teacher(tmp_path):
 
 
 def test_failures_the_user_can_act_on_get_their_line_and_bugs_keep_their_traceback():
-    from kdrun.task import failure_message
+    from kdrun.run.task import failure_message
 
     assert failure_message(KdrunError("T must be > 0")) == "T must be > 0"
     cuda = type("OutOfMemoryError", (RuntimeError,), {})("CUDA out of memory. Tried to allocate 2.00 GiB")

@@ -26,7 +26,7 @@ def test_wheel_ships_configs_and_runs_from_another_directory(tmp_path):
                            capture_output=True, text=True)
     assert shown.returncode == 0, shown.stderr
     assert "T: 7.0" in shown.stdout
-    where = subprocess.run([sys.executable, "-c", "import kdrun.config as c; print(c.config_dir())"], cwd=elsewhere,
+    where = subprocess.run([sys.executable, "-c", "import kdrun.run.config as c; print(c.config_dir())"], cwd=elsewhere,
                            env=env, capture_output=True, text=True, check=True).stdout.strip()
     assert Path(where).is_relative_to(target), "the installed package must use its own configs"
     launcher = subprocess.run([sys.executable, "-m", "kdrun", "distill", "hydra/launcher=stacked",

@@ -7,7 +7,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from conftest import FAST, kdrun, run_dirs, summary
-from kdrun.config import config_dir, register_schemas
+from kdrun.run.config import config_dir, register_schemas
 from kdrun.report import build_report
 
 PNG = b"\x89PNG\r\n\x1a\n"

@@ -3,7 +3,7 @@
 import torch
 from torch import nn
 
-from kdrun.latency import count_flops, measure, profile
+from kdrun.measure.latency import count_flops, measure, profile
 
 
 def test_measure_times_at_least_min_reps_and_reports_the_method():

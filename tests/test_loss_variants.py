@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
-from kdrun.knowledge import class_matrix, teacher_stats
-from kdrun.losses import (ClassSimilarityLoss, DKDLoss, KDLoss, LabelSmoothingLoss, TrueClassProbLoss,
+from kdrun.teachers.knowledge import class_matrix, teacher_stats
+from kdrun.methods.losses import (ClassSimilarityLoss, DKDLoss, KDLoss, LabelSmoothingLoss, TrueClassProbLoss,
                           cross_entropy, smoothed_targets)
 from kdrun.methods import MethodContext, build_method
 

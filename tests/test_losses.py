@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kdrun.losses import KDLoss
+from kdrun.methods.losses import KDLoss
 
 
 def _by_hand(zs, zt, y, T, alpha):

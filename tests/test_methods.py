@@ -7,8 +7,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdrun.config import ConfigError, method_names
-from kdrun.losses import KDLoss
+from kdrun.core.errors import ConfigError
+from kdrun.run.config import method_names
+from kdrun.methods.losses import KDLoss
 from kdrun.methods import METHODS, Batch, MethodContext, build_method, parse_params
 from kdrun.methods.at import at_pair
 from kdrun.methods.crd import CRD, CRDParams, NegativeSampler, nce_loss
@@ -254,7 +255,7 @@ def test_every_method_builds_and_returns_finite_parts_with_gradients(name):
     student = build_model("cnn1d", 10, (1, 40), {"channels": 4})
     teacher = build_model("cnn1d", 10, (1, 40), {"channels": 8, "layers": 4})
     x, y = torch.randn(16, 1, 40), torch.arange(16) % 10
-    from kdrun.knowledge import teacher_stats
+    from kdrun.teachers.knowledge import teacher_stats
     stats = teacher_stats(teacher(x).detach(), y, 4.0, 10)
     method = build_method({"name": name}, MethodContext(4.0, 0.9, 10, 16, student, teacher, x[:2], y, stats))
     from kdrun.models.stages import tap
@@ -275,9 +276,9 @@ def test_every_method_builds_and_returns_finite_parts_with_gradients(name):
 @pytest.mark.parametrize("name", ["crd", "fitnet", "reviewkd"])
 def test_a_methods_trainable_parts_resume_bitwise(tmp_path, name):
     from kdrun.data import load_dataset
-    from kdrun.engine import Recipe, fit
-    from kdrun.errors import Interrupted
-    from kdrun.trainstate import load_state, save_state
+    from kdrun.train.engine import Recipe, fit
+    from kdrun.core.errors import Interrupted
+    from kdrun.train.state import load_state, save_state
 
     torch.set_num_threads(1)
     data = load_dataset("fake", "/unused", False, False, {"shape": [1, 16], "num_train": 64, "num_test": 16})

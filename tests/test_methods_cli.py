@@ -7,7 +7,7 @@ import torch
 
 from conftest import FAST, kdrun, run_dirs, summary
 from kdrun.data import load_dataset
-from kdrun.engine import Recipe, fit
+from kdrun.train.engine import Recipe, fit
 from kdrun.methods import METHODS, MethodContext, build_method
 from kdrun.models import build_model
 

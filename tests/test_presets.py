@@ -4,7 +4,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from conftest import kdrun, run_dirs, summary
-from kdrun.config import config_dir, register_schemas
+from kdrun.run.config import config_dir, register_schemas
 
 PRESETS = {"cifar100_resnet32x4_resnet8x4": ("resnet32x4", "resnet8x4"),
            "cifar100_wrn_40_2_wrn_16_2": ("wrn_40_2", "wrn_16_2"),

@@ -15,7 +15,7 @@ from matplotlib.image import imread
 from omegaconf import OmegaConf
 from PIL import Image
 
-from kdrun.callbacks import ReportCallback
+from kdrun.sweep.callbacks import ReportCallback
 from kdrun.cli import main as cli
 from kdrun.report import build_report
 

@@ -15,13 +15,13 @@ import torch
 from conftest import FAST, kdrun, metric_rows, start_kdrun, summary, wait_until
 from kdrun.data import TensorData, load_dataset
 from kdrun.data.augment import crop_flip_augment
-from kdrun.engine import CheckpointSchedule, Recipe, fit
-from kdrun.errors import Interrupted, KdrunError
-from kdrun.lifecycle import StopRequest
-from kdrun.losses import KDLoss
+from kdrun.train.engine import CheckpointSchedule, Recipe, fit
+from kdrun.core.errors import Interrupted, KdrunError
+from kdrun.run.signals import StopRequest
+from kdrun.methods.losses import KDLoss
 from kdrun.models import build_model
-from kdrun.resume import check_same_config, differences
-from kdrun.trainstate import load_state, save_state
+from kdrun.run.resume import check_same_config, differences
+from kdrun.train.state import load_state, save_state
 
 CPU = torch.device("cpu")
 
@@ -105,7 +105,7 @@ def test_checkpoint_every_sets_the_interval_and_zero_turns_it_off():
 
 def test_checkpoint_min_seconds_skips_due_writes_until_the_previous_one_is_old_enough(monkeypatch):
     clock = iter([0.0, 4.0, 11.0, 12.0, 30.0, 31.0])  # time.monotonic() at each due epoch
-    monkeypatch.setattr("kdrun.engine.time.monotonic", lambda: next(clock))
+    monkeypatch.setattr("kdrun.train.engine.time.monotonic", lambda: next(clock))
     schedule = CheckpointSchedule(every=1, min_seconds=10)
     assert [e for e in range(1, 7) if schedule.due(e, 6)] == [1, 3, 5, 6]  # 4 s and 12 s after a write skip; last always
 

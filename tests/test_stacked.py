@@ -9,16 +9,16 @@ import torch
 from omegaconf import OmegaConf
 
 from conftest import FAST, kdrun, metric_rows, run_dirs, start_kdrun, summary, wait_until
-from kdrun.checkpoint import load_weights, read_weights
-from kdrun.config import register_schemas
+from kdrun.models.checkpoint import load_weights, read_weights
+from kdrun.run.config import register_schemas
 from kdrun.data import load_dataset
-from kdrun.engine import Recipe, fit, predict
-from kdrun.errors import Interrupted
-from kdrun.losses import KDLoss
+from kdrun.train.engine import Recipe, fit, predict
+from kdrun.core.errors import Interrupted
+from kdrun.methods.losses import KDLoss
 from kdrun.models import build_model
-from kdrun.preflight import compose_plain
-from kdrun.stacked import Member, fit_group
-from kdrun.sweepgroups import plan
+from kdrun.run.preflight import compose_plain
+from kdrun.sweep.stacked import Member, fit_group
+from kdrun.sweep.groups import plan
 
 CPU = torch.device("cpu")
 TOLERANCE = 1e-5  # relative, on every per-epoch metric and final weight (README: "Equivalence")

@@ -12,11 +12,11 @@ import torch
 from conftest import kdrun, run_dirs, summary
 from kdrun.data import EpochPlan, batch_sizes, load_dataset
 from kdrun.data.synthetic import write_image_folder
-from kdrun.engine import Recipe, TeacherTargets, fit
-from kdrun.errors import Interrupted, KdrunError
-from kdrun.losses import KDLoss
+from kdrun.train.engine import Recipe, TeacherTargets, fit
+from kdrun.core.errors import Interrupted, KdrunError
+from kdrun.methods.losses import KDLoss
 from kdrun.models import build_model
-from kdrun.trainstate import load_state, save_state
+from kdrun.train.state import load_state, save_state
 
 CPU = torch.device("cpu")
 pytestmark = pytest.mark.usefixtures("one_thread")

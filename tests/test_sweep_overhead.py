@@ -7,11 +7,12 @@ import sys
 
 import pytest
 
-import kdrun.preflight
+import kdrun.run.preflight
 from conftest import FAST, run_dirs, summary
-from kdrun.config import ConfigError, register_schemas
-from kdrun.preflight import check_overrides
-from kdrun.sweepcache import ARCHITECTURE_ONCE
+from kdrun.core.errors import ConfigError
+from kdrun.run.config import register_schemas
+from kdrun.run.preflight import check_overrides
+from kdrun.measure.costs import ARCHITECTURE_ONCE
 
 register_schemas()
 
@@ -32,13 +33,13 @@ raise SystemExit(main())
 
 def _count_compositions(monkeypatch) -> list[list[str]]:
     composed: list[list[str]] = []
-    compose = kdrun.preflight.compose
+    compose = kdrun.run.preflight.compose
 
     def counted(config_name, overrides, **kwargs):
         composed.append(list(overrides))
         return compose(config_name=config_name, overrides=overrides, **kwargs)
 
-    monkeypatch.setattr(kdrun.preflight, "compose", counted)
+    monkeypatch.setattr(kdrun.run.preflight, "compose", counted)
     return composed
 
 
@@ -84,7 +85,7 @@ def _loader_and_master(sweep: list[str]):
     from hydra._internal.utils import create_config_search_path
     from hydra.types import RunMode
 
-    from kdrun.config import config_dir
+    from kdrun.run.config import config_dir
 
     loader = ConfigLoaderImpl(config_search_path=create_config_search_path(str(config_dir())))
     master = loader.load_configuration("distill", ["hydra.job.chdir=false", *sweep], run_mode=RunMode.MULTIRUN)
@@ -102,7 +103,7 @@ def _resolved_task(config) -> dict:
 def test_job_configs_derived_from_one_composition_equal_hydras_own():
     from omegaconf import OmegaConf
 
-    from kdrun.jobconfigs import JobConfigs
+    from kdrun.sweep.jobconfigs import JobConfigs
 
     sweep = ["T=1,4", "student.kwargs.hidden=[8],[16,16]", "optim.lr=0.001,0.01", "epochs=3", "optim=adamw"]
     loader, master = _loader_and_master(sweep)

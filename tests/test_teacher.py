@@ -3,7 +3,7 @@
 from omegaconf import OmegaConf
 
 from conftest import FAST, run_dirs, start_kdrun, summary, wait_until
-from kdrun.teacher import store_path, teacher_recipe
+from kdrun.teachers.store import store_path, teacher_recipe
 
 TEACHER = {"name": "cnn1d", "kwargs": {"channels": 8}, "checkpoint": None, "store": "a", "train_if_missing": True,
            "train": {"epochs": 2, "seed": 0, "optim": {"lr": 0.01, "batch_size": 64}}}
@@ -70,7 +70,7 @@ def test_a_job_killed_while_training_the_teacher_blocks_nobody(tmp_path):
 
 
 def test_the_lock_holder_removes_temp_files_a_killed_job_left(tmp_path):
-    from kdrun.teacher import remove_stale_temps
+    from kdrun.teachers.store import remove_stale_temps
 
     path = tmp_path / "cnn1d-fake-0123456789ab.pt"
     stale, other = tmp_path / f".{path.name}.x1y2.tmp", tmp_path / ".other.pt.x1y2.tmp"

@@ -18,13 +18,13 @@ import torchvision
 from omegaconf import OmegaConf
 
 from conftest import FAST, kdrun, run_dirs, summary
-from kdrun.checkpoint import file_sha256, read_weights, save_checkpoint
+from kdrun.models.checkpoint import file_sha256, read_weights, save_checkpoint
 from kdrun.data import load_dataset
-from kdrun.engine import evaluate, predict
-from kdrun.errors import KdrunError
+from kdrun.train.engine import evaluate, predict
+from kdrun.core.errors import KdrunError
 from kdrun.models import build_model
 from kdrun.models.pretrained import build_pretrained
-from kdrun.teacher import load_teacher
+from kdrun.teachers.store import load_teacher
 from test_bad_input import Evil
 from test_vision_data import write_cifar10
 
@@ -151,7 +151,7 @@ def test_the_peers_metadata_is_checked_in_one_line(tmp_path):
 
 
 def test_a_state_dict_that_does_not_fit_names_what_differs(tmp_path):
-    from kdrun.checkpoint import load_weights
+    from kdrun.models.checkpoint import load_weights
 
     state = build_model("resnet8", 100, (3, 32, 32), {}).state_dict()
     with pytest.raises(KdrunError, match=r"fc.weight is \(100, 64\) in the file but \(10, 64\) in the model"):

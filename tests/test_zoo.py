@@ -15,9 +15,9 @@ import torchvision
 from omegaconf import OmegaConf
 from torch import nn
 
-from kdrun.checkpoint import renamed_sequential_keys
-from kdrun.config import ModelConfig, TeacherConfig, config_dir
-from kdrun.errors import KdrunError
+from kdrun.models.checkpoint import renamed_sequential_keys
+from kdrun.run.config import ModelConfig, TeacherConfig, config_dir
+from kdrun.core.errors import KdrunError
 from kdrun.models import build_model, count_params
 from kdrun.models.stages import EMBEDDING, classifier, stage_names, tap
 
@@ -212,7 +212,7 @@ def test_unknown_model_is_one_line_listing_the_options(name):
 
 
 def test_torchvision_is_imported_only_for_tv_names():
-    code = ("import sys\nfrom kdrun.errors import KdrunError\nfrom kdrun.models import build_model\n"
+    code = ("import sys\nfrom kdrun.core.errors import KdrunError\nfrom kdrun.models import build_model\n"
             "try:\n    build_model('resnet21', 10, (3, 32, 32), {})\nexcept KdrunError as error:\n    print(error)\n"
             "print('torchvision' in sys.modules)\n")
     output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

@@ -1,1 +1,1 @@
-"""One module per command, each exposing `run(cfg, run_dir) -> float`; `kdrun.task` calls them."""
+"""One module per command, each exposing `run(cfg, run_dir) -> float`; `kdrun.run.task` calls them."""

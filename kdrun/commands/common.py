@@ -13,21 +13,23 @@ from omegaconf import DictConfig, OmegaConf
 import kdrun
 from kdrun.data import TensorData, holdout, load_dataset
 from kdrun.data.noise import with_label_noise
-from kdrun.distributed import context, device_for
-from kdrun.engine import fit
-from kdrun.errors import KdrunError
-from kdrun.latency import profile
-from kdrun.losses import cross_entropy
+from kdrun.core.distributed import context, device_for
+from kdrun.train.engine import fit
+from kdrun.core.errors import KdrunError
+from kdrun.measure.latency import profile
+from kdrun.methods.losses import cross_entropy
 from kdrun.methods import Method, as_method
 from kdrun.models import build_model, model_kwargs
-from kdrun.lifecycle import active, resume_command
-from kdrun.checkpoint import save_checkpoint
-from kdrun.rundir import CHECKPOINT, LAST, append_metrics, delete_status, rewrite_metrics, writes
-from kdrun.runtime import resolve_device, seed_everything, set_threads
-from kdrun.sweepcache import architecture_cost
-from kdrun.teacher import recipe_from_optim
-from kdrun.trainstate import StateWriter, load_state
-from kdrun.ui import epoch_progress
+from kdrun.run.resume import resume_command
+from kdrun.run.signals import active
+from kdrun.models.checkpoint import save_checkpoint
+from kdrun.run.rundir import CHECKPOINT, LAST, append_metrics, delete_status, rewrite_metrics
+from kdrun.core.files import writes
+from kdrun.core.runtime import resolve_device, seed_everything, set_threads
+from kdrun.measure.costs import architecture_cost
+from kdrun.teachers.store import recipe_from_optim
+from kdrun.train.state import StateWriter, load_state
+from kdrun.core.console import epoch_progress
 
 log = logging.getLogger("kdrun")
 

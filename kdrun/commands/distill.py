@@ -10,12 +10,12 @@ from omegaconf import DictConfig
 
 from kdrun.commands.common import (EpochHook, Setup, latency_options, log, plain_config, run_header, setup, stop_hook,
                                    student_cost, train_student)
-from kdrun.knowledge import ProbeSet, TeacherStats, gradient_probe, probe_subset, teacher_stats
+from kdrun.teachers.knowledge import ProbeSet, TeacherStats, gradient_probe, probe_subset, teacher_stats
 from kdrun.methods import Method, MethodContext, build_method
-from kdrun.rundir import write_summary
-from kdrun.sweepcache import TeacherFacts, teacher_facts
-from kdrun.teacher import Teacher, obtain_teacher
-from kdrun.ui import epoch_progress, show_results
+from kdrun.run.rundir import write_summary
+from kdrun.teachers.facts import TeacherFacts, teacher_facts
+from kdrun.teachers.store import Teacher, obtain_teacher
+from kdrun.core.console import epoch_progress, show_results
 
 
 def probe_set(cfg: DictConfig, env: Setup, teacher_logits: torch.Tensor) -> Optional[ProbeSet]:

@@ -18,14 +18,15 @@ from omegaconf import DictConfig
 
 from kdrun.commands.common import log, model_cost, plain_config, run_header, setup, stop_hook
 from kdrun.data import TensorData
-from kdrun.engine import predict
-from kdrun.errors import KdrunError
-from kdrun.knowledge import calibration_by_temperature, class_matrix
-from kdrun.losses import true_class_prob
-from kdrun.rundir import write_json, write_summary
-from kdrun.teacher import obtain_teacher
-from kdrun.teacher_plots import plot_class_matrix, plot_dark_knowledge, plot_true_class_prob
-from kdrun.ui import epoch_progress, show_results
+from kdrun.train.engine import predict
+from kdrun.core.errors import KdrunError
+from kdrun.teachers.knowledge import calibration_by_temperature, class_matrix
+from kdrun.methods.losses import true_class_prob
+from kdrun.run.rundir import write_summary
+from kdrun.core.files import write_json
+from kdrun.teachers.store import obtain_teacher
+from kdrun.teachers.plots import plot_class_matrix, plot_dark_knowledge, plot_true_class_prob
+from kdrun.core.console import epoch_progress, show_results
 
 
 def knowledge_numbers(cfg: DictConfig, train_logits: torch.Tensor, test_logits: torch.Tensor, data: Any) -> dict:

@@ -9,8 +9,8 @@ import torch
 from omegaconf import DictConfig
 
 from kdrun.commands.common import Setup, run_header, setup, student_cost, train_student
-from kdrun.rundir import write_summary
-from kdrun.ui import show_results
+from kdrun.run.rundir import write_summary
+from kdrun.core.console import show_results
 
 
 def run(cfg: DictConfig, run_dir: Path) -> float:

@@ -10,9 +10,10 @@ from omegaconf import DictConfig
 
 from kdrun.commands.common import (epoch_recorder, history_summary, log, model_cost, plain_config, run_header,
                                    setup, training_hooks)
-from kdrun.rundir import CHECKPOINT, rewrite_metrics, write_summary, writes
-from kdrun.teacher import obtain_teacher
-from kdrun.ui import epoch_progress, show_results
+from kdrun.run.rundir import CHECKPOINT, rewrite_metrics, write_summary
+from kdrun.core.files import writes
+from kdrun.teachers.store import obtain_teacher
+from kdrun.core.console import epoch_progress, show_results
 
 
 def link_or_copy(source: Path, target: Path) -> None:

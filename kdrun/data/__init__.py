@@ -19,10 +19,10 @@ from typing import Any, Callable, Iterator, Optional
 
 import torch
 
-from kdrun.distributed import context
-from kdrun.errors import KdrunError
-from kdrun.registry import Registry
-from kdrun.runtime import memory_format
+from kdrun.core.distributed import context
+from kdrun.core.errors import KdrunError
+from kdrun.core.registry import Registry
+from kdrun.core.runtime import memory_format
 
 DATASETS = Registry("dataset")
 register_dataset = DATASETS.register

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from kdrun.data import TensorData, register_dataset
-from kdrun.rundir import write_atomic
+from kdrun.core.files import write_atomic
 
 log = logging.getLogger(__name__)
 KEYS = ("x", "y", "x_test", "y_test")

@@ -13,7 +13,7 @@ from dataclasses import replace
 import torch
 
 from kdrun.data import TensorData
-from kdrun.errors import KdrunError
+from kdrun.core.errors import KdrunError
 
 
 def flip_labels(labels: torch.Tensor, fraction: float, num_classes: int, seed: int) -> torch.Tensor:

@@ -23,9 +23,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from kdrun.data import EVAL_BATCH, Batch, EpochPlan, register_dataset
-from kdrun.distributed import context
-from kdrun.errors import KdrunError
-from kdrun.runtime import memory_format
+from kdrun.core.distributed import context
+from kdrun.core.errors import KdrunError
+from kdrun.core.runtime import memory_format
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

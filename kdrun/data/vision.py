@@ -17,7 +17,7 @@ import torch
 
 from kdrun.data import TensorData, register_dataset
 from kdrun.data.augment import crop_flip_augment
-from kdrun.errors import KdrunError
+from kdrun.core.errors import KdrunError
 
 # What torchvision raises for missing or corrupted files and for failed downloads
 # (urllib's URLError is an OSError); malformed idx files raise the other three.

@@ -21,8 +21,8 @@ from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from torch import nn
 
-from kdrun.config import ConfigError
-from kdrun.losses import LossParts
+from kdrun.core.errors import ConfigError
+from kdrun.methods.losses import LossParts
 
 
 @dataclass
@@ -95,7 +95,7 @@ class MethodContext:
     teacher: Optional[nn.Module] = None
     sample: Optional[torch.Tensor] = None  # two training inputs, to probe stage shapes
     train_labels: Optional[torch.Tensor] = None  # the training set's labels (CRD draws negatives by class)
-    teacher_stats: Any = None  # kdrun.knowledge.TeacherStats (ls, kd_sim)
+    teacher_stats: Any = None  # kdrun.teachers.knowledge.TeacherStats (ls, kd_sim)
 
 
 @dataclass

@@ -15,9 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdrun.config import ConfigError
-from kdrun.errors import KdrunError
-from kdrun.losses import LossParts, maybe_standardize, soft_kl
+from kdrun.core.errors import ConfigError
+from kdrun.core.errors import KdrunError
+from kdrun.methods.losses import LossParts, maybe_standardize, soft_kl
 from kdrun.methods import Batch, LogitParams, Method, MethodContext
 from kdrun.models.stages import EMBEDDING, stage_names, tap
 

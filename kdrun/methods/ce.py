@@ -1,6 +1,6 @@
 """`ce`: hard labels only, the baseline inside a distill sweep (the teacher is loaded for the probe only)."""
 
-from kdrun.losses import cross_entropy
+from kdrun.methods.losses import cross_entropy
 from kdrun.methods import LogitLoss, MethodContext, Params, register_method
 
 

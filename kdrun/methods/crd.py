@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdrun.config import ConfigError
-from kdrun.errors import KdrunError
+from kdrun.core.errors import ConfigError
+from kdrun.core.errors import KdrunError
 from kdrun.methods import Batch, MethodContext, register_method
 from kdrun.methods._features import FeatureMethod, FeatureParams, flat, stage_shapes
 from kdrun.models.stages import EMBEDDING

@@ -1,9 +1,9 @@
-"""`dkd`: decoupled KD (Zhao et al. 2022); the formula is on `kdrun.losses.DKDLoss`. Top-level T; alpha unused."""
+"""`dkd`: decoupled KD (Zhao et al. 2022); the formula is on `kdrun.methods.losses.DKDLoss`. Top-level T; alpha unused."""
 
 from dataclasses import dataclass
 
-from kdrun.config import ConfigError
-from kdrun.losses import DKDLoss
+from kdrun.core.errors import ConfigError
+from kdrun.methods.losses import DKDLoss
 from kdrun.methods import LogitLoss, LogitParams, MethodContext, register_method
 
 

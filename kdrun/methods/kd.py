@@ -1,6 +1,6 @@
-"""`kd`: Hinton et al. (2015); the formula is on `kdrun.losses.KDLoss`. Top-level T and alpha."""
+"""`kd`: Hinton et al. (2015); the formula is on `kdrun.methods.losses.KDLoss`. Top-level T and alpha."""
 
-from kdrun.losses import KDLoss
+from kdrun.methods.losses import KDLoss
 from kdrun.methods import LogitLoss, LogitParams, MethodContext, register_method
 
 

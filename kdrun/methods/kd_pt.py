@@ -1,6 +1,6 @@
-"""`kd_pt`: the teacher's true-class probability alone (Tang et al. 2020); see `kdrun.losses.TrueClassProbLoss`."""
+"""`kd_pt`: the teacher's true-class probability alone (Tang et al. 2020); see `kdrun.methods.losses.TrueClassProbLoss`."""
 
-from kdrun.losses import TrueClassProbLoss
+from kdrun.methods.losses import TrueClassProbLoss
 from kdrun.methods import LogitLoss, LogitParams, MethodContext, register_method
 
 

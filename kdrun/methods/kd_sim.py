@@ -1,9 +1,9 @@
-"""`kd_sim`: the teacher's class-relationship matrix alone (Tang et al. 2020); see `kdrun.losses.ClassSimilarityLoss`.
+"""`kd_sim`: the teacher's class-relationship matrix alone (Tang et al. 2020); see `kdrun.methods.losses.ClassSimilarityLoss`.
 
 The matrix is the teacher's on the training set at T (computed once); logit_std standardises the student only.
 """
 
-from kdrun.losses import ClassSimilarityLoss
+from kdrun.methods.losses import ClassSimilarityLoss
 from kdrun.methods import LogitLoss, LogitParams, MethodContext, register_method
 
 

@@ -1,10 +1,10 @@
-"""`ls`: label smoothing as a synthetic teacher (Tang et al. 2020); see `kdrun.losses.LabelSmoothingLoss`."""
+"""`ls`: label smoothing as a synthetic teacher (Tang et al. 2020); see `kdrun.methods.losses.LabelSmoothingLoss`."""
 
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from kdrun.config import ConfigError
-from kdrun.losses import LabelSmoothingLoss
+from kdrun.core.errors import ConfigError
+from kdrun.methods.losses import LabelSmoothingLoss
 from kdrun.methods import LogitLoss, LogitParams, MethodContext, register_method
 
 

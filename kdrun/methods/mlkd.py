@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from kdrun.losses import LossParts, maybe_standardize
+from kdrun.methods.losses import LossParts, maybe_standardize
 from kdrun.methods import Batch, LogitParams, Method, MethodContext, register_method
 
 

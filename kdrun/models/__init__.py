@@ -6,8 +6,8 @@ from typing import Any
 
 from torch import nn
 
-from kdrun.errors import KdrunError
-from kdrun.registry import Registry
+from kdrun.core.errors import KdrunError
+from kdrun.core.registry import Registry
 
 MODELS = Registry("model")
 register_model = MODELS.register

@@ -15,7 +15,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from kdrun.errors import KdrunError
+from kdrun.core.errors import KdrunError
 from kdrun.models import register_model
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from torch import nn
 
-from kdrun.errors import KdrunError
+from kdrun.core.errors import KdrunError
 
 
 def build_pretrained(name: str, weights: str, num_classes: int, input_shape: tuple[int, ...],

@@ -19,7 +19,7 @@ from typing import Iterator
 import torch
 from torch import nn
 
-from kdrun.errors import KdrunError
+from kdrun.core.errors import KdrunError
 
 EMBEDDING = "embedding"
 

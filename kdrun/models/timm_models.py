@@ -16,7 +16,7 @@ from typing import Optional
 
 from torch import nn
 
-from kdrun.errors import KdrunError
+from kdrun.core.errors import KdrunError
 from kdrun.models import image_channels, register_model
 from kdrun.models.pretrained import check_pretrained_fits
 from kdrun.models.torchvision_models import name_stages

@@ -40,8 +40,8 @@ import torch
 import torchvision.models as tvm
 from torch import nn
 
-from kdrun.checkpoint import load_payload
-from kdrun.errors import KdrunError, first_line
+from kdrun.models.checkpoint import load_payload
+from kdrun.core.errors import KdrunError, first_line
 from kdrun.models import image_channels, register_model
 from kdrun.models.pretrained import check_pretrained_fits
 

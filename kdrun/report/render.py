@@ -9,7 +9,7 @@ from typing import Any
 from rich import box
 from rich.table import Table
 
-from kdrun.errors import KdrunError
+from kdrun.core.errors import KdrunError
 from kdrun.report.runs import FIXED, HEADERS, Report, Row, Stat, build_report
 
 
@@ -110,7 +110,7 @@ def make_report(paths: list[Path], out: Path | None = None) -> Report:
 
 def show_report(report: Report) -> None:
     """The table, then the notes and the files written, one line each."""
-    from kdrun.ui import console
+    from kdrun.core.console import console
 
     console.print(table(report))
     for note in report.notes:

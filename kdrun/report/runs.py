@@ -31,8 +31,8 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from kdrun.errors import KdrunError
-from kdrun.rundir import HYDRA, METRICS, SUMMARY, run_state
+from kdrun.core.errors import KdrunError
+from kdrun.run.rundir import HYDRA, METRICS, SUMMARY, run_state
 
 ROLES = {"train_teacher": "teacher", "train_student": "baseline", "distill": "distill"}
 NOT_TRAINING = ("inspect_teacher",)  # finished runs that train nothing: never rows of a report

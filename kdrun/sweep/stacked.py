@@ -32,10 +32,10 @@ from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from kdrun.data import TensorData
-from kdrun.engine import CheckpointSchedule, Loop, Recipe, StepProgress, autocast, make_optimizer
-from kdrun.errors import Interrupted, KdrunError
-from kdrun.knowledge import ProbeSet, grad_ratio_by_student
-from kdrun.losses import class_softmax
+from kdrun.train.engine import CheckpointSchedule, Loop, Recipe, StepProgress, autocast, make_optimizer
+from kdrun.core.errors import Interrupted, KdrunError
+from kdrun.teachers.knowledge import ProbeSet, grad_ratio_by_student
+from kdrun.methods.losses import class_softmax
 
 ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-8  # torch.optim.AdamW's defaults, which make_optimizer uses
 
@@ -250,7 +250,7 @@ class StackedOptimizer:
 
 
 class StackedKDLoss:
-    """kdrun.losses.KDLoss (or plain CE) for every job at once: per-job (total, ce, kd), each (J,).
+    """kdrun.methods.losses.KDLoss (or plain CE) for every job at once: per-job (total, ce, kd), each (J,).
 
     The per-job factors are computed in double precision on the host, as KDLoss's Python floats are.
     """

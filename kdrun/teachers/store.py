@@ -2,7 +2,7 @@
 
 A recipe is the teacher's model, the dataset and the training hyper-parameters and seed;
 its stable hash names the file `<store>/<model>-<dataset>-<hash>.pt`. `obtain_teacher`
-resolves, in order: an explicit checkpoint path (any format kdrun/checkpoint.py reads);
+resolves, in order: an explicit checkpoint path (any format kdrun/models/checkpoint.py reads);
 pretrained weights (`teacher.weights`, torchvision's or timm's); the stored checkpoint for
 the recipe; else it trains the teacher now, under a file lock so that parallel jobs of a
 sweep train it once, writing to a temporary file and renaming it so nobody reads half a
@@ -23,14 +23,14 @@ from filelock import FileLock
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from kdrun import distributed
-from kdrun.engine import Recipe, StepProgress, evaluate, fit
-from kdrun.errors import KdrunError
-from kdrun.losses import cross_entropy, smoothed_cross_entropy
+from kdrun.core import distributed
+from kdrun.train.engine import Recipe, StepProgress, evaluate, fit
+from kdrun.core.errors import KdrunError
+from kdrun.methods.losses import cross_entropy, smoothed_cross_entropy
 from kdrun.models import build_model, model_kwargs
 from kdrun.models.pretrained import build_pretrained
-from kdrun.checkpoint import Weights, file_sha256, load_weights, read_weights, save_checkpoint
-from kdrun.runtime import seed_everything
+from kdrun.models.checkpoint import Weights, file_sha256, load_weights, read_weights, save_checkpoint
+from kdrun.core.runtime import seed_everything
 
 log = logging.getLogger(__name__)
 

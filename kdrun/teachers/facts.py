@@ -1,19 +1,16 @@
-"""What every job of a sweep would otherwise recompute: the teacher's training-set logits and
-cost, and the inference cost of an architecture. Computed once, then shared.
+"""What every job of a sweep would otherwise recompute about its teacher: the teacher's
+training-set logits and cost. Computed once, then shared.
 
 The teacher's facts are a property of its checkpoint, the training inputs, the device and
 the thread count, so they live in a file beside the stored teacher (`.<name>.facts`),
 one entry per such key, read and written under a file lock (parallel jobs compute them
 once) and replaced atomically. A store that cannot be written (a read-only explicit
-checkpoint) only costs the recomputation. An architecture's latency, parameters and FLOPs
-do not depend on its trained weights: each process measures an architecture once per
-device, thread count and latency setting.
+checkpoint) only costs the recomputation.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,16 +20,15 @@ import torch
 from filelock import FileLock
 from torch import nn
 
-from kdrun.checkpoint import load_payload
-from kdrun.engine import predict
-from kdrun.errors import KdrunError
-from kdrun.latency import profile
-from kdrun.rundir import write_atomic
+from kdrun.models.checkpoint import load_payload
+from kdrun.train.engine import predict
+from kdrun.core.errors import KdrunError
+from kdrun.measure.costs import cache_key
+from kdrun.measure.latency import profile
+from kdrun.core.files import write_atomic
 
 log = logging.getLogger("kdrun")
 
-_COSTS: dict[str, dict[str, Any]] = {}
-ARCHITECTURE_ONCE = "once per architecture"  # a student's latency.measured: shared, not timed for this job's weights
 
 
 @dataclass(frozen=True)
@@ -43,26 +39,11 @@ class TeacherFacts:
     cost: dict[str, Any]  # params, flops, latency
 
 
-def _key(*parts: Any) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
 def inputs_fingerprint(x: torch.Tensor) -> str:
     """A cheap identity for a training set: its shape and up to 65k evenly spaced values."""
     flat = x.detach().flatten()
     sample = flat[:: max(1, flat.numel() // 65536)].float().cpu().contiguous()
     return hashlib.sha256(str(tuple(x.shape)).encode() + sample.numpy().tobytes()).hexdigest()[:16]
-
-
-def architecture_cost(name: str, kwargs: dict[str, Any], model: nn.Module, input_shape: tuple[int, ...],
-                      device: torch.device, latency: dict[str, Any]) -> dict[str, Any]:
-    """`latency.profile` of this architecture, measured once per process, device, threads and setting: every job
-    with those (all the jobs of a stacked group) records the same numbers, and `latency.measured` says so."""
-    key = _key(name, kwargs, list(input_shape), str(device), torch.get_num_threads(), latency)
-    if key not in _COSTS:
-        cost = profile(model, input_shape, device, **latency)
-        _COSTS[key] = {**cost, "latency": {**cost["latency"], "measured": ARCHITECTURE_ONCE}}
-    return _COSTS[key]
 
 
 def _facts_file(checkpoint: Path) -> Path:
@@ -101,7 +82,7 @@ def teacher_facts(model: nn.Module, checkpoint: Path, data: Any, device: torch.d
     in-memory set, a fixed sample of a streamed one) and its cost, from the cache beside its checkpoint or computed now."""
     inputs = data.teacher_reference(device)[0]
     stat = checkpoint.stat()
-    key = _key(checkpoint.name, stat.st_size, stat.st_mtime_ns, inputs_fingerprint(inputs), str(device),
+    key = cache_key(checkpoint.name, stat.st_size, stat.st_mtime_ns, inputs_fingerprint(inputs), str(device),
                torch.get_num_threads(), latency)
 
     def compute() -> dict[str, Any]:

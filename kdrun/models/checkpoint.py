@@ -30,8 +30,8 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from kdrun.errors import KdrunError, first_line
-from kdrun.rundir import write_atomic, writes
+from kdrun.core.errors import KdrunError, first_line
+from kdrun.core.files import write_atomic, writes
 
 log = logging.getLogger(__name__)
 

@@ -24,9 +24,9 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from kdrun.errors import KdrunError
-from kdrun.resume import check_same_config, launch_dir
-from kdrun.rundir import HYDRA, LAST, MULTIRUN, SUMMARY, check_not_in_use, forget_unfinished
+from kdrun.core.errors import KdrunError
+from kdrun.run.resume import check_same_config, launch_dir
+from kdrun.run.rundir import HYDRA, LAST, MULTIRUN, SUMMARY, check_not_in_use, forget_unfinished
 
 
 STACKED_LAUNCHER = "StackedLauncher"  # the class name of hydra/launcher=stacked's _target_
@@ -123,7 +123,7 @@ def stacked_resume_overrides(config_name: str, sweep_dir: Path) -> list[str]:
 
 def resume_sweep(name: str, config_name: str, sweep_dir: Path) -> int:
     """Run the sweep's unfinished jobs one by one, then rewrite its report; 0 only if every job finished."""
-    from kdrun.callbacks import end_of_incomplete_sweep, summarise_sweep
+    from kdrun.sweep.callbacks import end_of_incomplete_sweep, summarise_sweep
 
     jobs = checked_jobs(sweep_dir, config_name)
     todo = [(job_dir, job_command(name, job_dir, overrides)) for job_dir, overrides in jobs]

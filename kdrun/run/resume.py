@@ -15,9 +15,19 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from kdrun.errors import KdrunError
-from kdrun.lifecycle import resume_command
-from kdrun.rundir import HYDRA, LAST, SUMMARY, check_not_in_use
+from kdrun.core.errors import KdrunError
+from kdrun.run.rundir import HYDRA, LAST, SUMMARY, check_not_in_use
+
+
+def cli_name(command: str) -> str:
+    """`train_student` -> `train-student`, the word users type."""
+    return command.replace("_", "-")
+
+
+def resume_command(command: str, run_dir: object, processes: int = 1) -> str:
+    """How to continue a run; one saved by several processes continues on as many (torchrun, one node)."""
+    launcher = f"torchrun --nproc_per_node={processes} -m kdrun" if processes > 1 else "kdrun"
+    return f"{launcher} {cli_name(command)} resume={run_dir}"
 
 
 def is_resume(args: list[str]) -> bool:
@@ -77,7 +87,7 @@ def differences(saved: Any, now: Any, prefix: str = "") -> list[str]:
 
 def resume_overrides(config_name: str, args: list[str]) -> list[str]:
     """The overrides that relaunch the run in `resume=` with its own config and directory."""
-    from kdrun.preflight import compose_plain
+    from kdrun.run.preflight import compose_plain
 
     run_dir = resume_target(args)
     saved = check_run_dir(run_dir, config_name)

@@ -17,16 +17,12 @@ from typing import Any, Dict, List, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
-from kdrun.errors import KdrunError
+from kdrun.core.errors import ConfigError
 
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 OPTIMIZERS = ("sgd", "adamw")
 LOGGERS = ("none", "tensorboard")
 SCHEDULES = ("cosine", "multistep", "constant")
-
-
-class ConfigError(KdrunError):
-    """A config value that composes but makes no sense (T <= 0, alpha > 1, ...)."""
 
 
 @dataclass
@@ -97,7 +93,7 @@ class TeacherConfig(ModelConfig):
 
 @dataclass
 class LatencyConfig:
-    """How inference speed is measured (see kdrun/latency.py)."""
+    """How inference speed is measured (see kdrun/measure/latency.py)."""
 
     batch_size: int = 256
     warmup: int = 10
@@ -120,7 +116,7 @@ class RunConfig:
     checkpoint_every: int = 1
     # ...but skip a due write while the previous one is younger than this (short epochs); the last epoch always.
     checkpoint_min_seconds: float = 10.0
-    # Set by `kdrun <command> resume=RUN_DIR` (see kdrun/resume.py); not for typing by hand.
+    # Set by `kdrun <command> resume=RUN_DIR` (see kdrun/run/resume.py); not for typing by hand.
     resume: Optional[str] = None
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     latency: LatencyConfig = field(default_factory=LatencyConfig)
@@ -194,8 +190,9 @@ def method_names() -> list[str]:
 
 def config_dir() -> Path:
     """The conf/ folder: inside the installed package, or at the repository's top level."""
-    packaged = Path(__file__).resolve().parent / "conf"
-    return packaged if packaged.is_dir() else Path(__file__).resolve().parent.parent / "conf"
+    package = Path(__file__).resolve().parents[1]  # kdrun/
+    packaged = package / "conf"
+    return packaged if packaged.is_dir() else package.parent / "conf"
 
 
 def _check(ok: bool, message: str) -> None:

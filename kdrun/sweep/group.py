@@ -3,7 +3,7 @@
 The launcher (`hydra/launcher=stacked`) calls this in three steps: `open_job` inside each
 job's own Hydra context (its `.hydra/`, its log file; the run dir held, the resume state
 read), `train_group` once for the group (data, teacher, the stacked training of
-`kdrun.stacked`), and `close_job` per job (its checkpoint.pt and summary.json, exactly as a
+`kdrun.sweep.stacked`), and `close_job` per job (its checkpoint.pt and summary.json, exactly as a
 job run alone writes them, logged to its own file).
 """
 
@@ -22,12 +22,14 @@ from omegaconf import DictConfig
 
 from kdrun.commands import distill, train_student
 from kdrun.commands.common import Setup, build_student, epoch_recorder, log, save_student, setup, training_hooks
-from kdrun.errors import Interrupted, fail
-from kdrun.lifecycle import report_interrupted, resume_command, stop_on_signals
-from kdrun.rundir import owned, write_status
-from kdrun.stacked import Member, fit_group
-from kdrun.teacher import recipe_from_optim
-from kdrun.ui import epoch_progress
+from kdrun.core.errors import Interrupted
+from kdrun.run.failure import fail
+from kdrun.run.resume import resume_command
+from kdrun.run.signals import report_interrupted, stop_on_signals
+from kdrun.run.rundir import owned, write_status
+from kdrun.sweep.stacked import Member, fit_group
+from kdrun.teachers.store import recipe_from_optim
+from kdrun.core.console import epoch_progress
 
 
 @dataclass
@@ -38,7 +40,7 @@ class Job:
     run_dir: Path
     log_files: list[logging.Handler]
     hooks: dict[str, Any]
-    held: ExitStack  # the run dir's lock (kdrun.rundir.owned), from open_job to close_job
+    held: ExitStack  # the run dir's lock (kdrun.run.rundir.owned), from open_job to close_job
     member: Optional[Member] = None
     extras: dict[str, Any] = field(default_factory=dict)  # its checkpoint's result; distill: loss, teacher statistics
 
@@ -155,7 +157,7 @@ def stop_group(jobs: list[Job], interrupted: Interrupted, code: int) -> None:
 def close_job(job: Job, shared: Shared) -> float:
     """checkpoint.pt and summary.json, as a job run alone writes them, its log lines in its own log.
 
-    A job whose loss turned non-finite fails as a job of a sweep does (kdrun.task): status.json
+    A job whose loss turned non-finite fails as a job of a sweep does (kdrun.run.task): status.json
     `failed`, one line on stderr, NaN returned, so the other jobs go on.
     """
     cfg, member = job.cfg, job.member

@@ -9,12 +9,13 @@ plain Python attribute (no host sync, no Hydra). The engine then checkpoints and
 
 from __future__ import annotations
 
-import logging
 import os
 import signal
 import sys
 from contextlib import contextmanager
 from typing import Iterator, Optional
+
+from kdrun.core.console import silence_stdout
 
 # SIGPIPE: stdout went to a program that exited (`kdrun ... | head`); the run stops and saves like on SIGTERM.
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGPIPE)
@@ -47,14 +48,6 @@ class StopRequest:
         self.signum = signum
 
 
-def silence_stdout() -> None:
-    """Send what is still to be printed to /dev/null: the reader is gone, and a log line it misses is no error."""
-    logging.raiseExceptions = False  # the write that raised SIGPIPE fails inside a log handler: no traceback
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, sys.stdout.fileno())
-    os.close(devnull)
-
-
 _active: Optional[StopRequest] = None
 
 
@@ -85,17 +78,6 @@ def stop_on_signals() -> Iterator[StopRequest]:
         _active = None
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-
-
-def cli_name(command: str) -> str:
-    """`train_student` -> `train-student`, the word users type."""
-    return command.replace("_", "-")
-
-
-def resume_command(command: str, run_dir: object, processes: int = 1) -> str:
-    """How to continue a run; one saved by several processes continues on as many (torchrun, one node)."""
-    launcher = f"torchrun --nproc_per_node={processes} -m kdrun" if processes > 1 else "kdrun"
-    return f"{launcher} {cli_name(command)} resume={run_dir}"
 
 
 def report_interrupted(message: str) -> None:

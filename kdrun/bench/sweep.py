@@ -19,7 +19,7 @@ from pathlib import Path
 
 from rich.table import Table
 
-from kdrun.ui import console
+from kdrun.core.console import console
 
 GRID = ["T=1,2,4,8", "alpha=0.5,0.9", "seed=0,1,2"]
 LAUNCHERS = {"serial": [], "joblib (2 workers)": ["hydra/launcher=local_parallel"],

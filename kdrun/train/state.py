@@ -19,9 +19,9 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from kdrun.errors import KdrunError
-from kdrun.checkpoint import load_payload
-from kdrun.rundir import write_atomic, writes
+from kdrun.core.errors import KdrunError
+from kdrun.models.checkpoint import load_payload
+from kdrun.core.files import write_atomic, writes
 
 STATE_FORMAT = "kdrun-train-state"
 STATE_VERSION = 1

@@ -2,7 +2,7 @@
 
 A command module exposes `run(cfg, run_dir) -> float` (its final test accuracy, which a
 sweeper such as Optuna maximises). Hydra calls `run_task` once per job (a single run or each
-job of a sweep) and holds the job's run dir (`kdrun.rundir.owned`) while it runs.
+job of a sweep) and holds the job's run dir (`kdrun.run.rundir.owned`) while it runs.
 
 How a job ends, the interface a launcher relies on (the basic, joblib and submitit launchers,
 and any launcher that runs jobs of a sweep its own way):
@@ -10,11 +10,11 @@ and any launcher that runs jobs of a sweep its own way):
 - failed (a bad value, NaN loss, full disk, out of memory, a missing file; in a sweep also
   any unexpected error): `status.json` `{"status": "failed", "error": <one line>}` and that
   line on stderr. A single run exits 2; a job of a sweep returns NaN, so the launcher goes on
-  with the other jobs, and `kdrun.callbacks.ReportCallback` lists it and exits 2 at the end.
+  with the other jobs, and `kdrun.sweep.callbacks.ReportCallback` lists it and exits 2 at the end.
 - interrupted (SIGINT/SIGTERM): it stops after its current step, checkpoints `last.pt`,
   `status.json` says `interrupted` and how to resume, and the process exits 130/143.
-A job's state is read back with `kdrun.rundir.run_state(run_dir)`; `kdrun <command>
-resume=SWEEP_DIR` (kdrun.sweep) reruns the jobs that did not finish.
+A job's state is read back with `kdrun.run.rundir.run_state(run_dir)`; `kdrun <command>
+resume=SWEEP_DIR` (kdrun.sweep.resume) reruns the jobs that did not finish.
 """
 
 from __future__ import annotations
@@ -31,11 +31,14 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from kdrun.config import validate
-from kdrun.errors import Interrupted, KdrunError, fail, first_line
-from kdrun.lifecycle import report_interrupted, resume_command, stop_on_signals
-from kdrun.jobenv import launched
-from kdrun.rundir import LAST, SUMMARY, owned, write_status, writes
+from kdrun.run.config import validate
+from kdrun.core.errors import Interrupted, KdrunError, first_line
+from kdrun.run.failure import fail
+from kdrun.run.resume import resume_command
+from kdrun.run.signals import report_interrupted, stop_on_signals
+from kdrun.core.jobenv import launched
+from kdrun.run.rundir import LAST, SUMMARY, owned, write_status
+from kdrun.core.files import writes
 
 
 def parallel_jobs(hydra_cfg: DictConfig) -> int:
@@ -62,9 +65,9 @@ def stop_interrupted(cfg: DictConfig, run_dir: Path, interrupted: Interrupted, c
 
 
 def join_job() -> None:
-    """In a torchrun/SLURM job of several processes: join it (only rank 0 then writes; kdrun.distributed)."""
+    """In a torchrun/SLURM job of several processes: join it (only rank 0 then writes; kdrun.core.distributed)."""
     if launched():
-        from kdrun.distributed import enter_job  # torch: only in a job of several
+        from kdrun.core.distributed import enter_job  # torch: only in a job of several
 
         enter_job()
 
@@ -73,7 +76,7 @@ def collective_failures() -> Any:
     """In a job of several, a failed collective (a rank died) becomes a KdrunError naming it; else nothing."""
     if not launched():
         return nullcontext()
-    from kdrun.distributed import collective_failures as as_one_line
+    from kdrun.core.distributed import collective_failures as as_one_line
 
     return as_one_line()
 
@@ -134,7 +137,7 @@ def failure_message(error: Exception) -> str | None:
 
 def job_failed(code: int, multirun: bool) -> float:
     """A single run exits with `code`. In a sweep the job returns NaN instead (Optuna records a failed trial),
-    so the other jobs run; the sweep's end lists it and exits non-zero (kdrun.callbacks)."""
+    so the other jobs run; the sweep's end lists it and exits non-zero (kdrun.sweep.callbacks)."""
     if not multirun:
         sys.exit(code)
     return math.nan

@@ -7,7 +7,7 @@ import random
 import numpy as np
 import torch
 
-from kdrun.errors import KdrunError
+from kdrun.core.errors import KdrunError
 
 
 def resolve_device(name: str) -> torch.device:

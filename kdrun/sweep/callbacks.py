@@ -29,7 +29,7 @@ class ReportCallback(Callback):
 
 def summarise_sweep(sweep_dir: Path) -> list[Path]:
     """Print the sweep's report (written into it) and return the job dirs that did not finish."""
-    from kdrun.errors import KdrunError
+    from kdrun.core.errors import KdrunError
     from kdrun.report import make_report, show_report
     from kdrun.report.runs import find_runs
 
@@ -43,8 +43,8 @@ def summarise_sweep(sweep_dir: Path) -> list[Path]:
 
 
 def end_of_incomplete_sweep(sweep_dir: Path, command: str, unfinished: list[Path]) -> int:
-    from kdrun.errors import fail
-    from kdrun.lifecycle import resume_command
+    from kdrun.run.failure import fail
+    from kdrun.run.resume import resume_command
 
     jobs = ", ".join(p.name for p in unfinished)
     return fail(f"{len(unfinished)} job(s) of this sweep did not finish (job {jobs}; see the notes above); "

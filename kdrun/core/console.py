@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from contextlib import contextmanager
@@ -12,21 +13,25 @@ from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-# Piped into a log file, rich would squeeze report tables into 80 columns; give them room.
+def silence_stdout() -> None:
+    """Send what is still to be printed to /dev/null: the reader is gone, and a log line it misses is no error."""
+    logging.raiseExceptions = False  # the write that raised SIGPIPE fails inside a log handler: no traceback
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 class PipeSafeConsole(Console):
     """A console whose reader may leave (`kdrun ... | head`). Rich's default then exits(1) mid-epoch, leaving
     no status; here the rest of the output goes to /dev/null and SIGPIPE stops the run after its step, which
-    saves last.pt and status.json like SIGTERM does (kdrun.lifecycle)."""
+    saves last.pt and status.json like SIGTERM does (kdrun.run.signals)."""
 
     def on_broken_pipe(self) -> None:
-        from kdrun.lifecycle import silence_stdout
-
         self.quiet = True
         silence_stdout()
 
 
+# Piped into a log file, rich would squeeze report tables into 80 columns; give them room.
 console = PipeSafeConsole(width=None if sys.stdout.isatty() or "COLUMNS" in os.environ else 160)
 
 

@@ -20,18 +20,16 @@ epoch, against the same images decoded once into a tensor on the device. Both tr
 small student without random augmentation (so both do the same work per step and the data
 path sets the pace); the augmented streamed path (RandomResizedCrop + flip in the workers) is a
 third row.
-`--sweep` adds the README's 24-job sweep run serially, with joblib and stacked (kdrun.bench_sweep;
+`--sweep` adds the README's 24-job sweep run serially, with joblib and stacked (kdrun.bench.sweep;
 several minutes; `make bench` passes it, `BENCH_ARGS=` leaves it out). Results also go to outputs/bench/<time>.json.
 """
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import tempfile
 import time
 from dataclasses import replace
-from datetime import datetime
 from pathlib import Path
 from typing import Callable
 
@@ -40,13 +38,12 @@ from rich.table import Table
 
 from kdrun.data import TensorData, load_dataset
 from kdrun.data.synthetic import write_image_folder
-from kdrun.engine import Recipe, autocast, fit, predict
-from kdrun.losses import KDLoss
+from kdrun.train.engine import Recipe, autocast, fit, predict
+from kdrun.methods.losses import KDLoss
 from kdrun.methods import MethodContext, build_method
 from kdrun.models import build_model
-from kdrun.rundir import write_json
-from kdrun.runtime import resolve_device, seed_everything
-from kdrun.ui import console
+from kdrun.core.runtime import resolve_device, seed_everything
+from kdrun.core.console import console
 
 PAIRS = {
     "mnist1d": {"teacher": ("cnn1d", {"channels": 64}), "student": ("mlp", {"hidden": [100, 100]}),
@@ -203,43 +200,3 @@ def show(result: dict) -> None:
     kdrun_epoch = scenarios["kd, cached teacher logits"]["epoch_seconds"]
     console.print(f"kdrun cached-kd epoch / bare loop epoch: "
                   f"{kdrun_epoch / scenarios['bare PyTorch loop (cached kd)']['epoch_seconds']:.2f}x")
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m kdrun.bench", description=__doc__.splitlines()[0])
-    parser.add_argument("--pairs", nargs="+", default=[*PAIRS, "streaming"], choices=[*PAIRS, "streaming"])
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--epochs", type=int, default=3, help="epochs per run of a scenario; the first is a warm-up")
-    parser.add_argument("--rounds", type=int, default=3, help="round-robin passes over the scenarios")
-    parser.add_argument("--compile", action="store_true", help="add a torch.compile scenario (slow to compile)")
-    parser.add_argument("--workers", type=int, default=STREAMING["workers"], help="DataLoader workers (streaming)")
-    parser.add_argument("--images", type=int, default=STREAMING["images"], help="training images (streaming)")
-    parser.add_argument("--sweep", action="store_true",
-                        help="also the 24-job MNIST-1D sweep serial / joblib / stacked (minutes)")
-    parser.add_argument("--sweep-epochs", type=int, default=100, help="epochs per job of --sweep (README: 100)")
-    parser.add_argument("--sweep-args", nargs="*", default=[], help="extra overrides for --sweep's kdrun commands")
-    args = parser.parse_args(argv)
-    stamp = f"{datetime.now():%Y-%m-%d_%H-%M-%S_%f}"
-    results = []
-    for pair in args.pairs:
-        if pair == "streaming":
-            results.append(run_streaming_bench(args.device, max(2, args.epochs), max(1, args.rounds), args.workers,
-                                               args.images))
-            show_streaming(results[-1])
-            continue
-        results.append(run_bench(pair, args.device, max(2, args.epochs), max(1, args.rounds), args.compile))
-        show(results[-1])
-    record = {"results": results}
-    if args.sweep:
-        from kdrun.bench_sweep import run_sweep_bench, show_sweep
-
-        record["sweep"] = run_sweep_bench(Path("outputs/bench") / f"sweep-{stamp}", args.sweep_epochs, args.sweep_args)
-        show_sweep(record["sweep"])
-    out = Path("outputs/bench") / f"{stamp}.json"
-    write_json(out, record)
-    console.print(f"written: {out.resolve()}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

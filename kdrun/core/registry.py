@@ -6,7 +6,7 @@ import importlib
 import inspect
 from typing import Any, Callable
 
-from kdrun.errors import KdrunError
+from kdrun.core.errors import KdrunError
 
 
 class Registry:

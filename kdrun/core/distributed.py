@@ -8,7 +8,7 @@ list). `join` then opens the default process group once per process: NCCL for CU
 gloo for CPU ones. `context()` is this process's place in the job; without a job it is
 rank 0 of 1, and every collective below is a no-op, so single-process runs pay nothing.
 
-Only rank 0 writes the run directory and the teacher store (`kdrun.rundir.follow_rank`).
+Only rank 0 writes the run directory and the teacher store (`kdrun.run.rundir.follow_rank`).
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from typing import Any, Iterator, Mapping
 import torch
 import torch.distributed as dist
 
-from kdrun.errors import KdrunError
-from kdrun.jobenv import under_torchrun
+from kdrun.core.errors import KdrunError
+from kdrun.core.jobenv import under_torchrun
 
 # A collective that waits longer than this fails instead of hanging; the wait for a teacher
 # that rank 0 trains alone goes through the store, which has no such limit.
@@ -97,26 +97,16 @@ def join() -> Context:
     return _context
 
 
-def shared_overrides(config_name: str, overrides: list[str]) -> list[str]:
-    """Hydra overrides that give every rank of a torchrun job rank 0's run directory, and keep Hydra on the
-    other ranks from writing its .hydra/ files there."""
-    from kdrun.preflight import run_dir_of
-
-    ctx = enter_job()
-    run_dir = from_main(run_dir_of(config_name, overrides) if ctx.is_main else None)
-    return [*overrides, f"hydra.run.dir={run_dir}", *([] if ctx.is_main else ["hydra.output_subdir=null"])]
-
-
 def enter_job() -> Context:
     """This process's part in a job of several: join the group; only rank 0 writes files, logs and prints."""
-    from kdrun import ui
-    from kdrun.rundir import follow_rank
+    from kdrun.core.console import console
+    from kdrun.core.files import follow_rank
 
     ctx = join()
     follow_rank(ctx.rank)
     if not ctx.is_main:
         _quiet()
-        ui.console.quiet = True
+        console.quiet = True
     return ctx
 
 

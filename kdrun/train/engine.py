@@ -7,7 +7,7 @@ training inputs are the same every epoch; otherwise the teacher sees the same au
 as the student ("consistent teaching", Beyer et al. 2022). The loop keeps running sums on the
 device and syncs with the host once per epoch.
 
-On several processes (torchrun, SLURM; see kdrun/distributed.py) the student is wrapped in
+On several processes (torchrun, SLURM; see kdrun/core/distributed.py) the student is wrapped in
 DistributedDataParallel and each rank trains on its strided share of every global batch. Each
 rank's mean loss is scaled by its share of the global batch, so the averaged gradient is the
 gradient of the global batch's mean loss: the same steps as one process with that batch.
@@ -34,13 +34,13 @@ import torch
 from torch import nn
 
 from kdrun.data import EpochPlan, batch_sizes
-from kdrun.distributed import all_sum, any_rank, context, share_buffers
-from kdrun.errors import Interrupted, KdrunError
-from kdrun.losses import cross_entropy
+from kdrun.core.distributed import all_sum, any_rank, context, share_buffers
+from kdrun.core.errors import Interrupted, KdrunError
+from kdrun.methods.losses import cross_entropy
 from kdrun.methods import Batch, Method, as_method
 from kdrun.models.stages import tap
-from kdrun.runtime import memory_format
-from kdrun.trainstate import capture_rng, plain_scheduler_state, restore_rng, restore_scheduler
+from kdrun.core.runtime import memory_format
+from kdrun.train.state import capture_rng, plain_scheduler_state, restore_rng, restore_scheduler
 
 
 class StepProgress(Protocol):

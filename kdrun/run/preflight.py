@@ -24,8 +24,9 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from kdrun.config import ConfigError, config_dir, validate
-from kdrun.rundir import MULTIRUN, SUMMARY, holds_run
+from kdrun.core.errors import ConfigError
+from kdrun.run.config import config_dir, validate
+from kdrun.run.rundir import MULTIRUN, SUMMARY, holds_run
 
 _MISSING = object()
 

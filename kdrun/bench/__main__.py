@@ -1,0 +1,56 @@
+"""`make bench` (`python -m kdrun.bench`): what a distillation epoch and a sweep cost, measured side by side.
+
+The per-epoch scenarios (kdrun.bench.epochs) and, with --sweep, the README's 24-job sweep run
+serial / joblib / stacked (kdrun.bench.sweep). Results print as tables of ratios and are kept in
+outputs/bench/<time>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+from datetime import datetime
+from pathlib import Path
+
+from kdrun.bench.epochs import PAIRS, STREAMING, run_bench, run_streaming_bench, show, show_streaming
+from kdrun.core.console import console
+from kdrun.core.files import write_json
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m kdrun.bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--pairs", nargs="+", default=[*PAIRS, "streaming"], choices=[*PAIRS, "streaming"])
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--epochs", type=int, default=3, help="epochs per run of a scenario; the first is a warm-up")
+    parser.add_argument("--rounds", type=int, default=3, help="round-robin passes over the scenarios")
+    parser.add_argument("--compile", action="store_true", help="add a torch.compile scenario (slow to compile)")
+    parser.add_argument("--workers", type=int, default=STREAMING["workers"], help="DataLoader workers (streaming)")
+    parser.add_argument("--images", type=int, default=STREAMING["images"], help="training images (streaming)")
+    parser.add_argument("--sweep", action="store_true",
+                        help="also the 24-job MNIST-1D sweep serial / joblib / stacked (minutes)")
+    parser.add_argument("--sweep-epochs", type=int, default=100, help="epochs per job of --sweep (README: 100)")
+    parser.add_argument("--sweep-args", nargs="*", default=[], help="extra overrides for --sweep's kdrun commands")
+    args = parser.parse_args(argv)
+    stamp = f"{datetime.now():%Y-%m-%d_%H-%M-%S_%f}"
+    results = []
+    for pair in args.pairs:
+        if pair == "streaming":
+            results.append(run_streaming_bench(args.device, max(2, args.epochs), max(1, args.rounds), args.workers,
+                                               args.images))
+            show_streaming(results[-1])
+            continue
+        results.append(run_bench(pair, args.device, max(2, args.epochs), max(1, args.rounds), args.compile))
+        show(results[-1])
+    record = {"results": results}
+    if args.sweep:
+        from kdrun.bench.sweep import run_sweep_bench, show_sweep
+
+        record["sweep"] = run_sweep_bench(Path("outputs/bench") / f"sweep-{stamp}", args.sweep_epochs, args.sweep_args)
+        show_sweep(record["sweep"])
+    out = Path("outputs/bench") / f"{stamp}.json"
+    write_json(out, record)
+    console.print(f"written: {out.resolve()}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

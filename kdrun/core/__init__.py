@@ -1,0 +1,1 @@
+"""What every layer may use: errors, registries, atomic files, the device, the process's place in a job, the console."""

@@ -1,0 +1,1 @@
+"""What a model costs at inference: latency, throughput, parameters and FLOPs, measured once and shared."""

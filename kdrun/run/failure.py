@@ -1,0 +1,28 @@
+"""The one way out of a failed command or job: `status.json` says `failed`, one line on stderr, exit code 2."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from kdrun.run.rundir import write_failure
+
+EXIT_ERROR = 2  # a user error (bad input, a failed job); 130/143 mean interrupted
+
+
+def fail(message: str, run_dir: Path | None = None) -> int:
+    """The one failure path of the CLI and the task: `status.json` says `failed` (where a run dir is
+    ours to write), one line on stderr, and the exit code to return.
+
+    Called while handling the error, HYDRA_FULL_ERROR=1 re-raises it for the traceback.
+    """
+    if run_dir is not None:
+        try:
+            write_failure(run_dir, message)
+        except OSError:  # the disk that failed the run may fail this too
+            pass
+    if os.environ.get("HYDRA_FULL_ERROR") == "1" and sys.exc_info()[0] is not None:
+        raise
+    print(f"kdrun: error: {message}", file=sys.stderr, flush=True)
+    return EXIT_ERROR
