@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test lint docs bench clean
 
 install: $(STAMP)
 
@@ -22,8 +22,16 @@ demo: install
 	$(BIN)/kdrun train-teacher
 	$(BIN)/kdrun distill
 
-test: install
+test: install lint docs
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS)
+
+# The package map (pyproject.toml's import-linter contracts): a wrong-way import fails here, naming it.
+lint: install
+	$(BIN)/lint-imports
+
+# The docs site (docs/, mkdocs.yml), built strictly: a broken link or a page missing from the nav fails.
+docs: install
+	$(BIN)/mkdocs build --strict --site-dir site
 
 # The README's 24-job sweep serial / joblib / stacked is part of it (about 6 minutes on 2 cores);
 # `make bench BENCH_ARGS=` runs the per-epoch scenarios alone.
@@ -32,4 +40,4 @@ bench: install
 	$(BIN)/python -m kdrun.bench $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) outputs/*/ .pytest_cache
+	rm -rf $(VENV) outputs/*/ .pytest_cache site

@@ -12,12 +12,11 @@ import signal
 import sys
 from dataclasses import dataclass
 
-from kdrun.run.rundir import HYDRA, MULTIRUN
-from kdrun.core.files import follow_rank
-
 from kdrun.core.errors import KdrunError
-from kdrun.run.failure import fail
+from kdrun.core.files import follow_rank
 from kdrun.core.jobenv import under_torchrun
+from kdrun.run.failure import fail
+from kdrun.run.rundir import HYDRA, MULTIRUN
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import FAST, kdrun
 
 STUDENT = [a for a in FAST if not a.startswith("teacher.")]

@@ -6,7 +6,6 @@ import sys
 
 import pytest
 import torch
-
 from conftest import FAST, kdrun, run_dirs, summary
 
 SUMMARY_KEYS = {"command", "dataset", "model", "seed", "epochs", "test_acc", "best_test_acc", "best_epoch", "params",

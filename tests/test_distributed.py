@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import kdrun, metric_rows, run_dirs, summary, wait_until
+
 from kdrun.core.distributed import Context, slurm_environment
 from kdrun.run.rundir import CHECKPOINT, HYDRA, LAST, LOCK, METRICS, SUMMARY
 

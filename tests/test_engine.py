@@ -4,9 +4,11 @@ import torch
 from torch import nn
 
 from kdrun.data import TensorData, load_dataset
-from kdrun.train.engine import Recipe, TeacherTargets, fit, predict
 from kdrun.methods.losses import KDLoss
 from kdrun.models import build_model
+from kdrun.train.engine import TeacherTargets, fit
+from kdrun.train.evaluate import predict
+from kdrun.train.recipe import Recipe
 
 CPU = torch.device("cpu")
 

@@ -2,11 +2,12 @@
 
 import torch
 
+from kdrun.core.runtime import memory_format
 from kdrun.data import TensorData
 from kdrun.data.augment import crop_flip
-from kdrun.train.engine import Recipe, fit
 from kdrun.models import build_model
-from kdrun.core.runtime import memory_format
+from kdrun.train.engine import fit
+from kdrun.train.recipe import Recipe
 
 CPU = torch.device("cpu")
 

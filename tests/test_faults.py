@@ -15,16 +15,16 @@ import sys
 import numpy as np
 import pytest
 import torch
-
 from conftest import FAST, kdrun, metric_rows, summary
-from kdrun.models.checkpoint import load_payload
-from kdrun.data import load_dataset
-from kdrun.core.errors import KdrunError
-from kdrun.report import build_report
-from kdrun.run.rundir import owned
-from kdrun.core.files import write_json
 from test_bad_input import STUDENT, assert_one_line_error
 from test_report import write_run
+
+from kdrun.core.errors import KdrunError
+from kdrun.core.files import write_json
+from kdrun.data import load_dataset
+from kdrun.models.checkpoint import load_payload
+from kdrun.report import build_report
+from kdrun.run.rundir import owned
 
 ONE_EPOCH = [*STUDENT, "epochs=1"]
 

@@ -7,9 +7,16 @@ from omegaconf import OmegaConf
 
 from kdrun.data import TensorData
 from kdrun.data.noise import flip_labels, with_label_noise
-from kdrun.teachers.knowledge import (calibration_by_temperature, ce_logit_grad_norm, expected_calibration_error,
-                             grad_ratio_corr, kd_logit_grad_norm, mean_entropy, spearman)
 from kdrun.methods.losses import KDLoss
+from kdrun.teachers.knowledge import (
+    calibration_by_temperature,
+    ce_logit_grad_norm,
+    expected_calibration_error,
+    grad_ratio_corr,
+    kd_logit_grad_norm,
+    mean_entropy,
+    spearman,
+)
 from kdrun.teachers.store import store_path, teacher_recipe
 
 

@@ -4,11 +4,11 @@ loss variants and label noise through the CLI, the presets, and one-line config 
 import json
 
 import pytest
+from conftest import FAST, kdrun, run_dirs, summary
 from hydra import compose, initialize_config_dir
 
-from conftest import FAST, kdrun, run_dirs, summary
-from kdrun.run.config import config_dir, register_schemas
 from kdrun.report import build_report
+from kdrun.run.config import config_dir, register_schemas
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

@@ -10,7 +10,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from conftest import FAST, kdrun, metric_rows, summary
 
 FIXTURE = Path(__file__).parent / "data" / "runs_v0_1"

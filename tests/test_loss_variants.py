@@ -7,10 +7,17 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
-from kdrun.teachers.knowledge import class_matrix, teacher_stats
-from kdrun.methods.losses import (ClassSimilarityLoss, DKDLoss, KDLoss, LabelSmoothingLoss, TrueClassProbLoss,
-                          cross_entropy, smoothed_targets)
 from kdrun.methods import MethodContext, build_method
+from kdrun.methods.losses import (
+    ClassSimilarityLoss,
+    DKDLoss,
+    KDLoss,
+    LabelSmoothingLoss,
+    TrueClassProbLoss,
+    cross_entropy,
+    smoothed_targets,
+)
+from kdrun.teachers.knowledge import class_matrix, teacher_stats
 
 
 def _softmax(row, T=1.0):

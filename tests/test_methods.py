@@ -8,16 +8,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from kdrun.core.errors import ConfigError
-from kdrun.run.config import method_names
-from kdrun.methods.losses import KDLoss
 from kdrun.methods import METHODS, Batch, MethodContext, build_method, parse_params
 from kdrun.methods.at import at_pair
 from kdrun.methods.crd import CRD, CRDParams, NegativeSampler, nce_loss
+from kdrun.methods.losses import KDLoss
 from kdrun.methods.mlkd import MLKD, median_masks
 from kdrun.methods.pkt import pkt_loss
 from kdrun.methods.reviewkd import ABF, hcl
 from kdrun.methods.rkd import rkd_loss
 from kdrun.models import build_model
+from kdrun.run.config import method_names
 
 D = torch.float64
 
@@ -275,9 +275,10 @@ def test_every_method_builds_and_returns_finite_parts_with_gradients(name):
 
 @pytest.mark.parametrize("name", ["crd", "fitnet", "reviewkd"])
 def test_a_methods_trainable_parts_resume_bitwise(tmp_path, name):
-    from kdrun.data import load_dataset
-    from kdrun.train.engine import Recipe, fit
     from kdrun.core.errors import Interrupted
+    from kdrun.data import load_dataset
+    from kdrun.train.engine import fit
+    from kdrun.train.recipe import Recipe
     from kdrun.train.state import load_state, save_state
 
     torch.set_num_threads(1)

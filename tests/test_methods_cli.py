@@ -4,12 +4,13 @@ import json
 
 import pytest
 import torch
-
 from conftest import FAST, kdrun, run_dirs, summary
+
 from kdrun.data import load_dataset
-from kdrun.train.engine import Recipe, fit
 from kdrun.methods import METHODS, MethodContext, build_method
 from kdrun.models import build_model
+from kdrun.train.engine import fit
+from kdrun.train.recipe import Recipe
 
 FEATURE_METHODS = ["fitnet", "at", "rkd", "pkt", "crd", "reviewkd"]
 PAIRS = [("resnet32x4", "resnet8x4"), ("wrn_40_2", "wrn_16_2"), ("resnet56", "resnet20"), ("vgg13", "vgg8"),

@@ -1,9 +1,9 @@
 """The CIFAR-100 experiment presets carry the published recipe and run on fake data."""
 
 import pytest
+from conftest import kdrun, run_dirs, summary
 from hydra import compose, initialize_config_dir
 
-from conftest import kdrun, run_dirs, summary
 from kdrun.run.config import config_dir, register_schemas
 
 PRESETS = {"cifar100_resnet32x4_resnet8x4": ("resnet32x4", "resnet8x4"),

@@ -15,9 +15,9 @@ from matplotlib.image import imread
 from omegaconf import OmegaConf
 from PIL import Image
 
-from kdrun.sweep.callbacks import ReportCallback
 from kdrun.cli import main as cli
 from kdrun.report import build_report
+from kdrun.sweep.callbacks import ReportCallback
 
 WORKTREE = Path(__file__).resolve().parent.parent
 TEACHER_MS, TEACHER_ACC = 0.30, 0.91

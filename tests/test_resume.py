@@ -11,17 +11,18 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import FAST, kdrun, metric_rows, start_kdrun, summary, wait_until
+
+from kdrun.core.errors import Interrupted, KdrunError
 from kdrun.data import TensorData, load_dataset
 from kdrun.data.augment import crop_flip_augment
-from kdrun.train.engine import CheckpointSchedule, Recipe, fit
-from kdrun.core.errors import Interrupted, KdrunError
-from kdrun.run.signals import StopRequest
 from kdrun.methods.losses import KDLoss
 from kdrun.models import build_model
 from kdrun.run.resume import check_same_config, differences
-from kdrun.train.state import load_state, save_state
+from kdrun.run.signals import StopRequest
+from kdrun.train.engine import fit
+from kdrun.train.recipe import Recipe
+from kdrun.train.state import CheckpointSchedule, load_state, save_state
 
 CPU = torch.device("cpu")
 

@@ -6,19 +6,21 @@ import signal
 
 import pytest
 import torch
+from conftest import FAST, kdrun, metric_rows, run_dirs, start_kdrun, summary, wait_until
 from omegaconf import OmegaConf
 
-from conftest import FAST, kdrun, metric_rows, run_dirs, start_kdrun, summary, wait_until
-from kdrun.models.checkpoint import load_weights, read_weights
-from kdrun.run.config import register_schemas
-from kdrun.data import load_dataset
-from kdrun.train.engine import Recipe, fit, predict
 from kdrun.core.errors import Interrupted
+from kdrun.data import load_dataset
 from kdrun.methods.losses import KDLoss
 from kdrun.models import build_model
+from kdrun.models.checkpoint import load_weights, read_weights
+from kdrun.run.config import register_schemas
 from kdrun.run.preflight import compose_plain
-from kdrun.sweep.stacked import Member, fit_group
 from kdrun.sweep.groups import plan
+from kdrun.sweep.stacked import Member, fit_group
+from kdrun.train.engine import fit
+from kdrun.train.evaluate import predict
+from kdrun.train.recipe import Recipe
 
 CPU = torch.device("cpu")
 TOLERANCE = 1e-5  # relative, on every per-epoch metric and final weight (README: "Equivalence")

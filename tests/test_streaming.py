@@ -8,14 +8,15 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import kdrun, run_dirs, summary
+
+from kdrun.core.errors import Interrupted, KdrunError
 from kdrun.data import EpochPlan, batch_sizes, load_dataset
 from kdrun.data.synthetic import write_image_folder
-from kdrun.train.engine import Recipe, TeacherTargets, fit
-from kdrun.core.errors import Interrupted, KdrunError
 from kdrun.methods.losses import KDLoss
 from kdrun.models import build_model
+from kdrun.train.engine import TeacherTargets, fit
+from kdrun.train.recipe import Recipe
 from kdrun.train.state import load_state, save_state
 
 CPU = torch.device("cpu")

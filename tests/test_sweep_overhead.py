@@ -6,13 +6,13 @@ import subprocess
 import sys
 
 import pytest
+from conftest import FAST, run_dirs, summary
 
 import kdrun.run.preflight
-from conftest import FAST, run_dirs, summary
 from kdrun.core.errors import ConfigError
+from kdrun.measure.costs import ARCHITECTURE_ONCE
 from kdrun.run.config import register_schemas
 from kdrun.run.preflight import check_overrides
-from kdrun.measure.costs import ARCHITECTURE_ONCE
 
 register_schemas()
 

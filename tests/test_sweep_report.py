@@ -4,7 +4,6 @@ import csv
 import statistics
 
 import pytest
-
 from conftest import kdrun, run_dirs, summary
 
 TINY = ["teacher.kwargs.channels=8", "teacher.train.epochs=2", "student.kwargs.hidden=[16]", "epochs=2",

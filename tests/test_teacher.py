@@ -1,8 +1,8 @@
 """The teacher store: stable recipe hashes, and parallel jobs that train a teacher once."""
 
+from conftest import FAST, run_dirs, start_kdrun, summary, wait_until
 from omegaconf import OmegaConf
 
-from conftest import FAST, run_dirs, start_kdrun, summary, wait_until
 from kdrun.teachers.store import store_path, teacher_recipe
 
 TEACHER = {"name": "cnn1d", "kwargs": {"channels": 8}, "checkpoint": None, "store": "a", "train_if_missing": True,

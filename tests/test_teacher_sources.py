@@ -15,18 +15,17 @@ import numpy as np
 import pytest
 import torch
 import torchvision
-from omegaconf import OmegaConf
-
 from conftest import FAST, kdrun, run_dirs, summary
-from kdrun.models.checkpoint import file_sha256, read_weights, save_checkpoint
-from kdrun.data import load_dataset
-from kdrun.train.engine import evaluate, predict
-from kdrun.core.errors import KdrunError
-from kdrun.models import build_model
-from kdrun.models.pretrained import build_pretrained
-from kdrun.teachers.store import load_teacher
+from omegaconf import OmegaConf
 from test_bad_input import Evil
 from test_vision_data import write_cifar10
+
+from kdrun.core.errors import KdrunError
+from kdrun.data import load_dataset
+from kdrun.models import build_model, build_pretrained
+from kdrun.models.checkpoint import file_sha256, read_weights, save_checkpoint
+from kdrun.teachers.store import load_teacher
+from kdrun.train.evaluate import evaluate, predict
 
 BASE = [a for a in FAST if not a.startswith("teacher.")]  # fake data, one thread, short latency timing
 QUICK = ["epochs=1", "progress=false", "probe=false", "threads=1", "latency.min_seconds=0.01", "latency.batch_size=16",

@@ -17,10 +17,10 @@ import torch.nn.functional as F
 import torchvision.datasets.cifar
 import torchvision.datasets.utils
 
+from kdrun.core.errors import KdrunError
 from kdrun.data import load_dataset
 from kdrun.data.augment import crop_flip
 from kdrun.data.vision import CIFAR10, CIFAR100, FASHION_MNIST, MNIST
-from kdrun.core.errors import KdrunError
 
 SPECS = {spec.name: spec for spec in (MNIST, FASHION_MNIST, CIFAR10, CIFAR100)}
 

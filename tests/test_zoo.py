@@ -15,11 +15,11 @@ import torchvision
 from omegaconf import OmegaConf
 from torch import nn
 
-from kdrun.models.checkpoint import renamed_sequential_keys
-from kdrun.run.config import ModelConfig, TeacherConfig, config_dir
 from kdrun.core.errors import KdrunError
 from kdrun.models import build_model, count_params
+from kdrun.models.checkpoint import renamed_sequential_keys
 from kdrun.models.stages import EMBEDDING, classifier, stage_names, tap
+from kdrun.run.config import ModelConfig, TeacherConfig, config_dir
 
 CIFAR = (3, 32, 32)
 

@@ -36,14 +36,16 @@ from typing import Callable
 import torch
 from rich.table import Table
 
+from kdrun.core.console import console
+from kdrun.core.runtime import resolve_device, seed_everything
 from kdrun.data import TensorData, load_dataset
 from kdrun.data.synthetic import write_image_folder
-from kdrun.train.engine import Recipe, autocast, fit, predict
-from kdrun.methods.losses import KDLoss
 from kdrun.methods import MethodContext, build_method
+from kdrun.methods.losses import KDLoss
 from kdrun.models import build_model
-from kdrun.core.runtime import resolve_device, seed_everything
-from kdrun.core.console import console
+from kdrun.train.engine import fit
+from kdrun.train.evaluate import predict
+from kdrun.train.recipe import Recipe, autocast
 
 PAIRS = {
     "mnist1d": {"teacher": ("cnn1d", {"channels": 64}), "student": ("mlp", {"hidden": [100, 100]}),

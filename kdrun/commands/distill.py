@@ -8,14 +8,16 @@ from typing import Any, Callable, Optional
 import torch
 from omegaconf import DictConfig
 
-from kdrun.commands.common import (EpochHook, Setup, latency_options, log, plain_config, run_header, setup, stop_hook,
-                                   student_cost, train_student)
-from kdrun.teachers.knowledge import ProbeSet, TeacherStats, gradient_probe, probe_subset, teacher_stats
+from kdrun.commands.record import EpochHook, latency_options, plain_config, run_header, student_cost
+from kdrun.commands.resumable import stop_hook
+from kdrun.commands.setup import Setup, log, setup
+from kdrun.commands.train_student import train_student
+from kdrun.core.console import epoch_progress, show_results
 from kdrun.methods import Method, MethodContext, build_method
 from kdrun.run.rundir import write_summary
 from kdrun.teachers.facts import TeacherFacts, teacher_facts
+from kdrun.teachers.knowledge import ProbeSet, TeacherStats, gradient_probe, probe_subset, teacher_stats
 from kdrun.teachers.store import Teacher, obtain_teacher
-from kdrun.core.console import epoch_progress, show_results
 
 
 def probe_set(cfg: DictConfig, env: Setup, teacher_logits: torch.Tensor) -> Optional[ProbeSet]:

@@ -16,17 +16,19 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
 
-from kdrun.commands.common import log, model_cost, plain_config, run_header, setup, stop_hook
-from kdrun.data import TensorData
-from kdrun.train.engine import predict
+from kdrun.commands.record import model_cost, plain_config, run_header
+from kdrun.commands.resumable import stop_hook
+from kdrun.commands.setup import log, setup
+from kdrun.core.console import epoch_progress, show_results
 from kdrun.core.errors import KdrunError
-from kdrun.teachers.knowledge import calibration_by_temperature, class_matrix
+from kdrun.core.files import write_json
+from kdrun.data import TensorData
 from kdrun.methods.losses import true_class_prob
 from kdrun.run.rundir import write_summary
-from kdrun.core.files import write_json
-from kdrun.teachers.store import obtain_teacher
+from kdrun.teachers.knowledge import calibration_by_temperature, class_matrix
 from kdrun.teachers.plots import plot_class_matrix, plot_dark_knowledge, plot_true_class_prob
-from kdrun.core.console import epoch_progress, show_results
+from kdrun.teachers.store import obtain_teacher
+from kdrun.train.evaluate import predict
 
 
 def knowledge_numbers(cfg: DictConfig, train_logits: torch.Tensor, test_logits: torch.Tensor, data: Any) -> dict:

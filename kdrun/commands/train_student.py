@@ -1,16 +1,36 @@
-"""`kdrun train-student`: the student on hard labels alone, the baseline every distill run needs."""
+"""`kdrun train-student`: the student on hard labels alone, the baseline every distill run needs.
+
+`train_student` is the student's recipe for distill too (it passes a teacher and its loss).
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from omegaconf import DictConfig
 
-from kdrun.commands.common import Setup, run_header, setup, student_cost, train_student
-from kdrun.run.rundir import write_summary
-from kdrun.core.console import show_results
+from kdrun.commands.record import (
+    EpochHook,
+    chain,
+    epoch_recorder,
+    history_summary,
+    plain_config,
+    run_header,
+    student_cost,
+)
+from kdrun.commands.resumable import training_hooks
+from kdrun.commands.setup import Setup, build_student, setup
+from kdrun.core.console import epoch_progress, show_results
+from kdrun.data import TensorData
+from kdrun.methods import Method, as_method
+from kdrun.methods.losses import cross_entropy
+from kdrun.models import model_kwargs
+from kdrun.models.checkpoint import save_checkpoint
+from kdrun.run.rundir import CHECKPOINT, write_summary
+from kdrun.train.engine import fit
+from kdrun.train.recipe import recipe_from_optim
 
 
 def run(cfg: DictConfig, run_dir: Path) -> float:
@@ -26,3 +46,43 @@ def finish(cfg: DictConfig, env: Setup, run_dir: Path, student: torch.nn.Module,
     show_results([{"role": "student (hard labels)", "model": cfg.student.name, **summary}],
                  title="kdrun train-student", notes=[f"run dir: {run_dir}"])
     return summary["test_acc"]
+
+
+def save_student(cfg: DictConfig, run_dir: Path, student: torch.nn.Module, data: TensorData,
+                 history: list[dict[str, float]], method: Method | None = None) -> dict[str, Any]:
+    """checkpoint.pt for the trained student (with the method's trained parts, if any); its summary
+    fields (accuracy, train time, checkpoint path)."""
+    result = history_summary(history)
+    method_state = {} if method is None else {k: v.detach().cpu() for k, v in method.state_dict().items()}
+    save_checkpoint(run_dir / CHECKPOINT, student, arch=cfg.student.name,
+                    arch_kwargs=model_kwargs(cfg.student), num_classes=data.num_classes,
+                    input_shape=data.input_shape, dataset=data.name, config=plain_config(cfg),
+                    metrics={**result, "history": history}, method_state=method_state)
+    return {**result, "checkpoint": str(run_dir / CHECKPOINT)}
+
+
+def train_student(cfg: DictConfig, env: Setup, run_dir: Path, teacher: torch.nn.Module | None = None,
+                  make_loss: Callable[[torch.nn.Module], Any] = lambda student: cross_entropy,
+                  teacher_logits: torch.Tensor | None = None,
+                  epoch_hooks: Callable[[torch.nn.Module], list[EpochHook]] | None = None,
+                  ) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Seed, build, train (with a teacher if given) and checkpoint the student; the same recipe either way.
+
+    `make_loss(student)` builds the loss (a method may size its connectors from the student);
+    `epoch_hooks(student)` gives per-epoch extras (e.g. the gradient probe) run before the epoch is recorded.
+    """
+    data = env.data
+    student = build_student(cfg, env)
+    loss = as_method(make_loss(student))
+    hooks = epoch_hooks(student) if epoch_hooks else []
+    resumable = training_hooks(cfg, run_dir)
+    # A method that follows the epoch (DKD's and ReviewKD's warm-up), also across a resume.
+    loss.start_epoch(resumable["state"]["epoch"] + 1 if resumable["state"] else 1)
+    hooks.append(lambda row: loss.start_epoch(int(row["epoch"]) + 1))
+    with epoch_progress(cfg.progress, "student") as progress:
+        history = fit(student, data, recipe_from_optim(cfg.optim, cfg.epochs, cfg.seed, cfg.compile), env.device,
+                      loss=loss, teacher=teacher, teacher_logits=teacher_logits,
+                      on_epoch=chain(*hooks, epoch_recorder(run_dir, "student", cfg.logger)), progress=progress,
+                      **resumable)
+    resumable["checkpoint"].flush()  # the last last.pt is on disk (or its error raised) before the summary
+    return student, save_student(cfg, run_dir, student, data, history, loss)

@@ -8,12 +8,13 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from kdrun.commands.common import (epoch_recorder, history_summary, log, model_cost, plain_config, run_header,
-                                   setup, training_hooks)
-from kdrun.run.rundir import CHECKPOINT, rewrite_metrics, write_summary
-from kdrun.core.files import writes
-from kdrun.teachers.store import obtain_teacher
+from kdrun.commands.record import epoch_recorder, history_summary, model_cost, plain_config, run_header
+from kdrun.commands.resumable import training_hooks
+from kdrun.commands.setup import log, setup
 from kdrun.core.console import epoch_progress, show_results
+from kdrun.core.files import writes
+from kdrun.run.rundir import CHECKPOINT, rewrite_metrics, write_summary
+from kdrun.teachers.store import obtain_teacher
 
 
 def link_or_copy(source: Path, target: Path) -> None:

@@ -13,6 +13,7 @@ from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+
 def silence_stdout() -> None:
     """Send what is still to be printed to /dev/null: the reader is gone, and a log line it misses is no error."""
     logging.raiseExceptions = False  # the write that raised SIGPIPE fails inside a log handler: no traceback

@@ -12,7 +12,7 @@ from typing import Sequence, Union
 
 import torch
 
-from kdrun.data import Augment
+from kdrun.data.base import Augment
 
 Fill = Union[float, Sequence[float]]
 

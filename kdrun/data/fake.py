@@ -11,8 +11,8 @@ from pathlib import Path
 
 import torch
 
-from kdrun.data import TensorData, register_dataset
 from kdrun.data.augment import crop_flip_augment
+from kdrun.data.base import TensorData, register_dataset
 
 
 @register_dataset("fake")

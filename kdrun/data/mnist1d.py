@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from kdrun.data import TensorData, register_dataset
 from kdrun.core.files import write_atomic
+from kdrun.data.base import TensorData, register_dataset
 
 log = logging.getLogger(__name__)
 KEYS = ("x", "y", "x_test", "y_test")

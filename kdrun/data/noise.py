@@ -12,8 +12,8 @@ from dataclasses import replace
 
 import torch
 
-from kdrun.data import TensorData
 from kdrun.core.errors import KdrunError
+from kdrun.data.base import TensorData
 
 
 def flip_labels(labels: torch.Tensor, fraction: float, num_classes: int, seed: int) -> torch.Tensor:

@@ -22,10 +22,10 @@ from typing import Any, Iterator, Optional
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from kdrun.data import EVAL_BATCH, Batch, EpochPlan, register_dataset
 from kdrun.core.distributed import context
 from kdrun.core.errors import KdrunError
 from kdrun.core.runtime import memory_format
+from kdrun.data.base import EVAL_BATCH, Batch, EpochPlan, register_dataset
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import torch
 
-from kdrun.data import TensorData, register_dataset
-from kdrun.data.augment import crop_flip_augment
 from kdrun.core.errors import KdrunError
+from kdrun.data.augment import crop_flip_augment
+from kdrun.data.base import TensorData, register_dataset
 
 # What torchvision raises for missing or corrupted files and for failed downloads
 # (urllib's URLError is an OSError); malformed idx files raise the other three.

@@ -15,10 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdrun.core.errors import ConfigError
-from kdrun.core.errors import KdrunError
+from kdrun.core.errors import ConfigError, KdrunError
+from kdrun.methods.base import Batch, LogitParams, Method, MethodContext
 from kdrun.methods.losses import LossParts, maybe_standardize, soft_kl
-from kdrun.methods import Batch, LogitParams, Method, MethodContext
 from kdrun.models.stages import EMBEDDING, stage_names, tap
 
 

@@ -16,8 +16,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from kdrun.methods import Batch, MethodContext, register_method
 from kdrun.methods._features import FeatureMethod, FeatureParams, adaptive_pool, flat, paired_spatial_stages
+from kdrun.methods.base import Batch, MethodContext, register_method
 
 
 @dataclass

@@ -23,10 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdrun.core.errors import ConfigError
-from kdrun.core.errors import KdrunError
-from kdrun.methods import Batch, MethodContext, register_method
+from kdrun.core.errors import ConfigError, KdrunError
 from kdrun.methods._features import FeatureMethod, FeatureParams, flat, stage_shapes
+from kdrun.methods.base import Batch, MethodContext, register_method
 from kdrun.models.stages import EMBEDDING
 
 EPS = 1e-7

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from kdrun.methods.base import Batch, LogitParams, Method, MethodContext, register_method
 from kdrun.methods.losses import LossParts, maybe_standardize
-from kdrun.methods import Batch, LogitParams, Method, MethodContext, register_method
 
 
 @dataclass

@@ -3,8 +3,8 @@
 from dataclasses import dataclass
 
 from kdrun.core.errors import ConfigError
+from kdrun.methods.base import LogitLoss, LogitParams, MethodContext, register_method
 from kdrun.methods.losses import DKDLoss
-from kdrun.methods import LogitLoss, LogitParams, MethodContext, register_method
 
 
 @dataclass

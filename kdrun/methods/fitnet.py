@@ -16,8 +16,8 @@ from typing import Any, Optional
 import torch
 import torch.nn.functional as F
 
-from kdrun.methods import Batch, MethodContext, register_method
 from kdrun.methods._features import FeatureMethod, FeatureParams, regressor, stage_shapes
+from kdrun.methods.base import Batch, MethodContext, register_method
 from kdrun.models.stages import stage_names
 
 

@@ -4,8 +4,8 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from kdrun.core.errors import ConfigError
+from kdrun.methods.base import LogitLoss, LogitParams, MethodContext, register_method
 from kdrun.methods.losses import LabelSmoothingLoss
-from kdrun.methods import LogitLoss, LogitParams, MethodContext, register_method
 
 
 @dataclass

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
-from kdrun.methods import Batch, MethodContext, register_method
 from kdrun.methods._features import FeatureMethod, FeatureParams, flat
+from kdrun.methods.base import Batch, MethodContext, register_method
 from kdrun.models.stages import EMBEDDING
 
 EPS = 1e-7

@@ -25,8 +25,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from kdrun.core.errors import ConfigError
-from kdrun.methods import Batch, MethodContext, register_method
 from kdrun.methods._features import FeatureMethod, FeatureParams, adaptive_pool, batch_norm, conv, paired_spatial_stages
+from kdrun.methods.base import Batch, MethodContext, register_method
 from kdrun.models.stages import EMBEDDING
 
 

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from kdrun.methods import Batch, MethodContext, register_method
 from kdrun.methods._features import FeatureMethod, FeatureParams, flat
+from kdrun.methods.base import Batch, MethodContext, register_method
 from kdrun.models.stages import EMBEDDING
 
 

@@ -1,45 +1,33 @@
-"""Model registry. A constructor takes (num_classes, input_shape, **kwargs) and returns a module."""
+"""Models: the registry (kdrun.models.registry) with kdrun's own families, torchvision's and timm's on first use,
+and published weights (`build_pretrained`)."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from torch import nn
 
 from kdrun.core.errors import KdrunError
-from kdrun.core.registry import Registry
 
-MODELS = Registry("model")
-register_model = MODELS.register
-
-
-def build_model(name: str, num_classes: int, input_shape: tuple[int, ...], kwargs: dict[str, Any]) -> nn.Module:
-    return MODELS.build(name, num_classes, tuple(input_shape), **dict(kwargs))
-
-
-def model_kwargs(spec: Any) -> dict[str, Any]:
-    """A model config's constructor options as plain data (they go into checkpoints): its kwargs,
-    plus the import path for `custom` models (`target`)."""
-    from omegaconf import OmegaConf
-
-    kwargs = OmegaConf.to_container(spec.kwargs, resolve=True)
-    return {**kwargs, "target": spec.target} if spec.get("target") else kwargs
-
-
-def count_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
-def image_channels(input_shape: tuple[int, ...]) -> int:
-    """The channel count of an image input; 2-D convolutional nets refuse anything else in one line."""
-    if len(input_shape) != 3:
-        raise KdrunError(f"this model needs images shaped (channels, height, width), but the dataset gives "
-                         f"{tuple(input_shape)}; pick an image dataset or a model for this input")
-    return input_shape[0]
-
-
-# Importing the modules registers their models; torchvision's and timm's wait for a `tv_` / `timm_` name.
-from kdrun.models import cifar, custom, mnist1d  # noqa: E402,F401
+# Importing the modules registers them (they import kdrun.models.registry, never this package).
+from kdrun.models import cifar, cifar_mobile, custom, mnist1d  # noqa: F401
+from kdrun.models.registry import MODELS, build_model, count_params, image_channels, model_kwargs, register_model  # noqa: F401
 
 MODELS.register_lazy("tv_", "kdrun.models.torchvision_models", "any torchvision.models classifier")
 MODELS.register_lazy("timm_", "kdrun.models.timm_models", "any timm model, with the extra kdrun[timm]")
+
+
+def build_pretrained(name: str, weights: str, num_classes: int, input_shape: tuple[int, ...],
+                     kwargs: dict[str, Any]) -> tuple[nn.Module, Path, str]:
+    """The model with its pretrained weights loaded, the weights file, and the family ("torchvision", "timm")."""
+    if name.startswith("tv_"):
+        from kdrun.models.torchvision_models import pretrained_torchvision
+
+        return (*pretrained_torchvision(name[3:], weights, num_classes, input_shape, kwargs), "torchvision")
+    if name.startswith("timm_"):
+        from kdrun.models.timm_models import pretrained_timm
+
+        return (*pretrained_timm(name[5:], weights, num_classes, input_shape, kwargs), "timm")
+    raise KdrunError(f"teacher.weights needs a tv_<name> or timm_<name> teacher (got '{name}'); e.g. teacher=tv "
+                     "teacher.name=tv_resnet50 teacher.weights=IMAGENET1K_V2, or drop teacher.weights")

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from kdrun.core.errors import KdrunError
-from kdrun.models import register_model
+from kdrun.models.registry import register_model
 
 
 def import_target(target: str) -> Callable[..., Any]:

@@ -6,7 +6,7 @@ import math
 
 from torch import nn
 
-from kdrun.models import register_model
+from kdrun.models.registry import register_model
 
 
 def named_stages(model: nn.Sequential, stages: list[str]) -> nn.Sequential:

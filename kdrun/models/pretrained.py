@@ -1,5 +1,5 @@
-"""Teachers with published weights: torchvision's weights API (`tv_<name>`, `teacher.weights=IMAGENET1K_V2`)
-and timm's (`timm_<name>`, `teacher.weights=pretrained`, the optional extra `kdrun[timm]`).
+"""What published weights require of a dataset (kdrun.models.build_pretrained loads them: torchvision's weights
+API for `tv_<name>`, `teacher.weights=IMAGENET1K_V2`; timm's for `timm_<name>`, `teacher.weights=pretrained`).
 
 Such a model is the publisher's own architecture (no stem adapted to small inputs: the weights
 fit the original one) with the publisher's number of classes, which must be the dataset's.
@@ -7,27 +7,7 @@ fit the original one) with the publisher's number of classes, which must be the 
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
-
-from torch import nn
-
 from kdrun.core.errors import KdrunError
-
-
-def build_pretrained(name: str, weights: str, num_classes: int, input_shape: tuple[int, ...],
-                     kwargs: dict[str, Any]) -> tuple[nn.Module, Path, str]:
-    """The model with its pretrained weights loaded, the weights file, and the family ("torchvision", "timm")."""
-    if name.startswith("tv_"):
-        from kdrun.models.torchvision_models import pretrained_torchvision
-
-        return (*pretrained_torchvision(name[3:], weights, num_classes, input_shape, kwargs), "torchvision")
-    if name.startswith("timm_"):
-        from kdrun.models.timm_models import pretrained_timm
-
-        return (*pretrained_timm(name[5:], weights, num_classes, input_shape, kwargs), "timm")
-    raise KdrunError(f"teacher.weights needs a tv_<name> or timm_<name> teacher (got '{name}'); e.g. teacher=tv "
-                     "teacher.name=tv_resnet50 teacher.weights=IMAGENET1K_V2, or drop teacher.weights")
 
 
 def check_pretrained_fits(model_name: str, classes: int, num_classes: int, input_shape: tuple[int, ...]) -> None:

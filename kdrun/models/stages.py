@@ -22,6 +22,18 @@ from torch import nn
 from kdrun.core.errors import KdrunError
 
 EMBEDDING = "embedding"
+# Stage modules per family (arch prefix), shallow to deep; families not listed name only their classifier.
+RESNET_STAGES = {"stem": "maxpool", "stage1": "layer1", "stage2": "layer2", "stage3": "layer3", "stage4": "layer4"}
+STAGES = {"resnet": RESNET_STAGES, "resnext": RESNET_STAGES, "wide_resnet": RESNET_STAGES}
+
+
+def name_stages(arch: str, model: nn.Module) -> None:
+    """Set `stage_modules` (from `STAGES`) and `classifier_module` (the last nn.Linear) on the instance."""
+    model.stage_modules = next((stages for prefix, stages in STAGES.items() if arch.startswith(prefix)), {})
+    linears = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
+    if linears:
+        model.classifier_module = linears[-1]
+
 
 
 def stage_names(model: nn.Module) -> list[str]:

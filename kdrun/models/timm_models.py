@@ -17,9 +17,9 @@ from typing import Optional
 from torch import nn
 
 from kdrun.core.errors import KdrunError
-from kdrun.models import image_channels, register_model
 from kdrun.models.pretrained import check_pretrained_fits
-from kdrun.models.torchvision_models import name_stages
+from kdrun.models.registry import image_channels, register_model
+from kdrun.models.stages import name_stages
 
 try:
     import timm

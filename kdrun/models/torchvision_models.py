@@ -40,10 +40,11 @@ import torch
 import torchvision.models as tvm
 from torch import nn
 
-from kdrun.models.checkpoint import load_payload
 from kdrun.core.errors import KdrunError, first_line
-from kdrun.models import image_channels, register_model
+from kdrun.models.checkpoint import load_payload
 from kdrun.models.pretrained import check_pretrained_fits
+from kdrun.models.registry import image_channels, register_model
+from kdrun.models.stages import name_stages
 
 SMALL_INPUT_SIDE = 64
 TRANSFORMERS = ("vit_", "swin_", "maxvit_")
@@ -55,9 +56,7 @@ BUILD_OPTIONS = {name: {"aux_logits": False, "init_weights": True} for name in (
 # What torchvision's builders set when they load published weights.
 PRETRAINED_OPTIONS = {"googlenet": {"transform_input": True, "init_weights": False},
                       "inception_v3": {"transform_input": True, "init_weights": False}}
-# Stage modules per family (arch prefix), shallow to deep; families not listed name only their classifier.
-RESNET_STAGES = {"stem": "maxpool", "stage1": "layer1", "stage2": "layer2", "stage3": "layer3", "stage4": "layer4"}
-STAGES = {"resnet": RESNET_STAGES, "resnext": RESNET_STAGES, "wide_resnet": RESNET_STAGES}
+
 
 
 def torchvision_classifier(arch: str, num_classes: int, input_shape: tuple[int, ...], **kwargs) -> nn.Module:
@@ -74,14 +73,6 @@ def torchvision_classifier(arch: str, num_classes: int, input_shape: tuple[int, 
     _check_shapes(arch, model, input_shape)
     name_stages(arch, model)
     return model
-
-
-def name_stages(arch: str, model: nn.Module) -> None:
-    """Set `stage_modules` (from `STAGES`) and `classifier_module` (the last nn.Linear) on the instance."""
-    model.stage_modules = next((stages for prefix, stages in STAGES.items() if arch.startswith(prefix)), {})
-    linears = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
-    if linears:
-        model.classifier_module = linears[-1]
 
 
 def pretrained_torchvision(arch: str, weights_name: str, num_classes: int, input_shape: tuple[int, ...],

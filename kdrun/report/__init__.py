@@ -5,6 +5,6 @@ Markdown, `plots` draws the figures; the dependencies run one way: plots and ren
 """
 
 from kdrun.report.render import make_report, show_report
-from kdrun.report.runs import build_report
+from kdrun.report.rows import build_report
 
 __all__ = ["build_report", "make_report", "show_report"]

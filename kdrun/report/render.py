@@ -10,7 +10,8 @@ from rich import box
 from rich.table import Table
 
 from kdrun.core.errors import KdrunError
-from kdrun.report.runs import FIXED, HEADERS, Report, Row, Stat, build_report
+from kdrun.report.rows import build_report
+from kdrun.report.runs import FIXED, HEADERS, Report, Row, Stat
 
 
 def _pct(stat: Stat | None) -> str:
@@ -91,8 +92,11 @@ def write_markdown(report: Report, path: Path) -> Path:
 
 def make_report(paths: list[Path], out: Path | None = None) -> Report:
     """Build the report and write report.csv, report.md and the plots; the files are listed in it."""
-    from kdrun.report.plots import (plot_acc_by_setting, plot_acc_vs_latency,  # matplotlib: only when plotting
-                                    plot_acc_vs_t)
+    from kdrun.report.plots import (  # matplotlib: only when plotting
+        plot_acc_by_setting,
+        plot_acc_vs_latency,
+        plot_acc_vs_t,
+    )
 
     report = build_report(paths)
     target = out if out is not None else (paths[0] if paths[0].is_dir() else paths[0].parent)  # a file's folder

@@ -25,8 +25,9 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from kdrun.core.errors import ConfigError
-from kdrun.run.config import config_dir, validate
+from kdrun.run.config import config_dir
 from kdrun.run.rundir import MULTIRUN, SUMMARY, holds_run
+from kdrun.run.validate import validate
 
 _MISSING = object()
 

@@ -31,14 +31,14 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from kdrun.run.config import validate
 from kdrun.core.errors import Interrupted, KdrunError, first_line
+from kdrun.core.files import writes
+from kdrun.core.jobenv import launched
 from kdrun.run.failure import fail
 from kdrun.run.resume import resume_command
-from kdrun.run.signals import report_interrupted, stop_on_signals
-from kdrun.core.jobenv import launched
 from kdrun.run.rundir import LAST, SUMMARY, owned, write_status
-from kdrun.core.files import writes
+from kdrun.run.signals import report_interrupted, stop_on_signals
+from kdrun.run.validate import validate
 
 
 def parallel_jobs(hydra_cfg: DictConfig) -> int:

@@ -21,15 +21,18 @@ from typing import Any, Iterator, Optional
 from omegaconf import DictConfig
 
 from kdrun.commands import distill, train_student
-from kdrun.commands.common import Setup, build_student, epoch_recorder, log, save_student, setup, training_hooks
+from kdrun.commands.record import epoch_recorder
+from kdrun.commands.resumable import training_hooks
+from kdrun.commands.setup import Setup, build_student, log, setup
+from kdrun.commands.train_student import save_student
+from kdrun.core.console import epoch_progress
 from kdrun.core.errors import Interrupted
 from kdrun.run.failure import fail
 from kdrun.run.resume import resume_command
-from kdrun.run.signals import report_interrupted, stop_on_signals
 from kdrun.run.rundir import owned, write_status
+from kdrun.run.signals import report_interrupted, stop_on_signals
 from kdrun.sweep.stacked import Member, fit_group
-from kdrun.teachers.store import recipe_from_optim
-from kdrun.core.console import epoch_progress
+from kdrun.train.recipe import recipe_from_optim
 
 
 @dataclass

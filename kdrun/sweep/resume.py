@@ -28,7 +28,6 @@ from kdrun.core.errors import KdrunError
 from kdrun.run.resume import check_same_config, launch_dir
 from kdrun.run.rundir import HYDRA, LAST, MULTIRUN, SUMMARY, check_not_in_use, forget_unfinished
 
-
 STACKED_LAUNCHER = "StackedLauncher"  # the class name of hydra/launcher=stacked's _target_
 FINISHED, CONTINUE, RESTART = "finished", "continue", "restart"  # what finishing a job of a sweep takes
 # Hydra overrides a resumed stacked sweep sets itself (the sweep dir, multirun mode, the launcher's resume flag).

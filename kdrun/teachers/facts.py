@@ -20,12 +20,12 @@ import torch
 from filelock import FileLock
 from torch import nn
 
-from kdrun.models.checkpoint import load_payload
-from kdrun.train.engine import predict
 from kdrun.core.errors import KdrunError
+from kdrun.core.files import write_atomic
 from kdrun.measure.costs import cache_key
 from kdrun.measure.latency import profile
-from kdrun.core.files import write_atomic
+from kdrun.models.checkpoint import load_payload
+from kdrun.train.evaluate import predict
 
 log = logging.getLogger("kdrun")
 

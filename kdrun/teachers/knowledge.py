@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdrun.train.engine import predict
 from kdrun.methods.losses import true_class_prob
+from kdrun.train.evaluate import predict
 
 
 @dataclass(frozen=True)

@@ -24,13 +24,14 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from kdrun.core import distributed
-from kdrun.train.engine import Recipe, StepProgress, evaluate, fit
 from kdrun.core.errors import KdrunError
-from kdrun.methods.losses import cross_entropy, smoothed_cross_entropy
-from kdrun.models import build_model, model_kwargs
-from kdrun.models.pretrained import build_pretrained
-from kdrun.models.checkpoint import Weights, file_sha256, load_weights, read_weights, save_checkpoint
 from kdrun.core.runtime import seed_everything
+from kdrun.methods.losses import cross_entropy, smoothed_cross_entropy
+from kdrun.models import build_model, build_pretrained, model_kwargs
+from kdrun.models.checkpoint import Weights, file_sha256, load_weights, read_weights, save_checkpoint
+from kdrun.train.engine import StepProgress, fit
+from kdrun.train.evaluate import evaluate
+from kdrun.train.recipe import recipe_from_optim
 
 log = logging.getLogger(__name__)
 
@@ -72,14 +73,6 @@ def teacher_recipe(teacher: DictConfig, dataset: DictConfig) -> dict[str, Any]:
 def store_path(store: Path, recipe: dict[str, Any]) -> Path:
     digest = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
     return store / f"{recipe['model']}-{recipe['dataset']['name']}-{digest}.pt"
-
-
-def recipe_from_optim(optim: DictConfig, epochs: int, seed: int, compile: bool = False) -> Recipe:
-    """Engine recipe from an `optim` config node plus epochs, seed and whether to `torch.compile`."""
-    return Recipe(epochs=epochs, batch_size=optim.batch_size, optimizer=optim.name, lr=optim.lr,
-                  weight_decay=optim.weight_decay, momentum=optim.momentum, nesterov=optim.nesterov,
-                  schedule=optim.schedule, milestones=tuple(optim.milestones), gamma=optim.gamma, seed=seed,
-                  compile=compile)
 
 
 def snapshot_path(path: Path, epoch: int) -> Path:

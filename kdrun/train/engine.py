@@ -28,89 +28,26 @@ import re
 import time
 import warnings
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Optional, Protocol
+from typing import Any, Callable, Optional, Protocol
 
 import torch
 from torch import nn
 
-from kdrun.data import EpochPlan, batch_sizes
 from kdrun.core.distributed import all_sum, any_rank, context, share_buffers
 from kdrun.core.errors import Interrupted, KdrunError
-from kdrun.methods.losses import cross_entropy
-from kdrun.methods import Batch, Method, as_method
-from kdrun.models.stages import tap
 from kdrun.core.runtime import memory_format
-from kdrun.train.state import capture_rng, plain_scheduler_state, restore_rng, restore_scheduler
+from kdrun.data import EpochPlan, batch_sizes
+from kdrun.methods import Batch, Method, as_method
+from kdrun.methods.losses import cross_entropy
+from kdrun.models.stages import tap
+from kdrun.train.evaluate import epoch_accuracy, predict
+from kdrun.train.recipe import Recipe, autocast, make_optimizer
+from kdrun.train.state import CheckpointSchedule, capture_rng, plain_scheduler_state, restore_rng, restore_scheduler
 
 
 class StepProgress(Protocol):
     def start_epoch(self, epoch: int, steps: int) -> None: ...
     def advance(self) -> None: ...
-
-
-@dataclass(frozen=True)
-class Recipe:
-    """Plain values that say how to train, independent of any config system."""
-
-    epochs: int
-    batch_size: int
-    optimizer: str = "adamw"
-    lr: float = 0.01
-    weight_decay: float = 0.0
-    momentum: float = 0.9
-    nesterov: bool = False
-    schedule: str = "cosine"
-    milestones: tuple[int, ...] = ()
-    gamma: float = 0.1
-    seed: int = 0
-    compile: bool = False
-
-
-def make_optimizer(model: nn.Module, recipe: Recipe, extra: Iterable[nn.Parameter] = ()
-                   ) -> tuple[torch.optim.Optimizer, Any]:
-    """The optimiser of the model's parameters (and `extra` ones: a method's connectors) and a per-epoch
-    learning-rate schedule."""
-    params = [*model.parameters(), *extra]
-    if recipe.optimizer == "sgd":
-        optimizer = torch.optim.SGD(params, lr=recipe.lr, momentum=recipe.momentum,
-                                    weight_decay=recipe.weight_decay, nesterov=recipe.nesterov)
-    else:
-        optimizer = torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
-    if recipe.schedule == "cosine":
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=recipe.epochs)
-    elif recipe.schedule == "multistep":
-        scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(recipe.milestones), recipe.gamma)
-    else:
-        scheduler = torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
-    return optimizer, scheduler
-
-
-def autocast(device: torch.device) -> torch.autocast:
-    """bf16 autocast on CUDA; full precision elsewhere."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
-
-
-def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
-    """Logits for `x` in eval and inference mode, as an ordinary (autograd-usable) tensor."""
-    was_training = model.training
-    model.eval()
-    with torch.inference_mode(), autocast(x.device):
-        logits = torch.cat([model(x[i:i + batch_size]).float() for i in range(0, len(x), batch_size)])
-    model.train(was_training)
-    return logits.clone()
-
-
-def evaluate(model: nn.Module, data: Any, device: torch.device) -> float:
-    """Test accuracy; on several ranks each evaluates its share of the test set and the counts are summed."""
-    was_training = model.training
-    model.eval()
-    counts = torch.zeros(2, device=device)  # correct, seen
-    with torch.inference_mode(), autocast(device):
-        for inputs, labels in data.test_batches(device):
-            counts += torch.stack([(model(inputs).argmax(1) == labels).sum(), torch.tensor(len(labels), device=device)])
-    model.train(was_training)
-    correct, seen = all_sum(counts.clone())
-    return (correct / seen).item()
 
 
 class TeacherTargets:
@@ -209,26 +146,6 @@ def _schedule_step(scheduler: Any, resumed_after_last_step: bool) -> None:
         scheduler.step()
 
 
-@dataclass
-class CheckpointSchedule:
-    """When `last.pt` is written: every `every` epochs and after the last (0: only on a signal), but a due
-    write is skipped while the previous one is younger than `min_seconds`: epochs of a fraction of a
-    second would otherwise spend much of their time pickling and fsyncing it. The last epoch is always written."""
-
-    every: int = 1
-    min_seconds: float = 0.0
-    written: Optional[float] = None  # time.monotonic() of the previous write
-
-    def due(self, epoch: int, epochs: int) -> bool:
-        if self.every <= 0 or (epoch % self.every and epoch != epochs):
-            return False
-        now = time.monotonic()
-        if epoch != epochs and self.written is not None and now - self.written < self.min_seconds:
-            return False
-        self.written = now
-        return True
-
-
 def nonfinite_cause(data: Any, recipe: Recipe, first_step: bool, distilling: bool, ce_finite: bool) -> str:
     """The likely cause of a non-finite loss, most specific first: the data, the distillation term (T),
     the model before any update, else the learning rate."""
@@ -250,13 +167,6 @@ def student_step(forward: Callable, model: nn.Module, stages: tuple[str, ...], i
     with autocast(device), tap(model, list(stages)) as features:
         logits = forward(inputs).float()
     return logits, {name: f.float() for name, f in features.items()}
-
-
-def epoch_accuracy(model: nn.Module, data: Any, device: torch.device) -> dict[str, float]:
-    """Test accuracy, and validation accuracy when the dataset holds a validation split."""
-    val = getattr(data, "x_val", None)  # the whole split on every rank: it is small
-    held_out = {"val_acc": (predict(model, val).argmax(1) == data.y_val).float().mean().item()} if val is not None else {}
-    return {**held_out, "test_acc": evaluate(model, data, device)}
 
 
 def fit(model: nn.Module, data: Any, recipe: Recipe, device: torch.device, *,

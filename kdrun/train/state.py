@@ -1,4 +1,5 @@
-"""The resumable state of a training run (`last.pt`): weights, optimiser, schedule, RNGs, history.
+"""The resumable state of a training run (`last.pt`): weights, optimiser, schedule, RNGs, history; and when
+it is written (`CheckpointSchedule`).
 
 Everything is stored as tensors and plain Python values, so `torch.load(weights_only=True)`
 reads it back without running code from the file. The random states are all of them the
@@ -11,8 +12,10 @@ from __future__ import annotations
 
 import copy
 import random
+import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -20,8 +23,8 @@ import numpy as np
 import torch
 
 from kdrun.core.errors import KdrunError
-from kdrun.models.checkpoint import load_payload
 from kdrun.core.files import write_atomic, writes
+from kdrun.models.checkpoint import load_payload
 
 STATE_FORMAT = "kdrun-train-state"
 STATE_VERSION = 1
@@ -115,3 +118,23 @@ def load_state(path: Path) -> dict[str, Any]:
         raise KdrunError(f"{path} has training-state version {payload.get('version')}, this kdrun reads "
                          f"{STATE_VERSION}; start the run again")
     return payload
+
+
+@dataclass
+class CheckpointSchedule:
+    """When `last.pt` is written: every `every` epochs and after the last (0: only on a signal), but a due
+    write is skipped while the previous one is younger than `min_seconds`: epochs of a fraction of a
+    second would otherwise spend much of their time pickling and fsyncing it. The last epoch is always written."""
+
+    every: int = 1
+    min_seconds: float = 0.0
+    written: Optional[float] = None  # time.monotonic() of the previous write
+
+    def due(self, epoch: int, epochs: int) -> bool:
+        if self.every <= 0 or (epoch % self.every and epoch != epochs):
+            return False
+        now = time.monotonic()
+        if epoch != epochs and self.written is not None and now - self.written < self.min_seconds:
+            return False
+        self.written = now
+        return True

@@ -1,0 +1,106 @@
+"""What a run records: each epoch (metrics.jsonl, TensorBoard, a log line), its history summed up, the
+header every summary.json starts with, and what the models cost."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+import kdrun
+from kdrun.commands.setup import Setup
+from kdrun.core.errors import KdrunError
+from kdrun.core.files import writes
+from kdrun.measure.costs import architecture_cost
+from kdrun.measure.latency import profile
+from kdrun.models import model_kwargs
+from kdrun.run.rundir import append_metrics
+
+log = logging.getLogger("kdrun")
+
+
+def tensorboard_writer(run_dir: Path) -> Any:
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise KdrunError("logger=tensorboard needs the tensorboard package: pip install 'kdrun[tensorboard]'") from None
+    return SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+
+
+def epoch_recorder(run_dir: Path, label: str, logger: str = "none") -> Callable[[dict[str, float]], None]:
+    """Append each epoch to metrics.jsonl (always), TensorBoard (if asked), and log one line."""
+    writer = tensorboard_writer(run_dir) if logger == "tensorboard" and writes() else None
+
+    def record(row: dict[str, float]) -> None:
+        append_metrics(run_dir, row)
+        if writer is not None:
+            for key, value in row.items():
+                writer.add_scalar(f"{label}/{key}", value, row["epoch"])
+            writer.flush()
+        log.info("%s epoch %d: loss %.4f, test acc %.2f%% (%.1fs)", label, row["epoch"], row["train_loss"],
+                 100 * row["test_acc"], row["seconds"])
+
+    return record
+
+
+def history_summary(history: list[dict[str, float]]) -> dict[str, Any]:
+    """Final accuracy, the best epoch picked on the test set (`best_test_acc`, optimistic: selection on
+    test, as published tables do), and with a validation split the honest pick: `test_acc_at_best_val`."""
+    best = max(history, key=lambda row: row["test_acc"])
+    summary = {"test_acc": history[-1]["test_acc"], "best_test_acc": best["test_acc"], "best_epoch": best["epoch"],
+               "train_seconds": sum(row["seconds"] for row in history)}
+    if "val_acc" in history[0]:
+        by_val = max(history, key=lambda row: row["val_acc"])  # the first of equal epochs
+        summary.update(best_val_acc=by_val["val_acc"], best_val_epoch=by_val["epoch"],
+                       test_acc_at_best_val=by_val["test_acc"])
+    return summary
+
+
+def latency_options(cfg: DictConfig) -> dict[str, Any]:
+    lat = cfg.latency
+    return {"batch_size": lat.batch_size, "warmup": lat.warmup, "min_reps": lat.min_reps,
+            "min_seconds": lat.min_seconds}
+
+
+def model_cost(model: torch.nn.Module, data: Any, cfg: DictConfig, device: torch.device) -> dict[str, Any]:
+    return profile(model, data.input_shape, device, **latency_options(cfg))
+
+
+def student_cost(cfg: DictConfig, student: torch.nn.Module, env: Setup) -> dict[str, Any]:
+    """The student architecture's cost, measured once per process (its weights do not change it)."""
+    return architecture_cost(cfg.student.name, model_kwargs(cfg.student), student, env.data.input_shape, env.device,
+                             latency_options(cfg))
+
+
+def absolute_paths(cfg: DictConfig) -> dict[str, str]:
+    """Every path the run used, absolute: where its data and teacher came from, whatever the cwd is later."""
+    paths = {"cwd": str(Path.cwd()), "data_dir": cfg.dataset.data_dir}
+    if "teacher" in cfg:
+        paths.update(teacher_store=cfg.teacher.store, teacher_checkpoint=cfg.teacher.checkpoint)
+    return {k: str(Path(v).expanduser().resolve()) for k, v in paths.items() if v}
+
+
+def run_header(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    return {"command": cfg.command, "dataset": cfg.dataset.name, "seed": cfg.seed, "epochs": cfg.epochs,
+            "run_dir": str(run_dir), "paths": absolute_paths(cfg), "kdrun_version": kdrun.__version__,
+            "torch_version": torch.__version__}
+
+
+def plain_config(cfg: DictConfig) -> dict[str, Any]:
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+EpochHook = Callable[[dict[str, float]], None]
+
+
+def chain(*hooks: EpochHook) -> EpochHook:
+    """One on_epoch callback calling `hooks` in order (earlier ones may add keys to the row)."""
+
+    def run(row: dict[str, float]) -> None:
+        for hook in hooks:
+            hook(row)
+
+    return run

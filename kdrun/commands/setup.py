@@ -1,0 +1,66 @@
+"""Where a command starts: threads, device and data; the student's initial weights."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from kdrun.core.distributed import context, device_for
+from kdrun.core.errors import KdrunError
+from kdrun.core.runtime import resolve_device, seed_everything, set_threads
+from kdrun.data import TensorData, holdout, load_dataset
+from kdrun.data.noise import with_label_noise
+from kdrun.models import build_model, model_kwargs
+
+log = logging.getLogger("kdrun")
+
+
+@dataclass
+class Setup:
+    device: torch.device
+    data: Any  # TensorData (in memory) or StreamingData (read by DataLoader workers)
+    threads: int
+
+
+def setup(cfg: DictConfig) -> Setup:
+    """Threads, device (one GPU per rank under torchrun) and the dataset (in memory: moved to the device once)."""
+    threads = set_threads(cfg.threads)
+    device = device_for(resolve_device(cfg.device))
+    d = cfg.dataset
+    data = load_dataset(d.name, d.data_dir, d.download, d.augment, OmegaConf.to_container(d.kwargs, resolve=True),
+                        image_size=d.image_size, workers=d.workers)
+    if d.label_noise > 0:
+        if not isinstance(data, TensorData):
+            raise KdrunError(f"dataset.label_noise needs an in-memory dataset; '{data.name}' is streamed from disk")
+        data = with_label_noise(data, d.label_noise, d.noise_seed)
+        log.info("label noise: %d of %d training labels flipped (noise_seed %d); test labels clean",
+                 round(d.label_noise * len(data.y_train)), len(data.y_train), d.noise_seed)
+    if d.val_split > 0:
+        if not isinstance(data, TensorData):
+            raise KdrunError(f"dataset.val_split needs an in-memory dataset; '{data.name}' is streamed: "
+                             "hold out a folder as its validation set instead")
+        data = holdout(data, d.val_split, d.val_seed)
+        log.info("validation: %d training examples held out (dataset.val_split=%g, val_seed %d) to pick the "
+                 "best epoch", len(data.x_val), d.val_split, d.val_seed)
+    feed = "in memory" if isinstance(data, TensorData) else f"streamed by {data.workers} DataLoader workers"
+    log.info("%s: %d train / %d test, input %s, %d classes, %s; device %s, %d threads", data.name,
+             data.train_size, data.test_size, data.input_shape, data.num_classes, feed, device, threads)
+    ctx = context()
+    if ctx.distributed:
+        batch = cfg.optim.batch_size if "optim" in cfg else cfg.teacher.train.optim.batch_size
+        log.info("distributed: rank %d of %d (world size %d); global batch %d = about %d per rank", ctx.rank,
+                 ctx.world_size, ctx.world_size, batch, -(-batch // ctx.world_size))
+    return Setup(device, data.to(device), threads)
+
+
+def build_student(cfg: DictConfig, env: Setup) -> torch.nn.Module:
+    """The student's initial weights: a function of `seed` alone."""
+    seed_everything(cfg.seed)
+    return build_model(cfg.student.name, env.data.num_classes, env.data.input_shape,
+                       model_kwargs(cfg.student)).to(env.device)
+
+

@@ -1,0 +1,59 @@
+"""How to train, as plain values: the recipe, its optimiser and learning-rate schedule, and the precision."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Plain values that say how to train, independent of any config system."""
+
+    epochs: int
+    batch_size: int
+    optimizer: str = "adamw"
+    lr: float = 0.01
+    weight_decay: float = 0.0
+    momentum: float = 0.9
+    nesterov: bool = False
+    schedule: str = "cosine"
+    milestones: tuple[int, ...] = ()
+    gamma: float = 0.1
+    seed: int = 0
+    compile: bool = False
+
+
+def make_optimizer(model: nn.Module, recipe: Recipe, extra: Iterable[nn.Parameter] = ()
+                   ) -> tuple[torch.optim.Optimizer, Any]:
+    """The optimiser of the model's parameters (and `extra` ones: a method's connectors) and a per-epoch
+    learning-rate schedule."""
+    params = [*model.parameters(), *extra]
+    if recipe.optimizer == "sgd":
+        optimizer = torch.optim.SGD(params, lr=recipe.lr, momentum=recipe.momentum,
+                                    weight_decay=recipe.weight_decay, nesterov=recipe.nesterov)
+    else:
+        optimizer = torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
+    if recipe.schedule == "cosine":
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=recipe.epochs)
+    elif recipe.schedule == "multistep":
+        scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(recipe.milestones), recipe.gamma)
+    else:
+        scheduler = torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
+    return optimizer, scheduler
+
+
+def autocast(device: torch.device) -> torch.autocast:
+    """bf16 autocast on CUDA; full precision elsewhere."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
+def recipe_from_optim(optim: Any, epochs: int, seed: int, compile: bool = False) -> Recipe:
+    """The recipe from an `optim` config node (any object with its attributes) plus epochs, seed and compile."""
+    return Recipe(epochs=epochs, batch_size=optim.batch_size, optimizer=optim.name, lr=optim.lr,
+                  weight_decay=optim.weight_decay, momentum=optim.momentum, nesterov=optim.nesterov,
+                  schedule=optim.schedule, milestones=tuple(optim.milestones), gamma=optim.gamma, seed=seed,
+                  compile=compile)
