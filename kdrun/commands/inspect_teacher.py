@@ -22,7 +22,7 @@ from kdrun.commands.setup import log, setup
 from kdrun.core.console import epoch_progress, show_results
 from kdrun.core.errors import KdrunError
 from kdrun.core.files import write_json
-from kdrun.data import TensorData
+from kdrun.data.base import TensorData
 from kdrun.methods.losses import true_class_prob
 from kdrun.run.rundir import write_summary
 from kdrun.teachers.knowledge import calibration_by_temperature, class_matrix

@@ -16,7 +16,7 @@ from kdrun.core.errors import KdrunError
 from kdrun.core.files import writes
 from kdrun.measure.costs import architecture_cost
 from kdrun.measure.latency import profile
-from kdrun.models import model_kwargs
+from kdrun.models.registry import model_kwargs
 from kdrun.run.rundir import append_metrics
 
 log = logging.getLogger("kdrun")

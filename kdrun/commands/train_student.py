@@ -23,11 +23,11 @@ from kdrun.commands.record import (
 from kdrun.commands.resumable import training_hooks
 from kdrun.commands.setup import Setup, build_student, setup
 from kdrun.core.console import epoch_progress, show_results
-from kdrun.data import TensorData
-from kdrun.methods import Method, as_method
+from kdrun.data.base import TensorData
+from kdrun.methods.base import Method, as_method
 from kdrun.methods.losses import cross_entropy
-from kdrun.models import model_kwargs
 from kdrun.models.checkpoint import save_checkpoint
+from kdrun.models.registry import model_kwargs
 from kdrun.run.rundir import CHECKPOINT, write_summary
 from kdrun.train.engine import fit
 from kdrun.train.recipe import recipe_from_optim

@@ -42,7 +42,7 @@ def log_handler(**kwargs: Any) -> RichHandler:
 
 
 class EpochProgress:
-    """One bar per epoch over its steps; satisfies engine.StepProgress."""
+    """One bar per epoch over its steps; satisfies kdrun.train.engine.StepProgress."""
 
     def __init__(self, progress: Progress, label: str) -> None:
         self.progress, self.label, self.task = progress, label, None

@@ -8,7 +8,7 @@ list). `join` then opens the default process group once per process: NCCL for CU
 gloo for CPU ones. `context()` is this process's place in the job; without a job it is
 rank 0 of 1, and every collective below is a no-op, so single-process runs pay nothing.
 
-Only rank 0 writes the run directory and the teacher store (`kdrun.run.rundir.follow_rank`).
+Only rank 0 writes the run directory and the teacher store (`kdrun.core.files.follow_rank`).
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ device, padding with black as torchvision's `RandomCrop(size, padding)` does.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -52,26 +53,6 @@ CIFAR100 = VisionSpec("cifar100", "CIFAR100", "cifar-100-python/", (0.5071, 0.48
                       (0.2675, 0.2565, 0.2761), crop_padding=4, flip=True)
 
 
-@register_dataset("mnist")
-def mnist(root: Path, download: bool, augment: bool) -> TensorData:
-    return load_vision(MNIST, root, download, augment)
-
-
-@register_dataset("fashion_mnist")
-def fashion_mnist(root: Path, download: bool, augment: bool) -> TensorData:
-    return load_vision(FASHION_MNIST, root, download, augment)
-
-
-@register_dataset("cifar10")
-def cifar10(root: Path, download: bool, augment: bool) -> TensorData:
-    return load_vision(CIFAR10, root, download, augment)
-
-
-@register_dataset("cifar100")
-def cifar100(root: Path, download: bool, augment: bool) -> TensorData:
-    return load_vision(CIFAR100, root, download, augment)
-
-
 def load_vision(spec: VisionSpec, root: Path, download: bool, augment: bool) -> TensorData:
     """Both splits as normalised tensors, plus the crop(+flip) augmentation when asked for."""
     train, test = _open(spec, root / spec.name, download)
@@ -79,6 +60,10 @@ def load_vision(spec: VisionSpec, root: Path, download: bool, augment: bool) -> 
     x_test, y_test = _tensors(spec, test)
     policy = crop_flip_augment(spec.crop_padding, spec.flip, fill=spec.black) if augment else None
     return TensorData(spec.name, x_train, y_train, x_test, y_test, num_classes=len(train.classes), augment=policy)
+
+
+for _spec in (MNIST, FASHION_MNIST, CIFAR10, CIFAR100):  # dataset=mnist|fashion_mnist|cifar10|cifar100
+    register_dataset(_spec.name)(partial(load_vision, _spec))
 
 
 def _open(spec: VisionSpec, folder: Path, download: bool):

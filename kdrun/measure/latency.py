@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from kdrun.models import count_params
+from kdrun.models.registry import count_params
 
 MAX_REPS = 10_000
 

@@ -2,7 +2,7 @@
 
 Hydra reports a bad override as several lines (or a traceback) and only once a run
 directory exists; a sweep may fail in its tenth job. Here every override, and every value
-of a sweep, is composed with Hydra's compose API and checked by `config.validate`, and the
+of a sweep, is composed with Hydra's compose API and checked by `kdrun.run.validate`, and the
 first problem becomes a `KdrunError` whose message names the key and what is allowed. A
 sweep over a plain key (T, seed, optim.lr) is checked by one composition and Hydra's
 override step applied to a copy of it per value: the same checks, at a fraction of the cost.

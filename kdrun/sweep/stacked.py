@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kdrun.core.errors import Interrupted, KdrunError
-from kdrun.data import TensorData
+from kdrun.data.base import TensorData
 from kdrun.methods.losses import class_softmax
 from kdrun.sweep.stacked_model import StackedModel, StackedOptimizer
 from kdrun.teachers.knowledge import ProbeSet, grad_ratio_by_student

@@ -36,8 +36,8 @@ from torch import nn
 from kdrun.core.distributed import all_sum, any_rank, context, share_buffers
 from kdrun.core.errors import Interrupted, KdrunError
 from kdrun.core.runtime import memory_format
-from kdrun.data import EpochPlan, batch_sizes
-from kdrun.methods import Batch, Method, as_method
+from kdrun.data.base import EpochPlan, batch_sizes
+from kdrun.methods.base import Batch, Method, as_method
 from kdrun.methods.losses import cross_entropy
 from kdrun.models.stages import tap
 from kdrun.train.evaluate import epoch_accuracy, predict
