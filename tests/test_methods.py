@@ -5,7 +5,6 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from kdrun.core.errors import ConfigError
 from kdrun.methods import METHODS, Batch, MethodContext, build_method, parse_params

@@ -10,7 +10,6 @@ from conftest import FAST, run_dirs, summary
 
 import kdrun.run.preflight
 from kdrun.core.errors import ConfigError
-from kdrun.measure.costs import ARCHITECTURE_ONCE
 from kdrun.run.config import register_schemas
 from kdrun.run.preflight import check_overrides
 
@@ -77,7 +76,7 @@ def test_stacked_sweep_composes_one_job_config_and_shares_the_student_cost(workd
     assert "job compositions: 1" in run.stdout  # one by Hydra; the others derived from it, each reused by the launcher
     costs = [{k: summary(job)[k] for k in ("params", "flops", "latency")} for job in run_dirs(workdir, "distill-sweep")]
     assert len(costs) == 4 and all(cost == costs[0] for cost in costs)
-    assert costs[0]["latency"]["measured"] == ARCHITECTURE_ONCE
+    assert costs[0]["latency"]["measured"] == "once for its stacked group of 4 jobs"
 
 
 def _loader_and_master(sweep: list[str]):

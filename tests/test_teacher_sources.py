@@ -5,7 +5,6 @@ score when evaluated directly."""
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys

@@ -8,7 +8,7 @@ from typing import Any, Callable, Optional
 import torch
 from omegaconf import DictConfig
 
-from kdrun.commands.record import EpochHook, latency_options, plain_config, run_header, student_cost
+from kdrun.commands.record import EpochHook, pair_cost, plain_config, run_header
 from kdrun.commands.resumable import stop_hook
 from kdrun.commands.setup import Setup, log, setup
 from kdrun.commands.train_student import train_student
@@ -41,7 +41,7 @@ def prepare_teacher(cfg: DictConfig, env: Setup) -> tuple[Teacher, TeacherFacts]
     with epoch_progress(cfg.progress, "teacher") as progress:
         teacher = obtain_teacher(cfg.teacher, cfg.dataset, env.data, env.device, plain_config(cfg), progress,
                                  epoch=cfg.teacher_epoch, fit_hooks=stop_hook())
-    return teacher, teacher_facts(teacher.model, teacher.checkpoint, env.data, env.device, latency_options(cfg))
+    return teacher, teacher_facts(teacher.model, teacher.checkpoint, env.data, env.device)
 
 
 def job_stats(cfg: DictConfig, env: Setup, facts: TeacherFacts) -> TeacherStats:
@@ -64,25 +64,33 @@ def job_loss(cfg: DictConfig, env: Setup, stats: TeacherStats, teacher: torch.nn
 
 
 def finish(cfg: DictConfig, env: Setup, run_dir: Path, teacher: Teacher, facts: TeacherFacts, stats: TeacherStats,
-           loss: Method, student: torch.nn.Module, result: dict[str, Any]) -> float:
-    """summary.json (written last) and the results table for a trained student."""
-    own_cost, teacher_cost = student_cost(cfg, student, env), facts.cost
-    speedup = teacher_cost["latency"]["batch1_ms_median"] / own_cost["latency"]["batch1_ms_median"]
+           loss: Method, student: torch.nn.Module, result: dict[str, Any],
+           cost: Optional[dict[str, Any]] = None) -> float:
+    """summary.json (written last) and the results table for a trained student. `cost`: the pair's latency
+    measured for a whole stacked group (kdrun.record.pair_cost); else it is measured now."""
+    cost = cost or pair_cost(cfg, env, teacher.model, student)
+    speedup = cost["speedup"]
     summary = {**run_header(cfg, run_dir), "model": cfg.student.name, "T": cfg.T, "alpha": cfg.alpha,
                "loss": cfg.loss.name, "loss_options": plain_config(cfg)["loss"], **loss.summary(),
-               "label_noise": cfg.dataset.label_noise, **result, **own_cost,
-               "teacher": {"model": cfg.teacher.name, "test_acc": teacher.test_acc, **teacher_cost,
+               "label_noise": cfg.dataset.label_noise, **result, **cost["student"],
+               "latency": cost["latency"]["student"],
+               "teacher": {"model": cfg.teacher.name, "test_acc": teacher.test_acc, **facts.size,
+                           "latency": cost["latency"]["teacher"],
                            "checkpoint": str(teacher.checkpoint), "checkpoint_format": teacher.source.get("format"),
                            "checkpoint_sha256": teacher.source.get("sha256"), "weights": cfg.teacher.weights,
                            "epoch": cfg.teacher_epoch,
                            "label_smoothing": cfg.teacher.train.label_smoothing,
                            "train_nontarget_mass_at_T": stats.epsilon},
-               "speedup": speedup}
+               "speedup": speedup["batch1"], "speedup_interval": speedup["batch1_interval"],
+               "speedup_at_batch": speedup["batch"], "speedup_at_batch_interval": speedup["batch_interval"]}
     write_summary(run_dir, summary)
+    low, high = speedup["batch1_interval"]
     show_results([{"role": "teacher", "model": cfg.teacher.name, **summary["teacher"]},
                   {"role": f"student loss={cfg.loss.name} T={cfg.T:g} alpha={cfg.alpha:g}", "model": cfg.student.name,
                    **summary}],
-                 title="kdrun distill", notes=[f"batch-1 speedup over the teacher: {speedup:.1f}x",
+                 title="kdrun distill", notes=[f"batch-1 speedup over the teacher: {speedup['batch1']:.1f}x "
+                                               f"(95% interval {low:.1f}-{high:.1f}x)"
+                                               + (" [contended]" if summary["latency"]["contended"] else ""),
                                                f"teacher checkpoint: {teacher.checkpoint}", f"run dir: {run_dir}"])
     return summary["test_acc"]
 

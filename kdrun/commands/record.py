@@ -14,9 +14,7 @@ import kdrun
 from kdrun.commands.setup import Setup
 from kdrun.core.errors import KdrunError
 from kdrun.core.files import writes
-from kdrun.measure.costs import architecture_cost
-from kdrun.measure.latency import profile
-from kdrun.models.registry import model_kwargs
+from kdrun.measure.latency import Protocol, measure_models, profile, size
 from kdrun.run.rundir import append_metrics
 
 log = logging.getLogger("kdrun")
@@ -59,20 +57,36 @@ def history_summary(history: list[dict[str, float]]) -> dict[str, Any]:
     return summary
 
 
-def latency_options(cfg: DictConfig) -> dict[str, Any]:
+def latency_protocol(cfg: DictConfig) -> Protocol:
+    """The `latency` settings; batch_size 0 means the run's training batch size."""
     lat = cfg.latency
-    return {"batch_size": lat.batch_size, "warmup": lat.warmup, "min_reps": lat.min_reps,
-            "min_seconds": lat.min_seconds}
+    training_batch = cfg.optim.batch_size if "optim" in cfg else cfg.teacher.train.optim.batch_size
+    return Protocol(lat.batch_size or training_batch, lat.warmup, lat.min_reps, lat.min_seconds, lat.max_seconds,
+                    lat.max_spread)
+
+
+def warn_if_contended(latency: dict[str, Any]) -> None:
+    """One line when the times were taken on a busy or noisy machine (summary.json says so too)."""
+    if latency["contended"]:
+        log.warning("latency measured under contention (%s; load %s -> %s on %d CPUs): times and speedup may be "
+                    "off; measure on a quiet machine, or raise latency.max_spread", latency["contended_because"],
+                    latency["load_before"], latency["load_after"], latency["machine_cpus"])
 
 
 def model_cost(model: torch.nn.Module, data: Any, cfg: DictConfig, device: torch.device) -> dict[str, Any]:
-    return profile(model, data.input_shape, device, **latency_options(cfg))
+    """Params, FLOPs and latency of one model, measured now, alone."""
+    cost = profile(model, data.input_shape, device, latency_protocol(cfg))
+    warn_if_contended(cost["latency"])
+    return cost
 
 
-def student_cost(cfg: DictConfig, student: torch.nn.Module, env: Setup) -> dict[str, Any]:
-    """The student architecture's cost, measured once per process (its weights do not change it)."""
-    return architecture_cost(cfg.student.name, model_kwargs(cfg.student), student, env.data.input_shape, env.device,
-                             latency_options(cfg))
+def pair_cost(cfg: DictConfig, env: Setup, teacher: torch.nn.Module, student: torch.nn.Module) -> dict[str, Any]:
+    """The student's params and FLOPs, and both models' latency measured now, interleaved (the speedup with its
+    interval): `{"student": {params, flops}, "latency": {"teacher": ..., "student": ...}, "speedup": ...}`."""
+    measured = measure_models({"teacher": teacher, "student": student}, env.data.input_shape, env.device,
+                              latency_protocol(cfg))
+    warn_if_contended(measured["latency"]["student"])
+    return {"student": size(student, env.data.input_shape, env.device), **measured}
 
 
 def absolute_paths(cfg: DictConfig) -> dict[str, str]:

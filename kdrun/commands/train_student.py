@@ -16,9 +16,9 @@ from kdrun.commands.record import (
     chain,
     epoch_recorder,
     history_summary,
+    model_cost,
     plain_config,
     run_header,
-    student_cost,
 )
 from kdrun.commands.resumable import training_hooks
 from kdrun.commands.setup import Setup, build_student, setup
@@ -39,9 +39,12 @@ def run(cfg: DictConfig, run_dir: Path) -> float:
     return finish(cfg, env, run_dir, student, result)
 
 
-def finish(cfg: DictConfig, env: Setup, run_dir: Path, student: torch.nn.Module, result: dict[str, Any]) -> float:
-    """summary.json (written last) and the results table for a trained student."""
-    summary = {**run_header(cfg, run_dir), "model": cfg.student.name, **result, **student_cost(cfg, student, env)}
+def finish(cfg: DictConfig, env: Setup, run_dir: Path, student: torch.nn.Module, result: dict[str, Any],
+           cost: dict[str, Any] | None = None) -> float:
+    """summary.json (written last) and the results table for a trained student. `cost`: measured for a whole
+    stacked group; else the student is measured now."""
+    cost = cost or model_cost(student, env.data, cfg, env.device)
+    summary = {**run_header(cfg, run_dir), "model": cfg.student.name, **result, **cost}
     write_summary(run_dir, summary)
     show_results([{"role": "student (hard labels)", "model": cfg.student.name, **summary}],
                  title="kdrun train-student", notes=[f"run dir: {run_dir}"])

@@ -1,15 +1,27 @@
-"""Inference cost of a model: batch-1 latency, throughput, parameters, FLOPs.
+"""Inference cost of models: latency and throughput measured side by side, parameters and FLOPs.
 
-Method: eval and inference mode, a fixed input shape, warm-up first, then at least
-`min_reps` timed repetitions and at least `min_seconds`; report the median and p90. On
-CUDA each repetition is timed with CUDA events after a synchronize.
+The protocol (docs: "Latency protocol"). Eval and inference mode, float32, fixed input shapes
+(batch 1, and the larger `batch_size`: the training batch by default). The models of one run
+(teacher and student) are measured in the same process under the same settings, interleaved
+(t, s, t, s, ...) after a warm-up, so a change in machine load hits both alike. Each model and
+batch size gets at least `min_reps` repetitions and `min_seconds`, and at most `max_seconds`.
+Reported: the median, its interquartile range and p90 per model; the speedup (ratio of
+medians) with a 95% bootstrap interval over the interleaved rounds. The conditions are recorded
+with the numbers (device, dtype, threads, torch, CPU model, load average before and after), and a
+measurement taken on a busy machine (load above its CPUs) or too noisy (IQR / median above
+`max_spread`) is marked `contended`. Times are never cached: each run measures its own.
+On CUDA each repetition is timed with CUDA events after a synchronize.
 """
 
 from __future__ import annotations
 
+import os
+import platform
+import random
 import statistics
 import time
-from typing import Callable
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -18,6 +30,19 @@ from torch.utils.flop_counter import FlopCounterMode
 from kdrun.models.registry import count_params
 
 MAX_REPS = 10_000
+BOOTSTRAP_SAMPLES = 1000
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """How long and how often to time (the `latency` config group)."""
+
+    batch_size: int = 256
+    warmup: int = 5
+    min_reps: int = 20
+    min_seconds: float = 0.25
+    max_seconds: float = 3.0
+    max_spread: float = 0.5
 
 
 def _timer(device: torch.device) -> Callable[[Callable[[], object]], float]:
@@ -41,18 +66,111 @@ def _timer(device: torch.device) -> Callable[[Callable[[], object]], float]:
     return host_time
 
 
-def time_forward(model: nn.Module, inputs: torch.Tensor, warmup: int, min_reps: int,
-                 min_seconds: float) -> list[float]:
-    """Milliseconds per forward pass of `inputs`, one entry per timed repetition."""
+def interleaved_times(models: list[nn.Module], inputs: torch.Tensor, protocol: Protocol) -> list[list[float]]:
+    """Milliseconds per forward of `inputs`, one list per model, timed in rounds (each model once per round)."""
     timer = _timer(inputs.device)
-    forward = lambda: model(inputs)  # noqa: E731
+    forwards = [lambda model=model: model(inputs) for model in models]
+    times: list[list[float]] = [[] for _ in models]
     with torch.inference_mode():
-        for _ in range(warmup):
-            timer(forward)
-        times: list[float] = []
-        while len(times) < MAX_REPS and (len(times) < min_reps or sum(times) < min_seconds * 1000):
-            times.append(timer(forward))
+        for _ in range(protocol.warmup):
+            for forward in forwards:
+                timer(forward)
+        while len(times[0]) < MAX_REPS:
+            spent = [sum(t) / 1000 for t in times]
+            enough = len(times[0]) >= protocol.min_reps and min(spent) >= protocol.min_seconds
+            if enough or max(spent) >= protocol.max_seconds:
+                break
+            for forward, model_times in zip(forwards, times):
+                model_times.append(timer(forward))
     return times
+
+
+def _quantile(sorted_times: list[float], q: float) -> float:
+    return sorted_times[min(len(sorted_times) - 1, int(q * len(sorted_times)))]
+
+
+def summarise(times: list[float]) -> dict[str, float]:
+    """Median, interquartile range, p90 and the count of one model's repetitions."""
+    ordered = sorted(times)
+    q1, q3 = _quantile(ordered, 0.25), _quantile(ordered, 0.75)
+    median = statistics.median(ordered)
+    return {"median": median, "iqr": [q1, q3], "p90": _quantile(ordered, 0.9), "reps": len(ordered),
+            "spread": (q3 - q1) / median if median > 0 else 0.0}
+
+
+def ratio_interval(numerator: list[float], denominator: list[float], seed: int = 0) -> list[float]:
+    """A 95% bootstrap interval of median(numerator) / median(denominator), resampling whole rounds."""
+    rounds = list(zip(numerator, denominator))
+    draw = random.Random(seed)
+    ratios = []
+    for _ in range(BOOTSTRAP_SAMPLES):
+        sample = [rounds[draw.randrange(len(rounds))] for _ in rounds]
+        ratios.append(statistics.median(n for n, _ in sample) / statistics.median(d for _, d in sample))
+    ratios.sort()
+    return [_quantile(ratios, 0.025), _quantile(ratios, 0.975)]
+
+
+def cpu_model() -> str:
+    """The processor's name, as the OS reports it (for the record, not for logic)."""
+    try:
+        with open("/proc/cpuinfo") as info:
+            names = [line.split(":", 1)[1].strip() for line in info if line.startswith("model name")]
+        if names:
+            return names[0]
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def load_average() -> float | None:
+    """The 1-minute load average, or None where the OS has none."""
+    try:
+        return os.getloadavg()[0]
+    except (OSError, AttributeError):
+        return None
+
+
+def conditions(device: torch.device) -> dict[str, Any]:
+    """What the numbers were measured under, besides the load (recorded around the timing)."""
+    return {"device": str(device), "dtype": "float32", "threads": torch.get_num_threads(),
+            "torch": torch.__version__, "cpu": cpu_model(), "machine_cpus": os.cpu_count() or 1}
+
+
+def _at_batch(models: list[nn.Module], shape: tuple[int, ...], batch: int, device: torch.device,
+              protocol: Protocol) -> tuple[list[dict[str, Any]], list[list[float]]]:
+    times = interleaved_times(models, torch.randn(batch, *shape, device=device), protocol)
+    return [summarise(t) for t in times], times
+
+
+def measure_models(models: dict[str, nn.Module], input_shape: tuple[int, ...], device: torch.device,
+                   protocol: Protocol) -> dict[str, Any]:
+    """Each model's `latency` block (batch 1 and `protocol.batch_size`, interleaved), and for two models
+    (first the reference, e.g. the teacher) `speedup`: the reference's time over the other's, with its interval."""
+    names, modules = list(models), [m.to(device).eval() for m in models.values()]
+    load_before = load_average()
+    one, one_times = _at_batch(modules, input_shape, 1, device, protocol)
+    big, big_times = _at_batch(modules, input_shape, protocol.batch_size, device, protocol)
+    load_after = load_average()
+    where = conditions(device)
+    busy = max((x for x in (load_before, load_after) if x is not None), default=0.0) > where["machine_cpus"]
+    noisy = max(s["spread"] for s in one + big) > protocol.max_spread
+    shared = {**where, "load_before": load_before, "load_after": load_after, "contended": busy or noisy,
+              "contended_because": ", ".join(r for r, on in (("load above the machine's CPUs", busy),
+                                                             (f"spread above {protocol.max_spread:g}", noisy)) if on),
+              "protocol": "interleaved" if len(modules) > 1 else "alone"}
+    result: dict[str, Any] = {"latency": {}}
+    for i, name in enumerate(names):
+        result["latency"][name] = {
+            "batch1_ms_median": one[i]["median"], "batch1_ms_iqr": one[i]["iqr"], "batch1_ms_p90": one[i]["p90"],
+            "reps": one[i]["reps"], "batch_size": protocol.batch_size,
+            "batch_ms_median": big[i]["median"], "batch_ms_iqr": big[i]["iqr"],
+            "throughput_per_s": protocol.batch_size / (big[i]["median"] / 1000), **shared}
+    if len(modules) == 2:
+        result["speedup"] = {"batch1": one[0]["median"] / one[1]["median"],
+                             "batch1_interval": ratio_interval(one_times[0], one_times[1]),
+                             "batch": big[0]["median"] / big[1]["median"],
+                             "batch_interval": ratio_interval(big_times[0], big_times[1])}
+    return result
 
 
 def count_flops(model: nn.Module, inputs: torch.Tensor) -> int:
@@ -63,27 +181,13 @@ def count_flops(model: nn.Module, inputs: torch.Tensor) -> int:
     return counter.get_total_flops()
 
 
-def measure(model: nn.Module, input_shape: tuple[int, ...], device: torch.device, batch_size: int = 256,
-            warmup: int = 10, min_reps: int = 50, min_seconds: float = 0.5) -> dict[str, object]:
-    """Batch-1 latency (median, p90) and throughput at `batch_size`, with how they were taken."""
+def size(model: nn.Module, input_shape: tuple[int, ...], device: torch.device) -> dict[str, int]:
+    """Parameters and FLOPs at batch 1: deterministic, so they may be cached (unlike times)."""
     model = model.to(device).eval()
-    one = torch.randn(1, *input_shape, device=device)
-    batch = torch.randn(batch_size, *input_shape, device=device)
-    batch1 = sorted(time_forward(model, one, warmup, min_reps, min_seconds))
-    batched = time_forward(model, batch, max(2, warmup // 5), max(5, min_reps // 5), min_seconds / 2)
-    return {
-        "batch1_ms_median": statistics.median(batch1),
-        "batch1_ms_p90": batch1[min(len(batch1) - 1, int(0.9 * len(batch1)))],
-        "reps": len(batch1),
-        "throughput_per_s": batch_size / (statistics.median(batched) / 1000),
-        "batch_size": batch_size,
-        "device": str(device),
-        "threads": torch.get_num_threads(),
-    }
+    return {"params": count_params(model), "flops": count_flops(model, torch.randn(1, *input_shape, device=device))}
 
 
-def profile(model: nn.Module, input_shape: tuple[int, ...], device: torch.device, **latency_options: float) -> dict:
-    """Params, FLOPs (batch 1) and latency: the cost side of a model in every summary."""
-    model = model.to(device).eval()
-    return {"params": count_params(model), "flops": count_flops(model, torch.randn(1, *input_shape, device=device)),
-            "latency": measure(model, input_shape, device, **latency_options)}
+def profile(model: nn.Module, input_shape: tuple[int, ...], device: torch.device, protocol: Protocol) -> dict:
+    """Params, FLOPs and latency of one model measured alone (a run without a second model to compare)."""
+    return {**size(model, input_shape, device),
+            "latency": measure_models({"model": model}, input_shape, device, protocol)["latency"]["model"]}

@@ -86,8 +86,8 @@ def plot_acc_vs_t(rows: list[Row], path: Path) -> Path | None:
 def plot_acc_vs_latency(rows: list[Row], path: Path) -> Path:
     """Every model in the set, teachers included, at its batch-1 latency and mean final accuracy."""
     figure, axes = new_axes()
-    points = [(row.role, row.label(), row.median("latency", "batch1_ms_median"), row.stat("test_acc"))
-              for row in rows]
+    points = [(row.role, row.label() + (" (contended)" if row.contended() else ""),
+               row.median("latency", "batch1_ms_median"), row.stat("test_acc")) for row in rows]
     shown = {(row.field("model"), row.field("dataset")) for row in rows if row.command == "train_teacher"}
     points += [("teacher", f"teacher {model}", row.median("teacher", "latency", "batch1_ms_median"),
                 Stat(row.mean("teacher", "test_acc"), None, len(row.runs)))
@@ -96,7 +96,8 @@ def plot_acc_vs_latency(rows: list[Row], path: Path) -> Path:
     for role, label, ms, acc in points:
         marker, colour = STYLES.get(role, ("x", "C3"))
         axes.errorbar(ms, 100 * acc.mean, yerr=100 * (acc.std or 0.0), marker=marker, color=colour, capsize=3,
-                      label=None if role in labelled else role)
+                      label=None if role in labelled else role,
+                      markerfacecolor="none" if label.endswith("(contended)") else colour)
         labelled.add(role)
         axes.annotate(label, (ms, 100 * acc.mean), textcoords="offset points", xytext=(4, 4), fontsize=7)
     axes.set_xscale("log")

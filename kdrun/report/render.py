@@ -32,9 +32,19 @@ def cells(report: Report, row: Row) -> list[str]:
     """A row as the table and Markdown show it: accuracies in %, gain in percentage points."""
     return [row.role, str(row.field("model")), str(row.field("dataset")),
             *(row.setting.get(k, "") for k in report.keys), str(len(row.runs)),
-            _pct(row.stat("test_acc")), _pct(row.maybe_stat("test_acc_at_best_val")), _pct(row.stat("best_test_acc")), _fmt(row.gain, "{:+.2f}", 100),
+            _pct(row.stat("test_acc")), _pct(row.maybe_stat("test_acc_at_best_val")), _pct(row.stat("best_test_acc")),
+            _fmt(row.gain, "{:+.2f}", 100),
             _fmt(row.mean("teacher", "test_acc"), "{:.2f}", 100),
-            _fmt(row.median("latency", "batch1_ms_median"), "{:.3f}"), _fmt(row.median("speedup"), "{:.1f}x")]
+            _fmt(row.median("latency", "batch1_ms_median"), "{:.3f}"), speedup_cell(row)]
+
+
+def speedup_cell(row: Row) -> str:
+    """The median speedup, its interval, and `*` where a run was measured under contention (not to be ranked)."""
+    speedup, interval = row.median("speedup"), row.speedup_interval()
+    if speedup is None:
+        return ""
+    shown = f"{speedup:.1f}x" + (f" [{interval[0]:.1f}-{interval[1]:.1f}]" if interval else "")
+    return shown + (" *" if row.contended() else "")
 
 
 def record(report: Report, row: Row) -> dict[str, Any]:
@@ -47,7 +57,9 @@ def record(report: Report, row: Row) -> dict[str, Any]:
             "test_acc_at_best_val_std": honest.std if honest else None,
             "best_test_acc_mean": best.mean,
             "best_test_acc_std": best.std, "gain": row.gain, "teacher_test_acc": row.mean("teacher", "test_acc"),
-            "batch1_ms": row.median("latency", "batch1_ms_median"), "speedup": row.median("speedup")}
+            "batch1_ms": row.median("latency", "batch1_ms_median"), "speedup": row.median("speedup"),
+            "speedup_low": (row.speedup_interval() or (None, None))[0],
+            "speedup_high": (row.speedup_interval() or (None, None))[1], "latency_contended": row.contended()}
 
 
 def shown(report: Report) -> tuple[list[str], list[list[str]]]:

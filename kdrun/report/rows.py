@@ -165,6 +165,10 @@ def build_report(paths: list[Path]) -> Report:
     notes = add_gains(rows)
     if skipped:
         notes.append(f"left out {len(skipped)} inspect-teacher run(s): they train nothing")
+    contended = [row.label() for row in rows if row.contended()]
+    if contended:
+        notes.append(f"*: latency measured under contention (busy or noisy machine) in {len(contended)} row(s): "
+                     "their times and speedups are not comparable; rerun them on a quiet machine")
     for row in rows:
         seeds = row.values("seed")
         if len(set(seeds)) < len(seeds):

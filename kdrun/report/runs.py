@@ -22,7 +22,8 @@ NOT_TRAINING = ("inspect_teacher",)  # finished runs that train nothing: never r
 FIXED = ("role", "model", "dataset")  # columns of every row; they also separate rows, so never a swept column
 # "at best val": the epoch picked on the validation split (dataset.val_split), the honest number;
 # "best (test-picked)": the max over epochs of test accuracy, as published tables report it.
-HEADERS = ("final acc %", "acc at best val %", "best acc % (test-picked)", "gain (pp)", "teacher acc %", "batch-1 ms", "speedup")
+HEADERS = ("final acc %", "acc at best val %", "best acc % (test-picked)", "gain (pp)", "teacher acc %", "batch-1 ms",
+           "speedup [95% interval]")
 
 
 @dataclass
@@ -87,6 +88,17 @@ class Row:
     def mean(self, *path: str) -> float | None:
         values = self.values(*path)
         return statistics.fmean(values) if values else None
+
+    def contended(self) -> bool:
+        """Whether any run's latency was measured on a busy or noisy machine (its speedup is not comparable)."""
+        return any(self.values("latency", "contended"))
+
+    def speedup_interval(self) -> tuple[float, float] | None:
+        """The medians of the runs' 95% interval bounds of the batch-1 speedup (runs that recorded one)."""
+        bounds = [b for b in self.values("speedup_interval") if isinstance(b, list) and len(b) == 2]
+        if not bounds:
+            return None
+        return statistics.median(b[0] for b in bounds), statistics.median(b[1] for b in bounds)
 
     def label(self) -> str:
         return " ".join([self.role, str(self.field("model")), *(f"{k}={v}" for k, v in self.setting.items())])

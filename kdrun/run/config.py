@@ -84,12 +84,17 @@ class TeacherConfig(ModelConfig):
 
 @dataclass
 class LatencyConfig:
-    """How inference speed is measured (see kdrun/measure/latency.py)."""
+    """How inference speed is measured (the protocol: kdrun/measure/latency.py and the docs).
 
-    batch_size: int = 256
-    warmup: int = 10
-    min_reps: int = 50
-    min_seconds: float = 0.5
+    Per model and batch size: at least `min_reps` repetitions and `min_seconds`, at most `max_seconds`;
+    `batch_size` 0 means the training batch size; IQR / median above `max_spread` marks it contended."""
+
+    batch_size: int = 0
+    warmup: int = 5
+    min_reps: int = 20
+    min_seconds: float = 0.25
+    max_seconds: float = 3.0
+    max_spread: float = 0.5
 
 
 @dataclass

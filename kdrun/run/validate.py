@@ -106,11 +106,15 @@ def validate(cfg: Any) -> None:
 
 
 def _validate_latency(latency: Any) -> None:
-    _check(latency.batch_size >= 1, f"latency.batch_size must be >= 1 (got {latency.batch_size}); try 256")
+    _check(latency.batch_size >= 0, f"latency.batch_size must be >= 0, 0 meaning the training batch size "
+           f"(got {latency.batch_size})")
     _check(latency.warmup >= 0, f"latency.warmup must be >= 0 (got {latency.warmup})")
     _check(latency.min_reps >= 1, f"latency.min_reps must be >= 1 (got {latency.min_reps}): with none, "
-           "nothing is timed; try latency.min_reps=50")
-    _check(latency.min_seconds >= 0, f"latency.min_seconds must be >= 0 (got {latency.min_seconds})")
+           "nothing is timed; try latency.min_reps=20")
+    _check(0 <= latency.min_seconds <= latency.max_seconds, "latency.min_seconds must be >= 0 and at most "
+           f"latency.max_seconds (got {latency.min_seconds} and {latency.max_seconds})")
+    _check(latency.max_seconds > 0, f"latency.max_seconds must be > 0 (got {latency.max_seconds}); try 3")
+    _check(latency.max_spread > 0, f"latency.max_spread must be > 0 (got {latency.max_spread}); try 0.5")
 
 
 def _validate_dataset(dataset: Any) -> None:

@@ -21,7 +21,7 @@ from typing import Any, Iterator, Optional
 from omegaconf import DictConfig
 
 from kdrun.commands import distill, train_student
-from kdrun.commands.record import epoch_recorder
+from kdrun.commands.record import epoch_recorder, model_cost, pair_cost
 from kdrun.commands.resumable import training_hooks
 from kdrun.commands.setup import Setup, build_student, log, setup
 from kdrun.commands.train_student import save_student
@@ -55,6 +55,7 @@ class Shared:
     env: Setup
     teacher: Any = None
     facts: Any = None
+    cost: Any = None  # the student's (and teacher's) latency, measured once for the group after training
 
 
 @contextmanager
@@ -132,7 +133,21 @@ def train_group(jobs: list[Job]) -> Shared:
     for job in jobs:
         job.hooks["checkpoint"].flush()
     _save_students(jobs, shared)
+    shared.cost = _group_cost(jobs, shared)
     return shared
+
+
+def _group_cost(jobs: list[Job], shared: Shared) -> dict[str, Any]:
+    """One measurement for the group: its jobs share the architecture and the moment, so each records it."""
+    first, student = jobs[0].cfg, jobs[0].member.model
+    if first.command == "distill":
+        cost = pair_cost(first, shared.env, shared.teacher.model, student)
+        for latency in cost["latency"].values():
+            latency["measured"] = f"once for its stacked group of {len(jobs)} jobs"
+        return cost
+    cost = model_cost(student, shared.env.data, first, shared.env.device)
+    cost["latency"]["measured"] = f"once for its stacked group of {len(jobs)} jobs"
+    return cost
 
 
 def _save_students(jobs: list[Job], shared: Shared) -> None:
@@ -172,5 +187,5 @@ def close_job(job: Job, shared: Shared) -> float:
         result = job.extras["result"]
         if cfg.command == "distill":
             return distill.finish(cfg, shared.env, job.run_dir, shared.teacher, shared.facts, job.extras["stats"],
-                                  job.extras["loss"], member.model, result)
-        return train_student.finish(cfg, shared.env, job.run_dir, member.model, result)
+                                  job.extras["loss"], member.model, result, cost=shared.cost)
+        return train_student.finish(cfg, shared.env, job.run_dir, member.model, result, cost=shared.cost)

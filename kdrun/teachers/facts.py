@@ -1,8 +1,9 @@
-"""What every job of a sweep would otherwise recompute about its teacher: the teacher's
-training-set logits and cost. Computed once, then shared.
+"""What every job of a sweep would otherwise recompute about its teacher: its training-set logits (one
+inference pass) and its size (params, FLOPs). Computed once, then shared. Never its latency: times are
+measured by each run, beside the student's (kdrun.measure.latency).
 
-The teacher's facts are a property of its checkpoint, the training inputs, the device and
-the thread count, so they live in a file beside the stored teacher (`.<name>.facts`),
+The teacher's facts are a property of its checkpoint, the training inputs and the device,
+so they live in a file beside the stored teacher (`.<name>.facts`),
 one entry per such key, read and written under a file lock (parallel jobs compute them
 once) and replaced atomically. A store that cannot be written (a read-only explicit
 checkpoint) only costs the recomputation.
@@ -11,6 +12,7 @@ checkpoint) only costs the recomputation.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,13 +24,12 @@ from torch import nn
 
 from kdrun.core.errors import KdrunError
 from kdrun.core.files import write_atomic
-from kdrun.measure.costs import cache_key
-from kdrun.measure.latency import profile
+from kdrun.measure.latency import size
 from kdrun.models.checkpoint import load_payload
 from kdrun.train.evaluate import predict
 
 log = logging.getLogger("kdrun")
-
+FACTS_VERSION = 2  # 1 also held a latency measured once and kept: never reused now
 
 
 @dataclass(frozen=True)
@@ -36,7 +37,12 @@ class TeacherFacts:
     """The frozen teacher on this sweep's training set and machine."""
 
     train_logits: torch.Tensor  # on the data's device, for its un-augmented `teacher_reference` inputs
-    cost: dict[str, Any]  # params, flops, latency
+    size: dict[str, int]  # params, flops
+
+
+def cache_key(*parts: Any) -> str:
+    """A short stable hash of JSON-able parts (others by their str)."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def inputs_fingerprint(x: torch.Tensor) -> str:
@@ -76,18 +82,17 @@ def _cached(path: Path, key: str, compute: Callable[[], dict[str, Any]]) -> dict
         return compute()
 
 
-def teacher_facts(model: nn.Module, checkpoint: Path, data: Any, device: torch.device,
-                  latency: dict[str, Any]) -> TeacherFacts:
+def teacher_facts(model: nn.Module, checkpoint: Path, data: Any, device: torch.device) -> TeacherFacts:
     """The teacher's logits for the training inputs it is judged on (`data.teacher_reference`: all of an
-    in-memory set, a fixed sample of a streamed one) and its cost, from the cache beside its checkpoint or computed now."""
+    in-memory set, a fixed sample of a streamed one) and its size, from the cache beside its checkpoint or
+    computed now: one inference pass over those inputs, and one forward for the FLOPs."""
     inputs = data.teacher_reference(device)[0]
     stat = checkpoint.stat()
-    key = cache_key(checkpoint.name, stat.st_size, stat.st_mtime_ns, inputs_fingerprint(inputs), str(device),
-               torch.get_num_threads(), latency)
+    key = cache_key(FACTS_VERSION, checkpoint.name, stat.st_size, stat.st_mtime_ns, inputs_fingerprint(inputs),
+                    str(device))
 
     def compute() -> dict[str, Any]:
-        return {"train_logits": predict(model, inputs).cpu(),
-                "cost": profile(model, data.input_shape, device, **latency)}
+        return {"train_logits": predict(model, inputs).cpu(), "size": size(model, data.input_shape, device)}
 
     entry = _cached(_facts_file(checkpoint), key, compute)
-    return TeacherFacts(entry["train_logits"].to(device), entry["cost"])
+    return TeacherFacts(entry["train_logits"].to(device), entry["size"])
