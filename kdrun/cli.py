@@ -41,6 +41,7 @@ COMMANDS = {
 # Hydra flags that start no run (the overrides are still checked: Hydra would print a traceback for them).
 INFO_FLAGS = ("--help", "-h", "--hydra-help", "--info", "-i", "--shell-completion", "-sc")
 COMPLETION_FLAGS = ("--shell-completion", "-sc")  # their `install=bash` is no override
+HELP_FLAGS = ("--help", "-h")  # answered here (kdrun.run.help); `--hydra-help` stays Hydra's
 
 
 def usage() -> str:
@@ -65,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         return plain_command(command, rest)
 
     from kdrun.run.config import config_dir, register_schemas
+    from kdrun.run.help import command_help
     from kdrun.run.preflight import check_output_dir, check_overrides
     from kdrun.run.resume import is_resume, launch_dir, resume_overrides, resume_target
     from kdrun.sweep.resume import is_stacked_sweep, is_sweep_dir, resume_sweep, stacked_resume_overrides
@@ -85,7 +87,13 @@ def main(argv: list[str] | None = None) -> int:
                 else:
                     rest, hydra_file = resume_overrides(command.config_name, rest), target / HYDRA / "hydra.yaml"
                 os.chdir(launch_dir(hydra_file))  # relative paths in its config mean what they did
-            check_overrides(command.config_name, [a for a in rest if ("=" in a or a.startswith("~")) and not a.startswith("-")])
+            overrides = [a for a in rest if ("=" in a or a.startswith("~")) and not a.startswith("-")]
+            check_overrides(command.config_name, overrides)
+            if any(a in ("-m", "--multirun") for a in rest) and any(a in ("--cfg", "-c") for a in rest):
+                raise KdrunError("--cfg prints one job's config; drop -m to see it (a sweep's values then one by one)")
+            if any(flag in rest for flag in HELP_FLAGS):
+                print(command_help(command.config_name, overrides))
+                return 0
             if not any(flag in rest for flag in INFO_FLAGS):
                 multirun = any(a in ("-m", "--multirun") for a in rest)
                 check_output_dir(rest, multirun=multirun, create=not any(a in ("--cfg", "-c") for a in rest),

@@ -121,6 +121,7 @@ BEFORE_ANY_RUN = [
     ("unknown launcher", ["train-student", "-m", "seed=0,1", "hydra/launcher=nope"],
      "unknown hydra/launcher 'nope'; choose one of: basic, joblib, local_parallel"),
     ("--help with a bad override", ["distill", "--help", "bogus=1"], "unknown key 'bogus' for this command"),
+    ("--cfg with -m", ["distill", "-m", "T=1,2", "--cfg", "job"], "--cfg prints one job's config; drop -m"),
     ("0-job sweep", ["train-student", "-m", "seed=range(0,0)"], "the sweep over seed has no values"),
     ("run dir holding a finished run", ["train-student", "hydra.run.dir={run}"], "already holds a finished run"),
     ("sweep dir holding a sweep", ["train-student", "-m", "seed=0,1", "hydra.sweep.dir={sweep}"],

@@ -20,6 +20,16 @@ def test_help_lists_commands_without_importing_torch():
     assert out.strip().endswith("False")
 
 
+@pytest.mark.parametrize("args", [["distill", "--help"], ["train-teacher", "-h"], ["distill", "loss=dkd", "--cfg", "job"],
+                                  ["distill", "T=2", "--cfg", "all"]])
+def test_command_help_and_cfg_job_never_import_torch(workdir, args):
+    code = ("import atexit, sys; atexit.register(lambda: print('torch imported:', 'torch' in sys.modules)); "
+            f"from kdrun.cli import main; main({args!r})")
+    run = subprocess.run([sys.executable, "-c", code], cwd=workdir, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip().endswith("torch imported: False")
+
+
 def test_command_help_and_cfg_job(workdir):
     help_text = kdrun(workdir, "distill", "--help").stdout
     assert "alpha" in help_text and "dataset: " in help_text and "mnist1d" in help_text

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
-from kdrun.methods import MethodContext, build_method
+from kdrun.methods.base import MethodContext, build_method
 from kdrun.methods.losses import (
     ClassSimilarityLoss,
     DKDLoss,

@@ -7,7 +7,7 @@ import torch
 from conftest import FAST, kdrun, run_dirs, summary
 
 from kdrun.data import load_dataset
-from kdrun.methods import METHODS, MethodContext, build_method
+from kdrun.methods.base import MethodContext, build_method, registered
 from kdrun.models import build_model
 from kdrun.train.engine import fit
 from kdrun.train.recipe import Recipe
@@ -36,12 +36,12 @@ def test_every_feature_method_trains_a_step_on_each_cifar_family(teacher_name, s
 
 
 def test_every_method_runs_through_the_cli_with_a_validation_split(workdir):
-    methods = ",".join(sorted(METHODS))
+    methods = ",".join(sorted(registered()))
     run = kdrun(workdir, "distill", "-m", *FAST, "student=cnn1d_small", "epochs=2", "dataset.val_split=0.25",
                 "probe=false", "latency.min_reps=5", f"loss={methods}")
     assert run.returncode == 0, run.stderr[-3000:]
     jobs = run_dirs(workdir, "distill")
-    assert sorted(summary(job)["loss"] for job in jobs) == sorted(METHODS)
+    assert sorted(summary(job)["loss"] for job in jobs) == sorted(registered())
     for job in jobs:
         s = summary(job)
         rows = [json.loads(line) for line in (job / "metrics.jsonl").read_text().splitlines()]

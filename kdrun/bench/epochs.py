@@ -40,7 +40,7 @@ from kdrun.core.console import console
 from kdrun.core.runtime import resolve_device, seed_everything
 from kdrun.data import TensorData, load_dataset
 from kdrun.data.synthetic import write_image_folder
-from kdrun.methods import MethodContext, build_method
+from kdrun.methods.base import MethodContext, build_method
 from kdrun.methods.losses import KDLoss
 from kdrun.models import build_model
 from kdrun.train.engine import fit

@@ -13,7 +13,7 @@ from kdrun.commands.resumable import stop_hook
 from kdrun.commands.setup import Setup, log, setup
 from kdrun.commands.train_student import train_student
 from kdrun.core.console import epoch_progress, show_results
-from kdrun.methods import Method, MethodContext, build_method
+from kdrun.methods.base import Method, MethodContext, build_method
 from kdrun.run.rundir import write_summary
 from kdrun.teachers.facts import TeacherFacts, teacher_facts
 from kdrun.teachers.knowledge import ProbeSet, TeacherStats, gradient_probe, probe_subset, teacher_stats
@@ -70,7 +70,7 @@ def finish(cfg: DictConfig, env: Setup, run_dir: Path, teacher: Teacher, facts: 
     measured for a whole stacked group (kdrun.record.pair_cost); else it is measured now."""
     cost = cost or pair_cost(cfg, env, teacher.model, student)
     speedup = cost["speedup"]
-    summary = {**run_header(cfg, run_dir), "model": cfg.student.name, "T": cfg.T, "alpha": cfg.alpha,
+    summary = {**run_header(cfg, run_dir, env), "model": cfg.student.name, "T": cfg.T, "alpha": cfg.alpha,
                "loss": cfg.loss.name, "loss_options": plain_config(cfg)["loss"], **loss.summary(),
                "label_noise": cfg.dataset.label_noise, **result, **cost["student"],
                "latency": cost["latency"]["student"],

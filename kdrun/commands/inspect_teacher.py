@@ -75,7 +75,7 @@ def run(cfg: DictConfig, run_dir: Path) -> float:
     write_json(run_dir / "knowledge.json", {"teacher": cfg.teacher.name, "checkpoint": str(teacher.checkpoint),
                                             **numbers})
     files = draw(cfg, run_dir, train_logits, test_logits, env.data, numbers)
-    summary = {**run_header(cfg, run_dir), "model": cfg.teacher.name, "test_acc": numbers["test_acc"],
+    summary = {**run_header(cfg, run_dir, env), "model": cfg.teacher.name, "test_acc": numbers["test_acc"],
                "best_test_acc": numbers["test_acc"], "checkpoint": str(teacher.checkpoint),
                "teacher_epoch": cfg.teacher_epoch, **model_cost(teacher.model, env.data, cfg, env.device),
                "knowledge": str(run_dir / "knowledge.json")}

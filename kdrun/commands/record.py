@@ -4,6 +4,7 @@ header every summary.json starts with, and what the models cost."""
 from __future__ import annotations
 
 import logging
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable
 
@@ -97,10 +98,11 @@ def absolute_paths(cfg: DictConfig) -> dict[str, str]:
     return {k: str(Path(v).expanduser().resolve()) for k, v in paths.items() if v}
 
 
-def run_header(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+def run_header(cfg: DictConfig, run_dir: Path, env: Setup) -> dict[str, Any]:
+    """What every summary.json starts with: the run, where its inputs came from, versions, and its threads."""
     return {"command": cfg.command, "dataset": cfg.dataset.name, "seed": cfg.seed, "epochs": cfg.epochs,
             "run_dir": str(run_dir), "paths": absolute_paths(cfg), "kdrun_version": kdrun.__version__,
-            "torch_version": torch.__version__}
+            "torch_version": torch.__version__, "threads": asdict(env.threads)}
 
 
 def plain_config(cfg: DictConfig) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from kdrun.core.distributed import context, device_for
 from kdrun.core.errors import KdrunError
-from kdrun.core.runtime import resolve_device, seed_everything, set_threads
+from kdrun.core.runtime import Threads, resolve_device, seed_everything, set_threads
 from kdrun.data import TensorData, holdout, load_dataset
 from kdrun.data.noise import with_label_noise
 from kdrun.models import build_model, model_kwargs
@@ -23,12 +23,17 @@ log = logging.getLogger("kdrun")
 class Setup:
     device: torch.device
     data: Any  # TensorData (in memory) or StreamingData (read by DataLoader workers)
-    threads: int
+    threads: Threads
 
 
 def setup(cfg: DictConfig) -> Setup:
     """Threads, device (one GPU per rank under torchrun) and the dataset (in memory: moved to the device once)."""
     threads = set_threads(cfg.threads)
+    log.info("threads: %s", threads.line())
+    if threads.oversubscribed():
+        log.warning("the machine is busy: %g other runnable task(s) on %d usable CPU(s), and this run takes %d "
+                    "threads; training may be many times slower: try threads=%d", threads.others_running,
+                    threads.usable_cpus, threads.threads, max(1, threads.usable_cpus - round(threads.others_running)))
     device = device_for(resolve_device(cfg.device))
     d = cfg.dataset
     data = load_dataset(d.name, d.data_dir, d.download, d.augment, OmegaConf.to_container(d.kwargs, resolve=True),
@@ -48,7 +53,7 @@ def setup(cfg: DictConfig) -> Setup:
                  "best epoch", len(data.x_val), d.val_split, d.val_seed)
     feed = "in memory" if isinstance(data, TensorData) else f"streamed by {data.workers} DataLoader workers"
     log.info("%s: %d train / %d test, input %s, %d classes, %s; device %s, %d threads", data.name,
-             data.train_size, data.test_size, data.input_shape, data.num_classes, feed, device, threads)
+             data.train_size, data.test_size, data.input_shape, data.num_classes, feed, device, threads.threads)
     ctx = context()
     if ctx.distributed:
         batch = cfg.optim.batch_size if "optim" in cfg else cfg.teacher.train.optim.batch_size

@@ -44,7 +44,7 @@ def finish(cfg: DictConfig, env: Setup, run_dir: Path, student: torch.nn.Module,
     """summary.json (written last) and the results table for a trained student. `cost`: measured for a whole
     stacked group; else the student is measured now."""
     cost = cost or model_cost(student, env.data, cfg, env.device)
-    summary = {**run_header(cfg, run_dir), "model": cfg.student.name, **result, **cost}
+    summary = {**run_header(cfg, run_dir, env), "model": cfg.student.name, **result, **cost}
     write_summary(run_dir, summary)
     show_results([{"role": "student (hard labels)", "model": cfg.student.name, **summary}],
                  title="kdrun train-student", notes=[f"run dir: {run_dir}"])

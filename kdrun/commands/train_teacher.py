@@ -41,7 +41,7 @@ def run(cfg: DictConfig, run_dir: Path) -> float:
         rewrite_metrics(run_dir, teacher.history)  # also over rows a resumed attempt wrote before it was killed
     link_or_copy(teacher.checkpoint, run_dir / CHECKPOINT)
     cost = model_cost(teacher.model, env.data, cfg, env.device)
-    summary = {**run_header(cfg, run_dir), "model": cfg.teacher.name, **history_summary(teacher.history),
+    summary = {**run_header(cfg, run_dir, env), "model": cfg.teacher.name, **history_summary(teacher.history),
                "test_acc": teacher.test_acc, **cost, "checkpoint": str(teacher.checkpoint),
                "reused": not teacher.trained_now}
     write_summary(run_dir, summary)

@@ -1,4 +1,5 @@
-"""Which launcher started this process as one of several, read from the environment (no torch here).
+"""Which launcher started this process as one of several, and which CPUs it may use, read from the
+environment and the OS (no torch here).
 
 torchrun sets WORLD_SIZE/RANK/LOCAL_RANK; a SLURM step of several tasks (Hydra's submitit launcher
 with `tasks_per_node` or `nodes` > 1) sets SLURM_NTASKS/SLURM_PROCID/SLURM_LOCALID instead.
@@ -7,7 +8,11 @@ with `tasks_per_node` or `nodes` > 1) sets SLURM_NTASKS/SLURM_PROCID/SLURM_LOCAL
 from __future__ import annotations
 
 import os
-from typing import Mapping
+import re
+import statistics
+import time
+from pathlib import Path
+from typing import Mapping, Optional
 
 
 def under_torchrun(environ: Mapping[str, str] = os.environ) -> bool:
@@ -21,3 +26,55 @@ def in_slurm_tasks(environ: Mapping[str, str] = os.environ) -> bool:
 def launched(environ: Mapping[str, str] = os.environ) -> bool:
     """True when this process is one rank of a job of several."""
     return under_torchrun(environ) or in_slurm_tasks(environ)
+
+
+def _cgroup_quota() -> Optional[float]:
+    """CPUs allowed by the cgroup's CPU quota (v2 cpu.max, v1 cfs_quota_us/cfs_period_us); None if unlimited."""
+    for quota_file, period_file in (("/sys/fs/cgroup/cpu.max", None),
+                                    ("/sys/fs/cgroup/cpu/cpu.cfs_quota_us", "/sys/fs/cgroup/cpu/cpu.cfs_period_us")):
+        try:
+            fields = Path(quota_file).read_text().split()
+            quota, period = fields[0], (fields[1] if period_file is None else Path(period_file).read_text().strip())
+        except (OSError, IndexError):
+            continue
+        if quota not in ("max", "-1"):
+            return int(quota) / int(period)
+    return None
+
+
+def _local_tasks(environ: Mapping[str, str]) -> int:
+    """Processes of this job on this node that share its CPUs: torchrun's local ranks, or SLURM's tasks per node
+    when SLURM gave no per-task CPU count."""
+    if int(environ.get("LOCAL_WORLD_SIZE", "1")) > 1:
+        return int(environ["LOCAL_WORLD_SIZE"])
+    if "SLURM_CPUS_PER_TASK" not in environ and "SLURM_TASKS_PER_NODE" in environ:
+        return int(re.match(r"\d+", environ["SLURM_TASKS_PER_NODE"]).group())  # e.g. "2(x3)": 2 here
+    return 1
+
+
+def usable_cpus(environ: Mapping[str, str] = os.environ) -> tuple[int, str]:
+    """How many CPUs this process may use, and what limits it: affinity, cgroup quota, SLURM, torchrun's share."""
+    cpus, limit = os.cpu_count() or 1, "the machine"
+    candidates = [(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else cpus, "CPU affinity"),
+                  (_cgroup_quota(), "the cgroup's CPU quota"),
+                  (int(environ["SLURM_CPUS_PER_TASK"]) if environ.get("SLURM_CPUS_PER_TASK") else None,
+                   "SLURM_CPUS_PER_TASK")]
+    for value, why in candidates:
+        if value is not None and int(value) < cpus:
+            cpus, limit = max(1, int(value)), why
+    tasks = _local_tasks(environ)
+    if tasks > 1:
+        cpus, limit = max(1, cpus // tasks), f"{limit}, shared by {tasks} processes of this job on this node"
+    return cpus, limit
+
+
+def others_running(samples: int = 5, interval: float = 0.01) -> Optional[float]:
+    """Runnable tasks other than this one right now (the median of a few reads of /proc/loadavg), or None."""
+    counts = []
+    for _ in range(samples):
+        try:
+            counts.append(int(Path("/proc/loadavg").read_text().split()[3].split("/")[0]) - 1)
+        except (OSError, IndexError, ValueError):
+            return None
+        time.sleep(interval)
+    return max(0.0, statistics.median(counts))

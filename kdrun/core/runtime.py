@@ -1,13 +1,17 @@
-"""Where and how a run executes: device choice, seeds, thread count."""
+"""Where and how a run executes: device choice, seeds, and threads that fit the CPUs this process may use."""
 
 from __future__ import annotations
 
+import os
 import random
+from dataclasses import dataclass
+from typing import Mapping, Optional
 
 import numpy as np
 import torch
 
 from kdrun.core.errors import KdrunError
+from kdrun.core.jobenv import others_running, usable_cpus
 
 
 def resolve_device(name: str) -> torch.device:
@@ -41,8 +45,37 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def set_threads(threads: int) -> int:
-    """Cap intra-op threads (0 keeps torch's default) and return the number in use."""
-    if threads > 0:
-        torch.set_num_threads(threads)
-    return torch.get_num_threads()
+@dataclass(frozen=True)
+class Threads:
+    """The intra-op thread count a run uses and why (recorded in summary.json)."""
+
+    threads: int
+    requested: int  # 0: chosen here
+    usable_cpus: int
+    limited_by: str
+    others_running: Optional[float]
+
+    def line(self) -> str:
+        busy = "" if self.others_running is None else f", {self.others_running:g} other runnable task(s)"
+        how = "chosen" if self.requested == 0 else "threads="
+        return (f"{self.threads} threads ({how}{'' if self.requested == 0 else self.requested}; {self.usable_cpus} "
+                f"usable CPU(s): {self.limited_by}{busy})")
+
+    def oversubscribed(self) -> bool:
+        """More threads than the usable CPUs left free by the other runnable tasks."""
+        return self.others_running is not None and self.threads > max(1, self.usable_cpus - self.others_running)
+
+
+def fit_threads(requested: int, environ: Mapping[str, str] = os.environ) -> Threads:
+    """`threads=N` as asked; 0 means the usable CPUs not taken by other runnable tasks (at least one)."""
+    cpus, limit = usable_cpus(environ)
+    others = others_running()
+    free = max(1, cpus - round(others or 0))
+    return Threads(requested or free, requested, cpus, limit, others)
+
+
+def set_threads(requested: int) -> Threads:
+    """Set torch's intra-op threads to what fits (see `fit_threads`) and say how many."""
+    chosen = fit_threads(requested)
+    torch.set_num_threads(chosen.threads)
+    return chosen

@@ -15,7 +15,6 @@ continues with exactly the batches it would have had. The batch order is the eng
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
@@ -24,6 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from kdrun.core.distributed import context
 from kdrun.core.errors import KdrunError
+from kdrun.core.jobenv import usable_cpus
 from kdrun.core.runtime import memory_format
 from kdrun.data.base import EVAL_BATCH, Batch, EpochPlan, register_dataset
 
@@ -99,8 +99,9 @@ class StreamingData:
         self._reference: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # loaded once per device
 
     def with_workers(self, workers: int) -> "StreamingData":
-        """At most one worker per CPU this process may use: more only queue for the same cores."""
-        self.workers = min(workers, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else workers)
+        """At most one worker per CPU this process may use (affinity, cgroup quota, SLURM, its share of a torchrun
+        node: kdrun.core.jobenv.usable_cpus): more only queue for the same cores."""
+        self.workers = min(workers, usable_cpus()[0])
         return self
 
     def to(self, device: torch.device) -> "StreamingData":

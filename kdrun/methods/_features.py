@@ -8,34 +8,17 @@ on every batch (its features are not cached, unlike its logits).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdrun.core.errors import ConfigError, KdrunError
-from kdrun.methods.base import Batch, LogitParams, Method, MethodContext
+from kdrun.core.errors import KdrunError
+from kdrun.methods.base import Batch, Method, MethodContext
 from kdrun.methods.losses import LossParts, maybe_standardize, soft_kl
+from kdrun.methods.params import FeatureParams
 from kdrun.models.stages import EMBEDDING, stage_names, tap
-
-
-@dataclass
-class FeatureParams(LogitParams):
-    """ce_weight, kd_weight: CE and Hinton-KD (at top-level T) weights; beta: the feature term's weight.
-
-    RepDistiller's defaults: CE 1, KD 0 (kd_weight=1 gives its "method + KD" rows); beta per method.
-    """
-
-    ce_weight: float = 1.0
-    kd_weight: float = 0.0
-    beta: float = 1.0
-
-    def __post_init__(self) -> None:
-        for key in ("ce_weight", "kd_weight", "beta"):
-            if getattr(self, key) < 0:
-                raise ConfigError(f"loss.{key} must be >= 0 (got {getattr(self, key)})")
 
 
 class FeatureMethod(Method):

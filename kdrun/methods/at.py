@@ -10,20 +10,14 @@ No trainable parts: attention maps need equal spatial size only, not equal chann
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from kdrun.methods._features import FeatureMethod, FeatureParams, adaptive_pool, flat, paired_spatial_stages
+from kdrun.methods._features import FeatureMethod, adaptive_pool, flat, paired_spatial_stages
 from kdrun.methods.base import Batch, MethodContext, register_method
-
-
-@dataclass
-class ATParams(FeatureParams):
-    beta: float = 1000.0
-    p: float = 2.0
+from kdrun.methods.params import ATParams
 
 
 def attention_map(f: torch.Tensor, p: float) -> torch.Tensor:

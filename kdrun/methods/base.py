@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+import importlib
+import pkgutil
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Optional
 
 import torch
-from omegaconf import MISSING, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 from torch import nn
 
 from kdrun.core.errors import ConfigError
 from kdrun.methods.losses import LossParts
+from kdrun.methods.params import PARAMS, parse_params
 
 
 @dataclass
@@ -87,21 +89,6 @@ class MethodContext:
     teacher_stats: Any = None  # kdrun.teachers.knowledge.TeacherStats (ls, kd_sim)
 
 
-@dataclass
-class Params:
-    """Every method's options start here; `name` picks the method."""
-
-    name: str = MISSING
-
-
-@dataclass
-class LogitParams(Params):
-    """Options every logit loss shares. logit_std: z-score student and teacher logits before the
-    temperature softmax of the distillation term (Sun et al. 2024)."""
-
-    logit_std: bool = False
-
-
 @dataclass(frozen=True)
 class MethodSpec:
     name: str
@@ -119,35 +106,43 @@ def register_method(name: str, params: type, needs_teacher: bool = True) -> Call
     def add(build: Callable[[Any, MethodContext], Method]) -> Callable[[Any, MethodContext], Method]:
         if name in METHODS:
             raise ValueError(f"method '{name}' is registered twice")
+        if PARAMS.get(name) is not params:
+            raise ValueError(f"method '{name}' registers {params.__name__}, but kdrun.methods.params.PARAMS says "
+                             f"{getattr(PARAMS.get(name), '__name__', 'nothing')}")
         METHODS[name] = MethodSpec(name, params, build, needs_teacher)
         return build
 
     return add
 
 
+def registered() -> dict[str, MethodSpec]:
+    """Every method, by name (their modules imported on first use)."""
+    _register_all()
+    return METHODS
+
+
 def method_spec(name: str) -> MethodSpec:
+    """The registered method `name`; the method modules register themselves when first asked for."""
+    _register_all()
     if name not in METHODS:
         raise ConfigError(f"unknown loss '{name}'; choose one of: {', '.join(sorted(METHODS))}")
     return METHODS[name]
-
-
-def parse_params(loss: Any) -> Any:
-    """The `loss` config node as the method's typed schema: unknown keys, wrong types and ranges fail here."""
-    given = dict(loss) if isinstance(loss, dict) else OmegaConf.to_container(loss, resolve=True)
-    spec = method_spec(given.get("name"))
-    known = {f.name for f in fields(spec.params)}
-    unknown = sorted(set(given) - known)
-    if unknown:
-        raise ConfigError(f"loss '{spec.name}' has no option {', '.join(unknown)}; its options: "
-                          f"{', '.join(sorted(known - {'name'}))}")
-    try:
-        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(spec.params), given))
-    except OmegaConfBaseException as error:
-        text = str(error).splitlines()[0]
-        raise ConfigError(f"invalid value for loss.{getattr(error, 'key', '') or ''}: {text}") from None
 
 
 def build_method(loss: Any, ctx: MethodContext) -> Method:
     """The method for the `loss` config node (name plus its options)."""
     params = parse_params(loss)
     return method_spec(params.name).build(params, ctx)
+
+
+def _register_all() -> None:
+    """Import every method module of this package once (each registers itself here)."""
+    if METHODS:
+        return
+    package = Path(__file__).parent
+    for module in pkgutil.iter_modules([str(package)]):
+        if not module.name.startswith("_") and module.name not in NOT_METHODS:
+            importlib.import_module(f"kdrun.methods.{module.name}")
+
+
+NOT_METHODS = ("base", "losses", "params")  # modules of this package that register nothing

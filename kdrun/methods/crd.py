@@ -17,33 +17,18 @@ momentum 0.5. Needs each example's index in the training set (the engine passes 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdrun.core.errors import ConfigError, KdrunError
-from kdrun.methods._features import FeatureMethod, FeatureParams, flat, stage_shapes
+from kdrun.core.errors import KdrunError
+from kdrun.methods._features import FeatureMethod, flat, stage_shapes
 from kdrun.methods.base import Batch, MethodContext, register_method
+from kdrun.methods.params import CRDParams
 from kdrun.models.stages import EMBEDDING
 
 EPS = 1e-7
-
-
-@dataclass
-class CRDParams(FeatureParams):
-    beta: float = 0.8
-    feat_dim: int = 128
-    negatives: int = 16384
-    nce_t: float = 0.07
-    momentum: float = 0.5
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.feat_dim < 1 or self.negatives < 1 or self.nce_t <= 0 or not 0 <= self.momentum < 1:
-            raise ConfigError(f"crd needs loss.feat_dim >= 1, loss.negatives >= 1, loss.nce_t > 0 and loss.momentum "
-                              f"in [0, 1) (got {self.feat_dim}, {self.negatives}, {self.nce_t}, {self.momentum})")
 
 
 class Embed(nn.Module):

@@ -12,19 +12,12 @@ ImageNet setting is beta = gamma = 1, T = 1. Top-level alpha is unused.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 
-from kdrun.methods.base import Batch, LogitParams, Method, MethodContext, register_method
+from kdrun.methods.base import Batch, Method, MethodContext, register_method
 from kdrun.methods.losses import LossParts, maybe_standardize
-
-
-@dataclass
-class DISTParams(LogitParams):
-    beta: float = 2.0
-    gamma: float = 2.0
+from kdrun.methods.params import DISTParams
 
 
 def pearson(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:

@@ -10,24 +10,15 @@ is trained jointly with CE in one stage (no separate hint pre-training).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from kdrun.methods._features import FeatureMethod, FeatureParams, regressor, stage_shapes
+from kdrun.methods._features import FeatureMethod, regressor, stage_shapes
 from kdrun.methods.base import Batch, MethodContext, register_method
+from kdrun.methods.params import FitNetParams
 from kdrun.models.stages import stage_names
-
-
-@dataclass
-class FitNetParams(FeatureParams):
-    """student_stage, teacher_stage: the hint stages; null picks each model's middle stage."""
-
-    beta: float = 100.0
-    student_stage: Optional[str] = None
-    teacher_stage: Optional[str] = None
 
 
 def middle_stage(model: torch.nn.Module) -> str:

@@ -3,8 +3,9 @@
 The matrix is the teacher's on the training set at T (computed once); logit_std standardises the student only.
 """
 
-from kdrun.methods.base import LogitLoss, LogitParams, MethodContext, register_method
+from kdrun.methods.base import LogitLoss, MethodContext, register_method
 from kdrun.methods.losses import ClassSimilarityLoss
+from kdrun.methods.params import LogitParams
 
 
 @register_method("kd_sim", LogitParams)

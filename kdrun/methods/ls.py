@@ -1,22 +1,10 @@
 """`ls`: label smoothing as a synthetic teacher (Tang et al. 2020); see `kdrun.methods.losses.LabelSmoothingLoss`."""
 
-from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
-from kdrun.core.errors import ConfigError
-from kdrun.methods.base import LogitLoss, LogitParams, MethodContext, register_method
+from kdrun.methods.base import LogitLoss, MethodContext, register_method
 from kdrun.methods.losses import LabelSmoothingLoss
-
-
-@dataclass
-class LSParams(LogitParams):
-    """epsilon: the non-target mass; null matches the teacher's average at T on the training set."""
-
-    epsilon: Optional[float] = None
-
-    def __post_init__(self) -> None:
-        if self.epsilon is not None and not 0 <= self.epsilon < 1:
-            raise ConfigError(f"loss.epsilon must be in [0, 1) or null to match the teacher (got {self.epsilon})")
+from kdrun.methods.params import LSParams
 
 
 class LabelSmoothing(LogitLoss):

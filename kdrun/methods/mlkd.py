@@ -22,20 +22,12 @@ strong view's CE and L_ins evaluated on that same view). Top-level alpha is unus
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import torch
 import torch.nn.functional as F
 
-from kdrun.methods.base import Batch, LogitParams, Method, MethodContext, register_method
+from kdrun.methods.base import Batch, Method, MethodContext, register_method
 from kdrun.methods.losses import LossParts, maybe_standardize
-
-
-@dataclass
-class MLKDParams(LogitParams):
-    ce_weight: float = 0.1
-    kd_weight: float = 0.9
-    temperatures: list = field(default_factory=lambda: [2.0, 3.0, 5.0, 6.0])  # besides the top-level T
+from kdrun.methods.params import MLKDParams
 
 
 def instance_level(ps: torch.Tensor, pt: torch.Tensor, log_ps: torch.Tensor, T: float) -> torch.Tensor:

@@ -8,20 +8,14 @@ Probabilistic Knowledge Transfer", ECCV), on the embeddings:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
-from kdrun.methods._features import FeatureMethod, FeatureParams, flat
+from kdrun.methods._features import FeatureMethod, flat
 from kdrun.methods.base import Batch, MethodContext, register_method
+from kdrun.methods.params import PKTParams
 from kdrun.models.stages import EMBEDDING
 
 EPS = 1e-7
-
-
-@dataclass
-class PKTParams(FeatureParams):
-    beta: float = 30000.0
 
 
 def conditional_probabilities(e: torch.Tensor) -> torch.Tensor:

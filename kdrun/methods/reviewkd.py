@@ -17,29 +17,16 @@ one definition for every model).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdrun.core.errors import ConfigError
-from kdrun.methods._features import FeatureMethod, FeatureParams, adaptive_pool, batch_norm, conv, paired_spatial_stages
+from kdrun.methods._features import FeatureMethod, adaptive_pool, batch_norm, conv, paired_spatial_stages
 from kdrun.methods.base import Batch, MethodContext, register_method
+from kdrun.methods.params import ReviewKDParams
 from kdrun.models.stages import EMBEDDING
-
-
-@dataclass
-class ReviewKDParams(FeatureParams):
-    warmup: int = 20
-    max_mid_channels: int = 512
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.warmup < 0 or self.max_mid_channels < 1:
-            raise ConfigError(f"loss.warmup must be >= 0 and loss.max_mid_channels >= 1 "
-                              f"(got {self.warmup}, {self.max_mid_channels})")
 
 
 class ABF(nn.Module):

@@ -10,20 +10,13 @@ Huber is smooth L1 with delta 1. No trainable parts: distances and angles compar
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 
-from kdrun.methods._features import FeatureMethod, FeatureParams, flat
+from kdrun.methods._features import FeatureMethod, flat
 from kdrun.methods.base import Batch, MethodContext, register_method
+from kdrun.methods.params import RKDParams
 from kdrun.models.stages import EMBEDDING
-
-
-@dataclass
-class RKDParams(FeatureParams):
-    distance_weight: float = 25.0
-    angle_weight: float = 50.0
 
 
 def pairwise_distances(e: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:

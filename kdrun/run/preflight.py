@@ -137,7 +137,7 @@ def _as_config_error(overrides: list[str]) -> Iterator[None]:
 def _check(cfg: DictConfig) -> None:
     validate(cfg)
     if "loss" in cfg:
-        from kdrun.methods import parse_params  # the methods' schemas live with their torch code
+        from kdrun.methods.params import parse_params  # torch-free: the methods' options alone
 
         parse_params(cfg.loss)
 
@@ -216,6 +216,13 @@ def check_overrides(config_name: str, overrides: list[str]) -> None:
                     _check_assigned(base, line)
                 else:
                     _compose(config_name, fixed + [line])
+
+
+def compose_config(config_name: str, overrides: list[str]) -> DictConfig:
+    """The config these overrides compose to, Hydra's node included (inside an initialised config dir)."""
+    task = [o.input_line for o in _parse(overrides) if not o.is_hydra_override()]
+    with _as_config_error(overrides):
+        return compose(config_name=config_name, overrides=task, return_hydra_config=True)
 
 
 def compose_plain(config_name: str, overrides: list[str]) -> dict:

@@ -33,7 +33,7 @@ from omegaconf import DictConfig
 
 from kdrun.core.errors import Interrupted, KdrunError, first_line
 from kdrun.core.files import writes
-from kdrun.core.jobenv import launched
+from kdrun.core.jobenv import launched, usable_cpus
 from kdrun.run.failure import fail
 from kdrun.run.resume import resume_command
 from kdrun.run.rundir import LAST, SUMMARY, owned, write_status
@@ -47,7 +47,7 @@ def parallel_jobs(hydra_cfg: DictConfig) -> int:
     if "joblib" not in str(launcher.get("_target_", "")):
         return 1
     n_jobs = int(launcher.get("n_jobs", -1))
-    return (os.cpu_count() or 1) if n_jobs < 0 else n_jobs
+    return usable_cpus()[0] if n_jobs < 0 else n_jobs
 
 
 def stop_interrupted(cfg: DictConfig, run_dir: Path, interrupted: Interrupted, code: int) -> None:
@@ -86,8 +86,8 @@ def run_task(cfg: DictConfig) -> float | None:
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir).resolve()
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
-    if cfg.threads == 0 and parallel_jobs(hydra_cfg) > 1:  # share the cores instead of oversubscribing them
-        cfg.threads = max(1, (os.cpu_count() or 1) // parallel_jobs(hydra_cfg))
+    if cfg.threads == 0 and parallel_jobs(hydra_cfg) > 1:  # share the CPUs instead of oversubscribing them
+        cfg.threads = max(1, usable_cpus()[0] // parallel_jobs(hydra_cfg))
     try:
         join_job()
         with owned(run_dir):

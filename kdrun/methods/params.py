@@ -1,0 +1,165 @@
+"""Every method's options, typed: the schemas behind `loss.*`, checked before any run (no torch here, so
+`kdrun <verb> --help` and `--cfg job` stay instant). A method's code (kdrun/methods/<name>.py) registers
+itself with its schema from here; `PARAMS` says which schema each `loss=<name>` takes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any, Optional
+
+from omegaconf import MISSING, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from kdrun.core.errors import ConfigError
+
+
+@dataclass
+class Params:
+    """Every method's options start here; `name` picks the method."""
+
+    name: str = MISSING
+
+
+@dataclass
+class LogitParams(Params):
+    """Options every logit loss shares. logit_std: z-score student and teacher logits before the
+    temperature softmax of the distillation term (Sun et al. 2024)."""
+
+    logit_std: bool = False
+
+
+@dataclass
+class FeatureParams(LogitParams):
+    """ce_weight, kd_weight: CE and Hinton-KD (at top-level T) weights; beta: the feature term's weight.
+
+    RepDistiller's defaults: CE 1, KD 0 (kd_weight=1 gives its "method + KD" rows); beta per method.
+    """
+
+    ce_weight: float = 1.0
+    kd_weight: float = 0.0
+    beta: float = 1.0
+
+    def __post_init__(self) -> None:
+        for key in ("ce_weight", "kd_weight", "beta"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"loss.{key} must be >= 0 (got {getattr(self, key)})")
+
+
+@dataclass
+class ATParams(FeatureParams):
+    beta: float = 1000.0
+    p: float = 2.0
+
+
+@dataclass
+class CRDParams(FeatureParams):
+    beta: float = 0.8
+    feat_dim: int = 128
+    negatives: int = 16384
+    nce_t: float = 0.07
+    momentum: float = 0.5
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.feat_dim < 1 or self.negatives < 1 or self.nce_t <= 0 or not 0 <= self.momentum < 1:
+            raise ConfigError(f"crd needs loss.feat_dim >= 1, loss.negatives >= 1, loss.nce_t > 0 and loss.momentum "
+                              f"in [0, 1) (got {self.feat_dim}, {self.negatives}, {self.nce_t}, {self.momentum})")
+
+
+@dataclass
+class DISTParams(LogitParams):
+    beta: float = 2.0
+    gamma: float = 2.0
+
+
+@dataclass
+class FitNetParams(FeatureParams):
+    """student_stage, teacher_stage: the hint stages; null picks each model's middle stage."""
+
+    beta: float = 100.0
+    student_stage: Optional[str] = None
+    teacher_stage: Optional[str] = None
+
+
+@dataclass
+class LSParams(LogitParams):
+    """epsilon: the non-target mass; null matches the teacher's average at T on the training set."""
+
+    epsilon: Optional[float] = None
+
+    def __post_init__(self) -> None:
+        if self.epsilon is not None and not 0 <= self.epsilon < 1:
+            raise ConfigError(f"loss.epsilon must be in [0, 1) or null to match the teacher (got {self.epsilon})")
+
+
+@dataclass
+class MLKDParams(LogitParams):
+    ce_weight: float = 0.1
+    kd_weight: float = 0.9
+    temperatures: list = field(default_factory=lambda: [2.0, 3.0, 5.0, 6.0])  # besides the top-level T
+
+
+@dataclass
+class PKTParams(FeatureParams):
+    beta: float = 30000.0
+
+
+@dataclass
+class ReviewKDParams(FeatureParams):
+    warmup: int = 20
+    max_mid_channels: int = 512
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.warmup < 0 or self.max_mid_channels < 1:
+            raise ConfigError(f"loss.warmup must be >= 0 and loss.max_mid_channels >= 1 "
+                              f"(got {self.warmup}, {self.max_mid_channels})")
+
+
+@dataclass
+class RKDParams(FeatureParams):
+    distance_weight: float = 25.0
+    angle_weight: float = 50.0
+
+
+@dataclass
+class DKDParams(LogitParams):
+    """alpha, beta: the weights of TCKD and NCKD; warmup: epochs over which the KD term ramps up (0: none)."""
+
+    alpha: float = 1.0
+    beta: float = 8.0
+    warmup: int = 0
+
+    def __post_init__(self) -> None:
+        if self.alpha < 0:
+            raise ConfigError(f"loss.alpha must be >= 0 (got {self.alpha}); DKD's TCKD weight, try loss.alpha=1")
+        if self.beta < 0:
+            raise ConfigError(f"loss.beta must be >= 0 (got {self.beta}); DKD's NCKD weight, try loss.beta=8")
+        if self.warmup < 0:
+            raise ConfigError(f"loss.warmup must be >= 0 epochs (got {self.warmup})")
+
+
+def parse_params(loss: Any) -> Any:
+    """The `loss` config node as the method's typed schema: unknown keys, wrong types and ranges fail here."""
+    given = dict(loss) if isinstance(loss, dict) else OmegaConf.to_container(loss, resolve=True)
+    name = given.get("name")
+    if name not in PARAMS:
+        raise ConfigError(f"unknown loss '{name}'; choose one of: {', '.join(sorted(PARAMS))}")
+    known = {f.name for f in fields(PARAMS[name])}
+    unknown = sorted(set(given) - known)
+    if unknown:
+        raise ConfigError(f"loss '{name}' has no option {', '.join(unknown)}; its options: "
+                          f"{', '.join(sorted(known - {'name'}))}")
+    try:
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(PARAMS[name]), given))
+    except OmegaConfBaseException as error:
+        text = str(error).splitlines()[0]
+        raise ConfigError(f"invalid value for loss.{getattr(error, 'key', '') or ''}: {text}") from None
+
+
+PARAMS: dict[str, type] = {
+    "ce": Params, "kd": LogitParams, "kd_pt": LogitParams, "kd_sim": LogitParams, "ls": LSParams, "dkd": DKDParams,
+    "mlkd": MLKDParams, "dist": DISTParams, "fitnet": FitNetParams, "at": ATParams, "rkd": RKDParams,
+    "pkt": PKTParams, "crd": CRDParams, "reviewkd": ReviewKDParams,
+}
