@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install demo test lint docs bench clean
+.PHONY: install demo test lint docs bench gpu-check clean
 
 install: $(STAMP)
 
@@ -33,11 +33,17 @@ lint: install
 docs: install
 	$(BIN)/mkdocs build --strict --site-dir site
 
-# The README's 24-job sweep serial / joblib / stacked is part of it (about 6 minutes on 2 cores);
-# `make bench BENCH_ARGS=` runs the per-epoch scenarios alone.
-BENCH_ARGS ?= --sweep
+# The README's 24-job sweep serial / joblib / stacked (about 6 minutes on 2 cores) and the trust rows (latency
+# stability, threads under load, cold start, help: about 4 minutes) are part of it; `make bench BENCH_ARGS=`
+# runs the per-epoch scenarios alone.
+BENCH_ARGS ?= --sweep --trust
 bench: install
 	$(BIN)/python -m kdrun.bench $(BENCH_ARGS)
+
+# The CUDA path (bf16, channels_last, compile, cached/live teacher, pinned loaders, DDP with 2 GPUs): under 8 minutes
+# on one GPU; tests/test_bench.py runs it at toy sizes on the CPU (`--smoke`) so it cannot rot.
+gpu-check: install
+	$(BIN)/python -m kdrun.bench.gpu_check
 
 clean:
 	rm -rf $(VENV) outputs/*/ .pytest_cache site

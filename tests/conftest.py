@@ -12,6 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 
+# How long a subprocess or a test may take before it counts as hung. Generous on purpose: a loaded machine
+# makes tests slow, never wrong; only a test about time itself asserts on time.
+HANG_GUARD = 1800
+
 # Tiny settings: a fake 1-D dataset, a thin teacher, one epoch, short latency timing.
 FAST = ["dataset=fake", "teacher.kwargs.channels=8", "teacher.train.epochs=1", "progress=false",
         "latency.min_seconds=0.01", "latency.batch_size=16", "threads=1"]
@@ -21,7 +25,7 @@ def kdrun(cwd: Path, *args: str, env: dict | None = None) -> subprocess.Complete
     environment = {**os.environ, "KDRUN_TEST": "1", **(env or {})}
     environment.pop("HYDRA_FULL_ERROR", None)
     return subprocess.run([sys.executable, "-m", "kdrun", *args], cwd=cwd, capture_output=True, text=True,
-                          env=environment, timeout=240)
+                          env=environment, timeout=HANG_GUARD)
 
 
 def run_dirs(cwd: Path, command: str) -> list[Path]:
@@ -45,7 +49,7 @@ def start_kdrun(cwd: Path, *args: str) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def wait_until(condition, process: subprocess.Popen | None = None, timeout: float = 120, poll: float = 0.02) -> None:
+def wait_until(condition, process: subprocess.Popen | None = None, timeout: float = HANG_GUARD, poll: float = 0.02) -> None:
     """Poll `condition()` until true; fail early if `process` ended first (the kill would come too late)."""
     deadline = time.monotonic() + timeout
     while not condition():

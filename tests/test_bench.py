@@ -4,10 +4,12 @@ import json
 import subprocess
 import sys
 
+from conftest import HANG_GUARD
+
 
 def test_bench_prints_ratios_and_writes_json(tmp_path):
     run = subprocess.run([sys.executable, "-m", "kdrun.bench", "--pairs", "mnist1d", "--epochs", "2", "--rounds", "2"], cwd=tmp_path,
-                         capture_output=True, text=True, timeout=240)
+                         capture_output=True, text=True, timeout=HANG_GUARD)
     assert run.returncode == 0, run.stderr
     assert "ratio to plain" in run.stdout and "bare loop epoch" in run.stdout
     [written] = (tmp_path / "outputs" / "bench").glob("*.json")
@@ -19,7 +21,7 @@ def test_bench_prints_ratios_and_writes_json(tmp_path):
 
 def test_streaming_bench_times_the_dataloader_against_the_same_images_in_memory(tmp_path):
     run = subprocess.run([sys.executable, "-m", "kdrun.bench", "--pairs", "streaming", "--epochs", "2", "--rounds", "1",
-                          "--workers", "1", "--images", "160"], cwd=tmp_path, capture_output=True, text=True, timeout=240)
+                          "--workers", "1", "--images", "160"], cwd=tmp_path, capture_output=True, text=True, timeout=HANG_GUARD)
     assert run.returncode == 0, run.stderr
     assert "ratio to in memory" in run.stdout
     [written] = (tmp_path / "outputs" / "bench").glob("*.json")
@@ -28,3 +30,16 @@ def test_streaming_bench_times_the_dataloader_against_the_same_images_in_memory(
     assert [label.split(" (")[0] for label in result["scenarios"]] == [
         "in memory", "streamed", "streamed + RandomResizedCrop/flip"]
     assert all(s["epoch_seconds"] > 0 for s in result["scenarios"].values())
+
+
+def test_gpu_check_runs_every_step_at_toy_sizes_on_the_cpu(tmp_path):
+    run = subprocess.run([sys.executable, "-m", "kdrun.bench.gpu_check", "--smoke", "--device", "cpu"], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=HANG_GUARD)
+    assert run.returncode == 0, run.stderr
+    [out] = (tmp_path / "outputs" / "bench").glob("gpu-check-*.json")
+    result = json.loads(out.read_text())
+    assert [p["student"] for p in result["pairs"]] == ["resnet8x4", "resnet20"]
+    for pair in result["pairs"]:
+        assert {"kd, cached teacher logits", "kd, teacher run every batch"} <= set(pair["scenarios"])
+        assert all(t["epoch_seconds"] > 0 for t in pair["scenarios"].values())
+    assert result["streaming"]["scenarios"] and "skipped" in result["ddp"]

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from conftest import HANG_GUARD, kdrun
 
-from conftest import kdrun
 from kdrun.cli import COMMANDS
 from kdrun.core.errors import KdrunError
 from kdrun.run.config import SCHEMAS, register_schemas
@@ -323,6 +323,6 @@ def test_the_site_builds_strictly(tmp_path):
     nav = set(re.findall(r":\s*([\w/.-]+\.md)\s*$", (ROOT / "mkdocs.yml").read_text(encoding="utf-8"), re.M))
     assert pages == nav, f"pages not in mkdocs.yml's nav: {sorted(pages - nav)}; nav without page: {sorted(nav - pages)}"
     result = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")],
-                            cwd=ROOT, capture_output=True, text=True, timeout=240,
+                            cwd=ROOT, capture_output=True, text=True, timeout=HANG_GUARD,
                             env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})
     assert result.returncode == 0, result.stderr[-3000:]

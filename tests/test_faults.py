@@ -15,7 +15,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import FAST, kdrun, metric_rows, summary
+from conftest import FAST, HANG_GUARD, kdrun, metric_rows, summary
 from test_bad_input import STUDENT, assert_one_line_error
 from test_report import write_run
 
@@ -72,7 +72,7 @@ def test_a_full_disk_while_torch_writes_a_checkpoint_ends_in_one_line_and_a_stat
     env = child_env()
     run = subprocess.run([sys.executable, "-m", "kdrun", "train-student", *ONE_EPOCH, "student.kwargs.hidden=[256]",
                           f"hydra.run.dir={run_dir}"], cwd=tmp_path, capture_output=True, text=True, env=env,
-                         timeout=240, preexec_fn=_file_size_limit(64 * 1024))
+                         timeout=HANG_GUARD, preexec_fn=_file_size_limit(64 * 1024))
     error = assert_one_line_error(run, "cannot write or read", tmp_path)
     assert "last.pt" in error and "disk full or file too large" in error
     assert job_state(run_dir)["status"] == "failed"
@@ -194,7 +194,7 @@ def test_a_closed_stdout_stops_the_run_with_a_resumable_status(tmp_path):
                              stderr=subprocess.PIPE, text=True)
     child.stdout.readline()  # `kdrun ... | head -1`
     child.stdout.close()
-    assert child.wait(timeout=240) == 141
+    assert child.wait(timeout=HANG_GUARD) == 141
     stderr = child.stderr.read()
     assert "Traceback" not in stderr and "kdrun: the output was closed (SIGPIPE" in stderr
     status = job_state(run_dir)

@@ -50,10 +50,9 @@ def test_two_models_are_timed_interleaved_and_the_speedup_has_an_interval():
 
 def test_timing_stops_at_max_seconds_whatever_min_reps_asks():
     model = Sleeper(20.0, [])
-    started = time.perf_counter()
     result = profile(model, (3,), CPU, Protocol(batch_size=2, warmup=0, min_reps=10_000, min_seconds=0.0,
                                                 max_seconds=0.2))
-    assert time.perf_counter() - started < 2.0 and result["latency"]["reps"] < 30
+    assert result["latency"]["reps"] <= 11  # 0.2 s of 20 ms passes (sleep only ever takes longer)
 
 
 def test_a_busy_machine_or_a_wide_spread_marks_the_measurement_contended(monkeypatch):

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import HANG_GUARD
 from matplotlib.image import imread
 from omegaconf import OmegaConf
 from PIL import Image
@@ -108,7 +109,7 @@ def test_cli_writes_table_csv_markdown_and_plots_with_the_summaries_numbers(tmp_
     code = ("import sys; from kdrun.cli import main; code = main(sys.argv[1:]); "
             "print('torch imported:', 'torch' in sys.modules); sys.exit(code)")
     run = subprocess.run([sys.executable, "-c", code, "report", str(sweep), str(baseline)], capture_output=True,
-                         text=True, env={**os.environ, "PYTHONPATH": str(WORKTREE), "COLUMNS": "200"}, timeout=120)
+                         text=True, env={**os.environ, "PYTHONPATH": str(WORKTREE), "COLUMNS": "200"}, timeout=HANG_GUARD)
     assert run.returncode == 0, run.stderr
     assert "job 8 unfinished: no summary.json" in run.stdout
     assert "torch imported: False" in run.stdout, "a report must not pay for importing torch"
@@ -214,7 +215,7 @@ def test_a_real_sweep_ends_with_its_report(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(WORKTREE), "COLUMNS": "200"}
     env.pop("HYDRA_FULL_ERROR", None)
     run = subprocess.run([sys.executable, "-m", "kdrun", *args], cwd=tmp_path, capture_output=True, text=True,
-                         env=env, timeout=240)
+                         env=env, timeout=HANG_GUARD)
     assert run.returncode == 0, run.stderr
     [sweep] = (tmp_path / "outputs" / "distill-sweep").iterdir()
     with open(sweep / "report.csv", newline="") as handle:

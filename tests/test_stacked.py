@@ -6,7 +6,7 @@ import signal
 
 import pytest
 import torch
-from conftest import FAST, kdrun, metric_rows, run_dirs, start_kdrun, summary, wait_until
+from conftest import FAST, HANG_GUARD, kdrun, metric_rows, run_dirs, start_kdrun, summary, wait_until
 from omegaconf import OmegaConf
 
 from kdrun.core.errors import Interrupted
@@ -194,7 +194,7 @@ def test_sigterm_stops_a_stacked_group_and_resume_trains_it_stacked_again(workdi
     wait_until(lambda: len(jobs()) == 6 and all((d / "last.pt").exists() for d in jobs()[3:]), job)
     epoch_one = (jobs()[5] / "last.pt").read_bytes()
     job.send_signal(signal.SIGTERM)
-    _, err = job.communicate(timeout=120)
+    _, err = job.communicate(timeout=HANG_GUARD)
     assert job.returncode == 143, err
     assert "stacked group of 3 interrupted" in err and "Traceback" not in err
     sweep_dir = jobs()[0].parent

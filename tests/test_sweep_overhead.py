@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import FAST, run_dirs, summary
+from conftest import FAST, HANG_GUARD, run_dirs, summary
 
 import kdrun.run.preflight
 from kdrun.core.errors import ConfigError
@@ -70,7 +70,7 @@ def test_stacked_sweep_composes_one_job_config_and_shares_the_student_cost(workd
     environment.pop("HYDRA_FULL_ERROR", None)
     run = subprocess.run([sys.executable, "-c", COUNTING_CLI, "distill", "-m", "hydra/launcher=stacked", *FAST,
                           "epochs=1", "T=2,4", "seed=0,1"], cwd=workdir, capture_output=True, text=True,
-                         env=environment, timeout=240)
+                         env=environment, timeout=HANG_GUARD)
     assert run.returncode == 0, run.stderr
     assert "4 in 1 stacked group(s)" in run.stdout + run.stderr
     assert "job compositions: 1" in run.stdout  # one by Hydra; the others derived from it, each reused by the launcher

@@ -1,6 +1,6 @@
 """The teacher store: stable recipe hashes, and parallel jobs that train a teacher once."""
 
-from conftest import FAST, run_dirs, start_kdrun, summary, wait_until
+from conftest import FAST, HANG_GUARD, run_dirs, start_kdrun, summary, wait_until
 from omegaconf import OmegaConf
 
 from kdrun.teachers.store import store_path, teacher_recipe
@@ -44,7 +44,7 @@ def _assert_store_clean(cwd):
 def test_four_parallel_jobs_train_one_teacher_once(tmp_path):
     jobs = _jobs(tmp_path, range(4), "teacher.train.epochs=3")
     for job in jobs.values():
-        _, err = job.communicate(timeout=240)
+        _, err = job.communicate(timeout=HANG_GUARD)
         assert job.returncode == 0, err
     assert sum(_trained(tmp_path, seed) for seed in jobs) == 1
     dirs = run_dirs(tmp_path, "distill")
@@ -62,7 +62,7 @@ def test_a_job_killed_while_training_the_teacher_blocks_nobody(tmp_path):
     assert not (tmp_path / "store").exists() or not list((tmp_path / "store").glob("*.pt")), "killed too late"
     survivors = [seed for seed in jobs if seed != holder]
     for seed in survivors:
-        _, err = jobs[seed].communicate(timeout=240)
+        _, err = jobs[seed].communicate(timeout=HANG_GUARD)
         assert jobs[seed].returncode == 0, err
     assert sum(_trained(tmp_path, seed) for seed in survivors) == 1
     assert not (tmp_path / "outputs" / "distill" / f"job{holder}" / "summary.json").exists()

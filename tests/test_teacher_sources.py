@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision
-from conftest import FAST, kdrun, run_dirs, summary
+from conftest import FAST, HANG_GUARD, kdrun, run_dirs, summary
 from omegaconf import OmegaConf
 from test_bad_input import Evil
 from test_vision_data import write_cifar10
@@ -108,7 +108,7 @@ def test_every_format_loads_through_the_cli_and_scores_as_the_weights_do(tmp_pat
                           f"dataset.data_dir={data_dir}", "dataset.augment=false", "teacher=resnet56",
                           "teacher.name=resnet8", "teacher.train_if_missing=false", "~hydra.callbacks.report",
                           f"teacher.checkpoint={','.join(str(p) for p in files.values())}"],
-                         cwd=tmp_path, capture_output=True, text=True, env=env, timeout=400)
+                         cwd=tmp_path, capture_output=True, text=True, env=env, timeout=HANG_GUARD)
     assert run.returncode == 0, run.stderr[-3000:]
 
     import torchvision.datasets.cifar as cifar

@@ -1,7 +1,8 @@
 """`make bench` (`python -m kdrun.bench`): what a distillation epoch and a sweep cost, measured side by side.
 
-The per-epoch scenarios (kdrun.bench.epochs) and, with --sweep, the README's 24-job sweep run
-serial / joblib / stacked (kdrun.bench.sweep). Results print as tables of ratios and are kept in
+The per-epoch scenarios (kdrun.bench.epochs); with --sweep, the README's 24-job sweep run
+serial / joblib / stacked (kdrun.bench.sweep); with --trust, latency stability, threads under load,
+cold start and help time (kdrun.bench.trust). Results print as tables of ratios and are kept in
 outputs/bench/<time>.json.
 """
 
@@ -18,7 +19,7 @@ from kdrun.core.files import write_json
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m kdrun.bench", description=__doc__.splitlines()[0])
-    parser.add_argument("--pairs", nargs="+", default=[*PAIRS, "streaming"], choices=[*PAIRS, "streaming"])
+    parser.add_argument("--pairs", nargs="+", default=["mnist1d", "cifar", "streaming"], choices=[*PAIRS, "streaming"])
     parser.add_argument("--device", default="auto")
     parser.add_argument("--epochs", type=int, default=3, help="epochs per run of a scenario; the first is a warm-up")
     parser.add_argument("--rounds", type=int, default=3, help="round-robin passes over the scenarios")
@@ -29,6 +30,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="also the 24-job MNIST-1D sweep serial / joblib / stacked (minutes)")
     parser.add_argument("--sweep-epochs", type=int, default=100, help="epochs per job of --sweep (README: 100)")
     parser.add_argument("--sweep-args", nargs="*", default=[], help="extra overrides for --sweep's kdrun commands")
+    parser.add_argument("--trust", action="store_true", help="also latency stability, threads under load, cold "
+                        "start and help time (kdrun.bench.trust; minutes)")
     args = parser.parse_args(argv)
     stamp = f"{datetime.now():%Y-%m-%d_%H-%M-%S_%f}"
     results = []
@@ -46,6 +49,11 @@ def main(argv: list[str] | None = None) -> int:
 
         record["sweep"] = run_sweep_bench(Path("outputs/bench") / f"sweep-{stamp}", args.sweep_epochs, args.sweep_args)
         show_sweep(record["sweep"])
+    if args.trust:
+        from kdrun.bench.trust import run_trust_bench, show_trust
+
+        record["trust"] = run_trust_bench(Path("outputs/bench") / f"trust-{stamp}")
+        show_trust(record["trust"])
     out = Path("outputs/bench") / f"{stamp}.json"
     write_json(out, record)
     console.print(f"written: {out.resolve()}")

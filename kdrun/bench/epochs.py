@@ -55,6 +55,10 @@ PAIRS = {
     "cifar": {"teacher": ("resnet32x4", {}), "student": ("resnet8x4", {}),
               "dataset": ("fake", {"shape": [3, 32, 32], "num_classes": 100, "num_train": 256, "num_test": 64}),
               "batch_size": 64, "feature_method": {"name": "reviewkd"}},
+    "cifar_resnet56": {"teacher": ("resnet56", {}), "student": ("resnet20", {}),
+                       "dataset": ("fake", {"shape": [3, 32, 32], "num_classes": 100, "num_train": 256,
+                                            "num_test": 64}),
+                       "batch_size": 64, "feature_method": {"name": "reviewkd"}},
 }
 
 
@@ -98,15 +102,20 @@ def _epoch_seconds(history: list[dict[str, float]]) -> list[float]:
     return [row["seconds"] for row in history]
 
 
-def run_bench(pair: str, device_name: str, epochs: int, rounds: int, compile: bool = False) -> dict:
+def run_bench(pair: str, device_name: str, epochs: int, rounds: int, compile: bool = False,
+              sizes: dict | None = None) -> dict:
+    """The pair's scenarios side by side; `sizes` overrides its dataset's kwargs and batch size (e.g. the GPU check's
+    larger sets, its CPU smoke test's tiny ones)."""
     spec = PAIRS[pair]
     device = resolve_device(device_name)
     name, kwargs = spec["dataset"]
-    data = load_dataset(name, "~/.cache/kdrun/data", False, False, kwargs).to(device)
+    sizes = dict(sizes or {})
+    batch_size = sizes.pop("batch_size", spec["batch_size"])
+    data = load_dataset(name, "~/.cache/kdrun/data", False, False, {**kwargs, **sizes}).to(device)
     seed_everything(0)
     teacher = build_model(spec["teacher"][0], data.num_classes, data.input_shape, spec["teacher"][1]).to(device)
     student = build_model(spec["student"][0], data.num_classes, data.input_shape, spec["student"][1]).to(device)
-    recipe, loss = Recipe(epochs=epochs, batch_size=spec["batch_size"], lr=1e-3), KDLoss(4.0, 0.9)
+    recipe, loss = Recipe(epochs=epochs, batch_size=batch_size, lr=1e-3), KDLoss(4.0, 0.9)
     live = replace(data, augment=lambda x, generator: x)  # identity "augmentation" forces the live path
     method_options = spec["feature_method"]
 
@@ -130,6 +139,7 @@ def run_bench(pair: str, device_name: str, epochs: int, rounds: int, compile: bo
     return {"pair": pair, "teacher": spec["teacher"][0], "student": spec["student"][0], "dataset": name,
             "train_samples": len(data.x_train), "batch_size": recipe.batch_size, "device": str(device),
             "dtype": "bf16 autocast" if device.type == "cuda" else "float32", "threads": torch.get_num_threads(),
+            "memory_format": "channels_last" if device.type == "cuda" else "contiguous",
             "epochs_per_run": epochs, "rounds": rounds, "scenarios": _round_robin(scenarios, rounds)}
 
 

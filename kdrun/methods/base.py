@@ -136,11 +136,8 @@ def build_method(loss: Any, ctx: MethodContext) -> Method:
 
 
 def _register_all() -> None:
-    """Import every method module of this package once (each registers itself here)."""
-    if METHODS:
-        return
-    package = Path(__file__).parent
-    for module in pkgutil.iter_modules([str(package)]):
+    """Import every method module of this package (each registers itself here; an import is done once)."""
+    for module in pkgutil.iter_modules([str(Path(__file__).parent)]):
         if not module.name.startswith("_") and module.name not in NOT_METHODS:
             importlib.import_module(f"kdrun.methods.{module.name}")
 

@@ -98,10 +98,15 @@ def resume_overrides(config_name: str, args: list[str]) -> list[str]:
     return [*original, f"resume={run_dir}", f"hydra.run.dir={run_dir}"]
 
 
+# Keys that do not change what a run trains: how its speed is measured at the end, and whether bars are drawn.
+# A resumed run takes this kdrun's values for them (an upgrade may change their defaults).
+NOT_TRAINING = ("resume", "latency", "progress")
+
+
 def check_same_config(run_dir: Path, saved: dict[str, Any], now: dict[str, Any]) -> None:
-    """A run continues only with the config it started with (`resume` aside): refuse it if they differ."""
-    changed = differences({k: v for k, v in saved.items() if k != "resume"},
-                          {k: v for k, v in now.items() if k != "resume"})
+    """A run continues only with the training config it started with: refuse it if that differs."""
+    changed = differences({k: v for k, v in saved.items() if k not in NOT_TRAINING},
+                          {k: v for k, v in now.items() if k not in NOT_TRAINING})
     if changed:
         raise KdrunError(f"{run_dir}'s overrides no longer give its saved config (differs in: {', '.join(changed[:5])}); "
                          "the config files changed since the run, so it cannot be resumed exactly")
