@@ -12,9 +12,7 @@ import argparse
 from datetime import datetime
 from pathlib import Path
 
-from kdrun.bench.epochs import PAIRS, STREAMING, run_bench, run_streaming_bench, show, show_streaming
-from kdrun.core.console import console
-from kdrun.core.files import write_json
+from kdrun.bench.epochs import PAIRS, STREAMING, run_bench, run_streaming_bench, show, show_streaming, write_record
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,9 +52,7 @@ def main(argv: list[str] | None = None) -> int:
 
         record["trust"] = run_trust_bench(Path("outputs/bench") / f"trust-{stamp}")
         show_trust(record["trust"])
-    out = Path("outputs/bench") / f"{stamp}.json"
-    write_json(out, record)
-    console.print(f"written: {out.resolve()}")
+    write_record(record, stamp)
     return 0
 
 

@@ -37,6 +37,7 @@ import torch
 from rich.table import Table
 
 from kdrun.core.console import console
+from kdrun.core.files import write_json
 from kdrun.core.runtime import resolve_device, seed_everything
 from kdrun.data import TensorData, load_dataset
 from kdrun.data.synthetic import write_image_folder
@@ -212,3 +213,11 @@ def show(result: dict) -> None:
     kdrun_epoch = scenarios["kd, cached teacher logits"]["epoch_seconds"]
     console.print(f"kdrun cached-kd epoch / bare loop epoch: "
                   f"{kdrun_epoch / scenarios['bare PyTorch loop (cached kd)']['epoch_seconds']:.2f}x")
+
+
+def write_record(record: dict, name: str) -> Path:
+    """A bench's results as outputs/bench/<name>.json (printed), where the next run can compare against them."""
+    out = Path("outputs/bench") / f"{name}.json"
+    write_json(out, record)
+    console.print(f"written: {out.resolve()}")
+    return out

@@ -22,9 +22,8 @@ from pathlib import Path
 
 import torch
 
-from kdrun.bench.epochs import run_bench, run_streaming_bench, show, show_streaming
+from kdrun.bench.epochs import run_bench, run_streaming_bench, show, show_streaming, write_record
 from kdrun.core.console import console
-from kdrun.core.files import write_json
 
 PAIRS = ("cifar", "cifar_resnet56")
 FULL = {"sizes": {"num_train": 10_000, "num_test": 2_000, "batch_size": 128}, "epochs": 3, "rounds": 2,
@@ -73,9 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     record["ddp"] = ddp_check(torch.cuda.device_count() if on_cuda else 0, plan["sizes"], plan["epochs"], workdir)
     console.print(f"DDP: {record['ddp']}")
-    out = Path("outputs/bench") / f"gpu-check-{stamp}.json"
-    write_json(out, record)
-    console.print(f"written: {out.resolve()}")
+    write_record(record, f"gpu-check-{stamp}")
     return 0
 
 

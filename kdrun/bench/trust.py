@@ -136,7 +136,7 @@ def threads_under_load(workdir: Path) -> dict:
     seconds = {}
     with busy_processes():
         for label, override in settings.items():
-            run_dir = workdir / "threads" / label.split()[0]
+            run_dir = workdir / "threads" / override.replace("=", "-")
             _kdrun(workdir, "distill", "progress=false", f"epochs={THREADS_EPOCHS}", override,
                    f"hydra.run.dir={run_dir}")
             seconds[label] = _train_seconds(run_dir)

@@ -3,8 +3,9 @@
 The protocol (docs: "Latency protocol"). Eval and inference mode, float32, fixed input shapes
 (batch 1, and the larger `batch_size`: the training batch by default). The models of one run
 (teacher and student) are measured in the same process under the same settings, interleaved
-(t, s, t, s, ...) after a warm-up, so a change in machine load hits both alike. Each model and
-batch size gets at least `min_reps` repetitions and `min_seconds`, and at most `max_seconds`.
+(t, s, t, s, ...) after a warm-up, so a change in machine load hits both alike. At each batch size
+every model gets the same number of rounds: at least `min_reps`, until the slowest model has been
+timed for `min_seconds`, and never beyond `max_seconds` of it.
 Reported: the median, its interquartile range and p90 per model; the speedup (ratio of
 medians) with a 95% bootstrap interval over the interleaved rounds. The conditions are recorded
 with the numbers (device, dtype, threads, torch, CPU model, load average before and after), and a
@@ -41,7 +42,7 @@ class Protocol:
     batch_size: int = 256
     warmup: int = 5
     min_reps: int = 20
-    min_seconds: float = 0.25
+    min_seconds: float = 0.1
     max_seconds: float = 3.0
     max_spread: float = 0.5
 
@@ -76,10 +77,10 @@ def interleaved_times(models: list[nn.Module], inputs: torch.Tensor, protocol: P
         for _ in range(protocol.warmup):
             for forward in forwards:
                 timer(forward)
-        while len(times[0]) < MAX_REPS:
-            spent = [sum(t) / 1000 for t in times]
-            enough = len(times[0]) >= protocol.min_reps and min(spent) >= protocol.min_seconds
-            if enough or max(spent) >= protocol.max_seconds:
+        while len(times[0]) < MAX_REPS:  # the slowest model sets the pace: every model gets as many rounds
+            spent = max(sum(t) for t in times) / 1000
+            enough = len(times[0]) >= protocol.min_reps and spent >= protocol.min_seconds
+            if enough or spent >= protocol.max_seconds:
                 break
             for forward, model_times in zip(forwards, times):
                 model_times.append(timer(forward))

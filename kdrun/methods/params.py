@@ -14,6 +14,12 @@ from omegaconf.errors import OmegaConfBaseException
 from kdrun.core.errors import ConfigError
 
 
+def _require(ok: bool, message: str) -> None:
+    """A range an option's type cannot express: a one-line ConfigError naming the key and what is allowed."""
+    if not ok:
+        raise ConfigError(message)
+
+
 @dataclass
 class Params:
     """Every method's options start here; `name` picks the method."""
@@ -42,8 +48,7 @@ class FeatureParams(LogitParams):
 
     def __post_init__(self) -> None:
         for key in ("ce_weight", "kd_weight", "beta"):
-            if getattr(self, key) < 0:
-                raise ConfigError(f"loss.{key} must be >= 0 (got {getattr(self, key)})")
+            _require(getattr(self, key) >= 0, f"loss.{key} must be >= 0 (got {getattr(self, key)})")
 
 
 @dataclass
@@ -62,9 +67,9 @@ class CRDParams(FeatureParams):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.feat_dim < 1 or self.negatives < 1 or self.nce_t <= 0 or not 0 <= self.momentum < 1:
-            raise ConfigError(f"crd needs loss.feat_dim >= 1, loss.negatives >= 1, loss.nce_t > 0 and loss.momentum "
-                              f"in [0, 1) (got {self.feat_dim}, {self.negatives}, {self.nce_t}, {self.momentum})")
+        _require(self.feat_dim >= 1 and self.negatives >= 1 and self.nce_t > 0 and 0 <= self.momentum < 1,
+                 f"crd needs loss.feat_dim >= 1, loss.negatives >= 1, loss.nce_t > 0 and loss.momentum "
+                 f"in [0, 1) (got {self.feat_dim}, {self.negatives}, {self.nce_t}, {self.momentum})")
 
 
 @dataclass
@@ -89,8 +94,8 @@ class LSParams(LogitParams):
     epsilon: Optional[float] = None
 
     def __post_init__(self) -> None:
-        if self.epsilon is not None and not 0 <= self.epsilon < 1:
-            raise ConfigError(f"loss.epsilon must be in [0, 1) or null to match the teacher (got {self.epsilon})")
+        _require(self.epsilon is None or 0 <= self.epsilon < 1,
+                 f"loss.epsilon must be in [0, 1) or null to match the teacher (got {self.epsilon})")
 
 
 @dataclass
@@ -112,9 +117,8 @@ class ReviewKDParams(FeatureParams):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.warmup < 0 or self.max_mid_channels < 1:
-            raise ConfigError(f"loss.warmup must be >= 0 and loss.max_mid_channels >= 1 "
-                              f"(got {self.warmup}, {self.max_mid_channels})")
+        _require(self.warmup >= 0 and self.max_mid_channels >= 1, "loss.warmup must be >= 0 and "
+                 f"loss.max_mid_channels >= 1 (got {self.warmup}, {self.max_mid_channels})")
 
 
 @dataclass
@@ -132,12 +136,9 @@ class DKDParams(LogitParams):
     warmup: int = 0
 
     def __post_init__(self) -> None:
-        if self.alpha < 0:
-            raise ConfigError(f"loss.alpha must be >= 0 (got {self.alpha}); DKD's TCKD weight, try loss.alpha=1")
-        if self.beta < 0:
-            raise ConfigError(f"loss.beta must be >= 0 (got {self.beta}); DKD's NCKD weight, try loss.beta=8")
-        if self.warmup < 0:
-            raise ConfigError(f"loss.warmup must be >= 0 epochs (got {self.warmup})")
+        _require(self.alpha >= 0, f"loss.alpha must be >= 0 (got {self.alpha}); DKD's TCKD weight, try loss.alpha=1")
+        _require(self.beta >= 0, f"loss.beta must be >= 0 (got {self.beta}); DKD's NCKD weight, try loss.beta=8")
+        _require(self.warmup >= 0, f"loss.warmup must be >= 0 epochs (got {self.warmup})")
 
 
 def parse_params(loss: Any) -> Any:

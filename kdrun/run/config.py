@@ -86,13 +86,14 @@ class TeacherConfig(ModelConfig):
 class LatencyConfig:
     """How inference speed is measured (the protocol: kdrun/measure/latency.py and the docs).
 
-    Per model and batch size: at least `min_reps` repetitions and `min_seconds`, at most `max_seconds`;
-    `batch_size` 0 means the training batch size; IQR / median above `max_spread` marks it contended."""
+    Per batch size, every model the same number of rounds: at least `min_reps`, until the slowest model has
+    been timed `min_seconds`, never beyond `max_seconds` of it; `batch_size` 0 means the training batch size;
+    IQR / median above `max_spread` marks it contended."""
 
     batch_size: int = 0
     warmup: int = 5
     min_reps: int = 20
-    min_seconds: float = 0.25
+    min_seconds: float = 0.1
     max_seconds: float = 3.0
     max_spread: float = 0.5
 
