@@ -58,10 +58,11 @@ def test_timing_stops_at_max_seconds_whatever_min_reps_asks():
 def test_a_busy_machine_or_a_wide_spread_marks_the_measurement_contended(monkeypatch):
     model = nn.Linear(3, 3)
     protocol = Protocol(batch_size=2, warmup=0, min_reps=5, min_seconds=0.0, max_spread=1e9)
-    monkeypatch.setattr(latency, "load_average", lambda: 1000.0)
+    monkeypatch.setattr(latency, "runnable_tasks", lambda: 1000)
     busy = profile(model, (3,), CPU, protocol)["latency"]
-    assert busy["contended"] and "load above" in busy["contended_because"]
-    monkeypatch.setattr(latency, "load_average", lambda: 0.0)
+    assert busy["contended"] and "more runnable tasks than CPUs" in busy["contended_because"]
+    assert busy["runnable_median"] == 1000
+    monkeypatch.setattr(latency, "runnable_tasks", lambda: 1)
     quiet = profile(model, (3,), CPU, protocol)["latency"]
     assert not quiet["contended"]
     noisy = profile(model, (3,), CPU, Protocol(batch_size=2, warmup=0, min_reps=5, min_seconds=0.0,

@@ -35,7 +35,9 @@ COLD_EPOCHS = 100  # the demo's `kdrun distill`
 
 MEASURE_PAIR = """
 import json, torch
+from kdrun.core.runtime import set_threads
 from kdrun.measure.latency import Protocol, measure_models
+set_threads(0)  # as a kdrun run chooses its threads
 from kdrun.models import build_model
 teacher = build_model("cnn1d", 10, (1, 40), {"channels": 64})
 student = build_model("mlp", 10, (1, 40), {"hidden": [100, 100]})

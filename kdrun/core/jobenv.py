@@ -68,13 +68,21 @@ def usable_cpus(environ: Mapping[str, str] = os.environ) -> tuple[int, str]:
     return cpus, limit
 
 
+def runnable_tasks() -> Optional[int]:
+    """Tasks runnable on the machine right now, this one included (/proc/loadavg), or None where there is none."""
+    try:
+        return int(Path("/proc/loadavg").read_text().split()[3].split("/")[0])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def others_running(samples: int = 5, interval: float = 0.01) -> Optional[float]:
-    """Runnable tasks other than this one right now (the median of a few reads of /proc/loadavg), or None."""
+    """Runnable tasks other than this one right now (the median of a few reads), or None."""
     counts = []
     for _ in range(samples):
-        try:
-            counts.append(int(Path("/proc/loadavg").read_text().split()[3].split("/")[0]) - 1)
-        except (OSError, IndexError, ValueError):
+        count = runnable_tasks()
+        if count is None:
             return None
+        counts.append(count - 1)
         time.sleep(interval)
     return max(0.0, statistics.median(counts))

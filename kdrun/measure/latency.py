@@ -8,8 +8,9 @@ every model gets the same number of rounds: at least `min_reps`, until the slowe
 timed for `min_seconds`, and never beyond `max_seconds` of it.
 Reported: the median, its interquartile range and p90 per model; the speedup (ratio of
 medians) with a 95% bootstrap interval over the interleaved rounds. The conditions are recorded
-with the numbers (device, dtype, threads, torch, CPU model, load average before and after), and a
-measurement taken on a busy machine (load above its CPUs) or too noisy (IQR / median above
+with the numbers (device, dtype, threads, torch, CPU model, load average before and after, the
+median run queue while timing), and a measurement taken on a busy machine (more runnable tasks
+than CPUs in the median read of the run queue, every few rounds) or too noisy (IQR / median above
 `max_spread`) is marked `contended`. Times are never cached: each run measures its own.
 On CUDA each repetition is timed with CUDA events after a synchronize.
 """
@@ -28,11 +29,13 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from kdrun.core.jobenv import runnable_tasks
 from kdrun.models.registry import count_params
 
 MAX_REPS = 10_000
 BOOTSTRAP_SAMPLES = 1000
 BOOTSTRAP_CHUNK = 100
+RUNNABLE_EVERY = 10  # rounds between two reads of the machine's run queue
 
 
 @dataclass(frozen=True)
@@ -68,8 +71,10 @@ def _timer(device: torch.device) -> Callable[[Callable[[], object]], float]:
     return host_time
 
 
-def interleaved_times(models: list[nn.Module], inputs: torch.Tensor, protocol: Protocol) -> list[list[float]]:
-    """Milliseconds per forward of `inputs`, one list per model, timed in rounds (each model once per round)."""
+def interleaved_times(models: list[nn.Module], inputs: torch.Tensor, protocol: Protocol,
+                      runnable: list[int] | None = None) -> list[list[float]]:
+    """Milliseconds per forward of `inputs`, one list per model, timed in rounds (each model once per round).
+    `runnable` collects the machine's runnable-task count every `RUNNABLE_EVERY` rounds (contention)."""
     timer = _timer(inputs.device)
     forwards = [lambda model=model: model(inputs) for model in models]
     times: list[list[float]] = [[] for _ in models]
@@ -82,6 +87,8 @@ def interleaved_times(models: list[nn.Module], inputs: torch.Tensor, protocol: P
             enough = len(times[0]) >= protocol.min_reps and spent >= protocol.min_seconds
             if enough or spent >= protocol.max_seconds:
                 break
+            if runnable is not None and len(times[0]) % RUNNABLE_EVERY == 0:
+                runnable.append(runnable_tasks() or 0)
             for forward, model_times in zip(forwards, times):
                 model_times.append(timer(forward))
     return times
@@ -139,8 +146,8 @@ def conditions(device: torch.device) -> dict[str, Any]:
 
 
 def _at_batch(models: list[nn.Module], shape: tuple[int, ...], batch: int, device: torch.device,
-              protocol: Protocol) -> tuple[list[dict[str, Any]], list[list[float]]]:
-    times = interleaved_times(models, torch.randn(batch, *shape, device=device), protocol)
+              protocol: Protocol, runnable: list[int]) -> tuple[list[dict[str, Any]], list[list[float]]]:
+    times = interleaved_times(models, torch.randn(batch, *shape, device=device), protocol, runnable)
     return [summarise(t) for t in times], times
 
 
@@ -149,15 +156,18 @@ def measure_models(models: dict[str, nn.Module], input_shape: tuple[int, ...], d
     """Each model's `latency` block (batch 1 and `protocol.batch_size`, interleaved), and for two models
     (first the reference, e.g. the teacher) `speedup`: the reference's time over the other's, with its interval."""
     names, modules = list(models), [m.to(device).eval() for m in models.values()]
-    load_before = load_average()
-    one, one_times = _at_batch(modules, input_shape, 1, device, protocol)
-    big, big_times = _at_batch(modules, input_shape, protocol.batch_size, device, protocol)
+    load_before, runnable = load_average(), []
+    one, one_times = _at_batch(modules, input_shape, 1, device, protocol, runnable)
+    big, big_times = _at_batch(modules, input_shape, protocol.batch_size, device, protocol, runnable)
     load_after = load_average()
     where = conditions(device)
-    busy = max((x for x in (load_before, load_after) if x is not None), default=0.0) > where["machine_cpus"]
+    # Read between rounds, the run queue holds this process and whatever else wants a CPU: more than the CPUs, most
+    # of the time, means the timings shared the machine (single reads catch passing commands: the median does not).
+    busy = statistics.median(runnable or [0]) > where["machine_cpus"]
     noisy = max(s["spread"] for s in one + big) > protocol.max_spread
-    shared = {**where, "load_before": load_before, "load_after": load_after, "contended": busy or noisy,
-              "contended_because": ", ".join(r for r, on in (("load above the machine's CPUs", busy),
+    shared = {**where, "load_before": load_before, "load_after": load_after,
+              "runnable_median": statistics.median(runnable) if runnable else None, "contended": busy or noisy,
+              "contended_because": ", ".join(r for r, on in (("more runnable tasks than CPUs", busy),
                                                              (f"spread above {protocol.max_spread:g}", noisy)) if on),
               "protocol": "interleaved" if len(modules) > 1 else "alone"}
     result: dict[str, Any] = {"latency": {}}
