@@ -89,7 +89,8 @@ def finish(cfg: DictConfig, env: Setup, run_dir: Path, teacher: Teacher, facts: 
                   {"role": f"student loss={cfg.loss.name} T={cfg.T:g} alpha={cfg.alpha:g}", "model": cfg.student.name,
                    **summary}],
                  title="kdrun distill", notes=[f"batch-1 speedup over the teacher: {speedup['batch1']:.1f}x "
-                                               f"(95% interval {low:.1f}-{high:.1f}x)"
+                                               f"(this measurement's 95% interval {low:.2f}-{high:.2f}x; "
+                                               "separate runs vary more)"
                                                + (" [contended]" if summary["latency"]["contended"] else ""),
                                                f"teacher checkpoint: {teacher.checkpoint}", f"run dir: {run_dir}"])
     return summary["test_acc"]
