@@ -26,14 +26,19 @@ LAUNCHERS = {"serial": [], "joblib (2 workers)": ["hydra/launcher=local_parallel
              "stacked": ["hydra/launcher=stacked"]}
 
 
-def _kdrun(workdir: Path, *args: str) -> float:
-    """Run `kdrun ARGS` in `workdir`; its wall time in seconds (a failure stops the bench)."""
+def timed_python(*args: str, cwd: Path) -> tuple[float, str]:
+    """Run `python ARGS` in `cwd`; its wall time in seconds and its stdout (a failure stops the bench)."""
     started = time.perf_counter()
-    run = subprocess.run([sys.executable, "-m", "kdrun", *args], cwd=workdir, capture_output=True, text=True,
+    run = subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True,
                          env={**os.environ, "COLUMNS": "160"})
     if run.returncode != 0:
-        raise SystemExit(f"kdrun {' '.join(args)} failed ({run.returncode}):\n{run.stderr[-3000:]}")
-    return time.perf_counter() - started
+        raise SystemExit(f"python {' '.join(args)[:200]} failed ({run.returncode}):\n{run.stderr[-3000:]}")
+    return time.perf_counter() - started, run.stdout
+
+
+def kdrun_wall(workdir: Path, *args: str) -> float:
+    """Wall time of `kdrun ARGS` run in `workdir`."""
+    return timed_python("-m", "kdrun", *args, cwd=workdir)[0]
 
 
 def _train_seconds(sweep_dir: Path) -> list[float]:
@@ -45,11 +50,11 @@ def run_sweep_bench(workdir: Path, epochs: int, extra: list[str]) -> dict:
     workdir = workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     common = ["progress=false", f"epochs={epochs}", *extra]
-    _kdrun(workdir, "train-teacher", "progress=false", *[e for e in extra if not e.startswith(("threads", "T="))])
+    kdrun_wall(workdir, "train-teacher", "progress=false", *[e for e in extra if not e.startswith(("threads", "T="))])
     result = {"command": "kdrun distill -m " + " ".join(GRID + common), "epochs": epochs, "scenarios": {}}
     for label, launcher in LAUNCHERS.items():
         sweep_dir = workdir / "sweeps" / label.split()[0]
-        wall = _kdrun(workdir, "distill", "-m", *GRID, *common, *launcher, f"hydra.sweep.dir={sweep_dir}")
+        wall = kdrun_wall(workdir, "distill", "-m", *GRID, *common, *launcher, f"hydra.sweep.dir={sweep_dir}")
         trained = _train_seconds(sweep_dir)
         result["scenarios"][label] = {"wall_seconds": wall, "jobs": len(trained), "train_seconds_sum": sum(trained)}
     result["load_average"] = os.getloadavg()

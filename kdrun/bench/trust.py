@@ -27,6 +27,7 @@ from typing import Iterator
 
 from rich.table import Table
 
+from kdrun.bench.sweep import kdrun_wall, timed_python
 from kdrun.core.console import console
 
 STABILITY_RUNS = 5
@@ -83,16 +84,6 @@ print(accuracy)
 """
 
 
-def _python(*args: str, cwd: Path, env: dict | None = None) -> tuple[float, str]:
-    """Run `python ARGS`; its wall time and stdout (a failure stops the bench with its stderr)."""
-    started = time.perf_counter()
-    run = subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True,
-                         env={**os.environ, "COLUMNS": "160", **(env or {})})
-    if run.returncode != 0:
-        raise SystemExit(f"python {' '.join(args)[:200]} failed ({run.returncode}):\n{run.stderr[-3000:]}")
-    return time.perf_counter() - started, run.stdout
-
-
 @contextmanager
 def busy_processes(count: int = 2) -> Iterator[None]:
     """`count` processes spinning on a core each, for as long as the block runs."""
@@ -109,7 +100,7 @@ def busy_processes(count: int = 2) -> Iterator[None]:
 def latency_stability(workdir: Path) -> dict:
     """Speedups of one pair in separate processes, quiet and beside two busy processes."""
     def speedups() -> list[dict]:
-        return [json.loads(_python("-c", MEASURE_PAIR, cwd=workdir)[1].strip().splitlines()[-1])
+        return [json.loads(timed_python("-c", MEASURE_PAIR, cwd=workdir)[1].strip().splitlines()[-1])
                 for _ in range(STABILITY_RUNS)]
 
     quiet = speedups()
@@ -124,10 +115,6 @@ def latency_stability(workdir: Path) -> dict:
                                           if not r["contended"]), default=1.0)}
 
 
-def _kdrun(workdir: Path, *args: str) -> float:
-    return _python("-m", "kdrun", *args, cwd=workdir)[0]
-
-
 def _train_seconds(run_dir: Path) -> float:
     return json.loads((run_dir / "summary.json").read_text())["train_seconds"]
 
@@ -140,7 +127,7 @@ def threads_under_load(workdir: Path) -> dict:
     with busy_processes():
         for label, override in settings.items():
             run_dir = workdir / "threads" / override.replace("=", "-")
-            _kdrun(workdir, "distill", "progress=false", f"epochs={THREADS_EPOCHS}", override,
+            kdrun_wall(workdir, "distill", "progress=false", f"epochs={THREADS_EPOCHS}", override,
                    f"hydra.run.dir={run_dir}")
             seconds[label] = _train_seconds(run_dir)
     best = min(v for k, v in seconds.items() if k.startswith("threads="))
@@ -159,22 +146,22 @@ def cold_start(workdir: Path) -> dict:
         run = ["distill", "progress=false", f"epochs={COLD_EPOCHS}", f"teacher.checkpoint={teacher}"]
         for label in ("first", "warm"):
             run_dir = workdir / "cold" / f"{label}{round_}"
-            walls[f"kdrun_{label}_s"].append(_kdrun(workdir, *run, f"hydra.run.dir={run_dir}"))
-        walls["bare_s"].append(_python("-c", BARE_DISTILL, str(teacher), str(COLD_EPOCHS), cwd=workdir)[0])
+            walls[f"kdrun_{label}_s"].append(kdrun_wall(workdir, *run, f"hydra.run.dir={run_dir}"))
+        walls["bare_s"].append(timed_python("-c", BARE_DISTILL, str(teacher), str(COLD_EPOCHS), cwd=workdir)[0])
     medians = {k: statistics.median(v) for k, v in walls.items()}
     first, warm = medians["kdrun_first_s"] / medians["bare_s"], medians["kdrun_warm_s"] / medians["bare_s"]
     return {**medians, "walls": walls, "first_ratio": first, "warm_ratio": warm, "met": first <= 1.2 and warm <= 1.1}
 
 
 def help_wall(workdir: Path) -> dict:
-    walls = [_kdrun(workdir, "distill", "--help") for _ in range(5)]
+    walls = [kdrun_wall(workdir, "distill", "--help") for _ in range(5)]
     return {"median_s": statistics.median(walls), "met": statistics.median(walls) < 1.5}
 
 
 def run_trust_bench(workdir: Path) -> dict:
     workdir = workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
-    _kdrun(workdir, "train-teacher", "progress=false")  # the demo teacher, stored first (not timed)
+    kdrun_wall(workdir, "train-teacher", "progress=false")  # the demo teacher, stored first (not timed)
     return {"latency_stability": latency_stability(workdir), "threads": threads_under_load(workdir),
             "cold_start": cold_start(workdir), "help": help_wall(workdir), "cpus": os.cpu_count()}
 

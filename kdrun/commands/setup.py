@@ -33,7 +33,7 @@ def setup(cfg: DictConfig) -> Setup:
     if threads.oversubscribed():
         log.warning("the machine is busy: %g other runnable task(s) on %d usable CPU(s), and this run takes %d "
                     "threads; training may be many times slower: try threads=%d", threads.others_running,
-                    threads.usable_cpus, threads.threads, max(1, threads.usable_cpus - round(threads.others_running)))
+                    threads.usable_cpus, threads.threads, threads.fitting)
     device = device_for(resolve_device(cfg.device))
     d = cfg.dataset
     data = load_dataset(d.name, d.data_dir, d.download, d.augment, OmegaConf.to_container(d.kwargs, resolve=True),

@@ -45,6 +45,11 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def free_cpus(usable: int, others: Optional[float]) -> int:
+    """Usable CPUs less the other runnable tasks (rounded), at least one."""
+    return max(1, usable - round(others or 0))
+
+
 @dataclass(frozen=True)
 class Threads:
     """The intra-op thread count a run uses and why (recorded in summary.json)."""
@@ -57,9 +62,13 @@ class Threads:
 
     def line(self) -> str:
         busy = "" if self.others_running is None else f", {self.others_running:g} other runnable task(s)"
-        how = "chosen" if self.requested == 0 else "threads="
-        return (f"{self.threads} threads ({how}{'' if self.requested == 0 else self.requested}; {self.usable_cpus} "
-                f"usable CPU(s): {self.limited_by}{busy})")
+        how = "chosen" if self.requested == 0 else f"threads={self.requested}"
+        return f"{self.threads} threads ({how}; {self.usable_cpus} usable CPU(s): {self.limited_by}{busy})"
+
+    @property
+    def fitting(self) -> int:
+        """The count `threads=0` chooses: the usable CPUs not taken by other runnable tasks, at least one."""
+        return free_cpus(self.usable_cpus, self.others_running)
 
     def oversubscribed(self) -> bool:
         """More threads than the usable CPUs left free by the other runnable tasks."""
@@ -70,8 +79,7 @@ def fit_threads(requested: int, environ: Mapping[str, str] = os.environ) -> Thre
     """`threads=N` as asked; 0 means the usable CPUs not taken by other runnable tasks (at least one)."""
     cpus, limit = usable_cpus(environ)
     others = others_running()
-    free = max(1, cpus - round(others or 0))
-    return Threads(requested or free, requested, cpus, limit, others)
+    return Threads(requested or free_cpus(cpus, others), requested, cpus, limit, others)
 
 
 def set_threads(requested: int) -> Threads:

@@ -1,1 +1,2 @@
-"""What a model costs at inference: latency, throughput, parameters and FLOPs, measured once and shared."""
+"""What a model costs at inference: latency and throughput measured by each run (never reused), parameters
+and FLOPs."""

@@ -78,19 +78,21 @@ def interleaved_times(models: list[nn.Module], inputs: torch.Tensor, protocol: P
     timer = _timer(inputs.device)
     forwards = [lambda model=model: model(inputs) for model in models]
     times: list[list[float]] = [[] for _ in models]
+    spent_ms = [0.0 for _ in models]  # running totals: the loop's check stays O(1) per round
     with torch.inference_mode():
         for _ in range(protocol.warmup):
             for forward in forwards:
                 timer(forward)
         while len(times[0]) < MAX_REPS:  # the slowest model sets the pace: every model gets as many rounds
-            spent = max(sum(t) for t in times) / 1000
+            spent = max(spent_ms) / 1000
             enough = len(times[0]) >= protocol.min_reps and spent >= protocol.min_seconds
             if enough or spent >= protocol.max_seconds:
                 break
             if runnable is not None and len(times[0]) % RUNNABLE_EVERY == 0:
                 runnable.append(runnable_tasks() or 0)
-            for forward, model_times in zip(forwards, times):
-                model_times.append(timer(forward))
+            for i, forward in enumerate(forwards):
+                times[i].append(timer(forward))
+                spent_ms[i] += times[i][-1]
     return times
 
 

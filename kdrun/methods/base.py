@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib
 import pkgutil
 from dataclasses import dataclass, field
@@ -135,8 +136,9 @@ def build_method(loss: Any, ctx: MethodContext) -> Method:
     return method_spec(params.name).build(params, ctx)
 
 
+@functools.cache
 def _register_all() -> None:
-    """Import every method module of this package (each registers itself here; an import is done once)."""
+    """Import every method module of this package once (each registers itself here)."""
     for module in pkgutil.iter_modules([str(Path(__file__).parent)]):
         if not module.name.startswith("_") and module.name not in NOT_METHODS:
             importlib.import_module(f"kdrun.methods.{module.name}")
