@@ -228,3 +228,25 @@ def test_failures_the_user_can_act_on_get_their_line_and_bugs_keep_their_traceba
     assert failure_message(full).startswith("cannot write or read /runs/x/last.pt (No space left on device)")
     assert "`| head`" in failure_message(BrokenPipeError(32, "Broken pipe"))
     assert failure_message(ZeroDivisionError("division by zero")) is None
+
+
+def test_a_stop_signal_during_the_failure_line_is_caught_not_fatal(tmp_path, monkeypatch):
+    """torchrun SIGTERMs the surviving ranks the moment one dies: the failure must be recorded and said with
+    kdrun's stop handler still installed, or the default handler kills the rank before its one line."""
+    from kdrun.run import task
+
+    def invalid(cfg):
+        raise KdrunError("the job's process group failed")
+
+    handlers = []
+
+    def record_fail(message, run_dir=None):
+        handlers.append(signal.getsignal(signal.SIGTERM))
+        return 2
+
+    monkeypatch.setattr(task, "validate", invalid)
+    monkeypatch.setattr(task, "fail", record_fail)
+    before = signal.getsignal(signal.SIGTERM)
+    assert np.isnan(task.run_owned(None, tmp_path, multirun=True))
+    assert len(handlers) == 1 and handlers[0] not in (signal.SIG_DFL, before)
+    assert signal.getsignal(signal.SIGTERM) == before, "the previous handler is back once the job has ended"

@@ -97,23 +97,28 @@ def run_task(cfg: DictConfig) -> float | None:
 
 
 def run_owned(cfg: DictConfig, run_dir: Path, multirun: bool) -> float | None:
-    """The command's run with the run dir held: it ends with `summary.json`, or `status.json` and one line."""
-    try:
-        validate(cfg)
-        with stop_on_signals() as stop, collective_failures():
-            try:
-                return importlib.import_module(f"kdrun.commands.{cfg.command}").run(cfg, run_dir)
-            except Interrupted as interrupted:
-                stop_interrupted(cfg, run_dir, interrupted, stop.exit_code)
-    except Exception as error:  # noqa: BLE001 - sorted by failure_message; a bug outside a sweep keeps its traceback
-        if isinstance(error, BrokenPipeError) and (run_dir / SUMMARY).exists():
-            return None  # finished; only its closing table found no reader (`| head`)
-        message = failure_message(error)
-        if message is None and not multirun:
-            raise
-        message = message or f"{type(error).__name__}: {first_line(error)} (unexpected; rerun this job alone " \
-                             "with HYDRA_FULL_ERROR=1 for the traceback)"
-        return job_failed(fail(message, run_dir), multirun)
+    """The command's run with the run dir held: it ends with `summary.json`, or `status.json` and one line.
+
+    The stop handlers stay installed until a failure is recorded and said: torchrun sends SIGTERM to
+    the other ranks as soon as one dies, and with the default handler back a rank would die silently
+    between its failed collective and its one line."""
+    with stop_on_signals() as stop:
+        try:
+            validate(cfg)
+            with collective_failures():
+                try:
+                    return importlib.import_module(f"kdrun.commands.{cfg.command}").run(cfg, run_dir)
+                except Interrupted as interrupted:
+                    stop_interrupted(cfg, run_dir, interrupted, stop.exit_code)
+        except Exception as error:  # noqa: BLE001 - sorted by failure_message; a bug outside a sweep keeps its traceback
+            if isinstance(error, BrokenPipeError) and (run_dir / SUMMARY).exists():
+                return None  # finished; only its closing table found no reader (`| head`)
+            message = failure_message(error)
+            if message is None and not multirun:
+                raise
+            message = message or f"{type(error).__name__}: {first_line(error)} (unexpected; rerun this job alone " \
+                                 "with HYDRA_FULL_ERROR=1 for the traceback)"
+            return job_failed(fail(message, run_dir), multirun)
     return None
 
 
