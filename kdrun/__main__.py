@@ -1,5 +1,16 @@
-"""`python -m kdrun` is the same as the `kdrun` command."""
+"""`python -m kdrun` and the `kdrun` command: the CLI, with a Ctrl-C while it is still loading ending quietly."""
 
-from kdrun.cli import main
+import sys
 
-raise SystemExit(main())
+
+def run() -> int:
+    try:
+        from kdrun.cli import main
+    except KeyboardInterrupt:
+        print("kdrun: interrupted while starting; nothing was written", file=sys.stderr, flush=True)
+        return 130
+    return main()
+
+
+if __name__ == "__main__":
+    raise SystemExit(run())

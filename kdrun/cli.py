@@ -52,7 +52,30 @@ def usage() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    """`kdrun ARGS`; a Ctrl-C before the run's own stop handlers are in place (imports, checks) ends quietly."""
+    try:
+        return run_command(sys.argv[1:] if argv is None else argv)
+    except KeyboardInterrupt:
+        print("kdrun: interrupted while starting, before any training; nothing finished was written",
+              file=sys.stderr, flush=True)
+        return 130
+
+
+# Hydra flags followed by a value that is no override (`--cfg job`, `-cn NAME`).
+FLAGS_WITH_VALUE = ("--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn",
+                    "--config-dir", "-cd", "--experimental-rerun", "--info", "-i", *COMPLETION_FLAGS)
+
+
+def check_words(args: list[str]) -> None:
+    """A bare word (`kdrun distill epochs 3`) is a KEY=VALUE missing its `=`: say so, not Hydra's grammar."""
+    for i, arg in enumerate(args):
+        if arg.startswith(("-", "~")) or "=" in arg or (i and args[i - 1] in FLAGS_WITH_VALUE):
+            continue
+        value = args[i + 1] if i + 1 < len(args) and "=" not in args[i + 1] else "VALUE"
+        raise KdrunError(f"'{arg}' is not an override: write KEY=VALUE, e.g. {arg}={value}")
+
+
+def run_command(argv: list[str]) -> int:
     if hasattr(signal, "SIGPIPE"):  # `kdrun distill --help | head` ends quietly, like any CLI
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     if not argv or argv[0] in ("-h", "--help"):
@@ -64,10 +87,16 @@ def main(argv: list[str] | None = None) -> int:
     command = COMMANDS[name]
     if command.config_name is None:
         return plain_command(command, rest)
+    try:
+        check_words(rest)
+    except KdrunError as error:
+        return fail(str(error))
 
     from kdrun.run.config import config_dir, register_schemas
     from kdrun.run.help import command_help
-    from kdrun.run.preflight import check_output_dir, check_overrides
+    from kdrun.run.outdir import pin_output_dir
+    from kdrun.run.preflight import check_overrides
+    from kdrun.run.replay import split_consent
     from kdrun.run.resume import is_resume, launch_dir, resume_overrides, resume_target
     from kdrun.sweep.resume import is_stacked_sweep, is_sweep_dir, resume_sweep, stacked_resume_overrides
 
@@ -78,26 +107,29 @@ def main(argv: list[str] | None = None) -> int:
         try:
             resuming = is_resume(rest)
             if resuming:
+                rest, consent = split_consent(rest)
                 target = resume_target(rest)
                 if is_sweep_dir(target):
                     if not is_stacked_sweep(target):
-                        return resume_sweep(name, command.config_name, target)
+                        return resume_sweep(name, command.config_name, target, consent)
                     # its own launcher runs it again, so its groups train stacked again
-                    rest, hydra_file = stacked_resume_overrides(command.config_name, target), target / MULTIRUN
+                    rest, hydra_file = stacked_resume_overrides(command.config_name, target, consent), target / MULTIRUN
                 else:
-                    rest, hydra_file = resume_overrides(command.config_name, rest), target / HYDRA / "hydra.yaml"
+                    rest, hydra_file = resume_overrides(command.config_name, rest, consent), target / HYDRA / "hydra.yaml"
                 os.chdir(launch_dir(hydra_file))  # relative paths in its config mean what they did
             overrides = [a for a in rest if ("=" in a or a.startswith("~")) and not a.startswith("-")]
             check_overrides(command.config_name, overrides)
             if any(a in ("-m", "--multirun") for a in rest) and any(a in ("--cfg", "-c") for a in rest):
                 raise KdrunError("--cfg prints one job's config; drop -m to see it (a sweep's values then one by one)")
+            if any(a in ("-m", "--multirun") for a in rest) and any(a in INFO_FLAGS and a not in HELP_FLAGS for a in rest):
+                raise KdrunError("--info and --shell-completion describe the command, not a sweep; drop -m")
             if any(flag in rest for flag in HELP_FLAGS):
                 print(command_help(command.config_name, overrides))
                 return 0
             if not any(flag in rest for flag in INFO_FLAGS):
                 multirun = any(a in ("-m", "--multirun") for a in rest)
-                check_output_dir(rest, multirun=multirun, create=not any(a in ("--cfg", "-c") for a in rest),
-                                 resuming=resuming)
+                rest = pin_output_dir(command.config_name, rest, multirun,
+                                      create=not any(a in ("--cfg", "-c") for a in rest), resuming=resuming)
                 if under_torchrun():
                     from kdrun.run.torchrun import torchrun_overrides  # torch: only under torchrun
 

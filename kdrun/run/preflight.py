@@ -11,7 +11,6 @@ override step applied to a copy of it per value: the same checks, at a fraction 
 from __future__ import annotations
 
 import copy
-import os
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -26,7 +25,6 @@ from omegaconf.errors import OmegaConfBaseException
 
 from kdrun.core.errors import ConfigError
 from kdrun.run.config import config_dir
-from kdrun.run.rundir import MULTIRUN, SUMMARY, holds_run
 from kdrun.run.validate import validate
 
 _MISSING = object()
@@ -181,6 +179,11 @@ def _first(override: Override) -> str:
     return f"{override.get_key_element()}={values[0]}" if values else ""
 
 
+def first_values(overrides: list[str]) -> list[str]:
+    """The overrides with each sweep cut to its first value: one job's, enough to resolve shared settings."""
+    return [_first(o) if o.is_sweep_override() else o.input_line for o in _parse(overrides) if _first(o)]
+
+
 def check_overrides(config_name: str, overrides: list[str]) -> None:
     """Raise ConfigError for the first override (or sweep value) no run could use."""
     conf = config_dir()
@@ -230,54 +233,3 @@ def compose_plain(config_name: str, overrides: list[str]) -> dict:
     task = [o.input_line for o in _parse(overrides) if not o.is_hydra_override()]
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3", job_name="preflight"):
         return OmegaConf.to_container(_compose(config_name, task, check=False))
-
-
-def run_dir_of(config_name: str, overrides: list[str]) -> str:
-    """The run directory these overrides give, resolved now (its timestamp included)."""
-    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3", job_name="preflight"):
-        cfg = compose(config_name=config_name, overrides=[o for o in overrides if "=" in o and not o.startswith("-")],
-                      return_hydra_config=True)
-        return str(OmegaConf.select(cfg, "hydra.run.dir"))
-
-
-def _static_prefix(path: str) -> Path:
-    """The part of a run-dir pattern before its first interpolation (`outputs/${command}/...` -> outputs)."""
-    head = path.split("${", 1)[0]
-    return Path(head if head.endswith("/") or "${" not in path else head.rsplit("/", 1)[0] or ".").expanduser()
-
-
-def check_unused(target: Path, key: str) -> None:
-    """A run or sweep dir named by hand must not hold a run already: its files would mix with the new ones."""
-    if (target / MULTIRUN).exists():
-        raise ConfigError(f"{target} already holds a sweep; pass another {key}=DIR, "
-                          f"or run its unfinished jobs with resume={target}")
-    if holds_run(target):
-        finished = (target / SUMMARY).exists()
-        hint = "" if finished else f", or continue it with resume={target}"
-        raise ConfigError(f"{target} already holds a {'finished ' if finished else ''}run; pass another {key}=DIR{hint}")
-
-
-def check_output_dir(overrides: list[str], multirun: bool, create: bool = True, resuming: bool = False) -> None:
-    """Fail before Hydra does (with a traceback) when the run dir cannot be created, or holds another run.
-
-    With `create`, the fixed part of the path is made now (Hydra would make it next anyway):
-    the only test that no permission bit or special filesystem (/proc) can fool.
-    """
-    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
-    chosen = [o.split("=", 1)[1] for o in overrides if o.startswith(f"{key}=")]
-    target = _static_prefix(chosen[-1] if chosen else "outputs/${command}").resolve()
-    existing = next(p for p in (target, *target.parents) if p.exists())
-    if chosen and "${" not in chosen[-1] and not resuming:
-        check_unused(target, key)
-    if not existing.is_dir():
-        raise ConfigError(f"cannot create the run directory {target}: {existing} is a file, not a directory; "
-                          f"pass {key}=DIR somewhere writable")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise ConfigError(f"cannot create the run directory {target}: {existing} is not writable; "
-                          f"pass {key}=DIR somewhere writable, or run from a writable directory")
-    if create:
-        try:
-            target.mkdir(parents=True, exist_ok=True)
-        except OSError as error:
-            raise ConfigError(f"cannot create the run directory {target} ({error.strerror}); "
-                              f"pass {key}=DIR somewhere writable") from None

@@ -16,6 +16,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from kdrun.core.errors import KdrunError
+from kdrun.run.replay import Consent, check_replayable
 from kdrun.run.rundir import HYDRA, LAST, SUMMARY, check_not_in_use
 
 
@@ -48,8 +49,8 @@ def resume_target(args: list[str]) -> Path:
     chosen = [a for a in args if a.startswith("resume=")]
     others = [a for a in args if not a.startswith("resume=")]
     if len(chosen) > 1 or others:
-        raise KdrunError(f"resume=RUN_DIR takes no other arguments (got {' '.join(others or chosen)}); "
-                         "the run continues with its own saved config")
+        raise KdrunError(f"resume=RUN_DIR takes no other arguments but trust_code=true and the code it names "
+                         f"(got {' '.join(others or chosen)}); the run continues with its own saved config")
     value = chosen[0].split("=", 1)[1]
     if not value:
         raise KdrunError("resume= needs the run directory, e.g. resume=outputs/distill/<time>")
@@ -85,8 +86,9 @@ def differences(saved: Any, now: Any, prefix: str = "") -> list[str]:
     return [] if saved == now else [prefix.rstrip(".")]
 
 
-def resume_overrides(config_name: str, args: list[str]) -> list[str]:
-    """The overrides that relaunch the run in `resume=` with its own config and directory."""
+def resume_overrides(config_name: str, args: list[str], consent: Consent = Consent()) -> list[str]:
+    """The overrides that relaunch the run in `resume=` with its own config and directory; code it names
+    is replayed only with the user's consent (kdrun.run.replay)."""
     from kdrun.run.preflight import compose_plain
 
     run_dir = resume_target(args)
@@ -94,6 +96,7 @@ def resume_overrides(config_name: str, args: list[str]) -> list[str]:
     overrides_file = run_dir / HYDRA / "overrides.yaml"
     original = [str(o) for o in OmegaConf.load(overrides_file)] if overrides_file.is_file() else []
     original = [o for o in original if not o.startswith("resume=")]
+    check_replayable(run_dir, original, consent)
     check_same_config(run_dir, saved, compose_plain(config_name, original))
     return [*original, f"resume={run_dir}", f"hydra.run.dir={run_dir}"]
 

@@ -90,10 +90,19 @@ def run_task(cfg: DictConfig) -> float | None:
         cfg.threads = max(1, usable_cpus()[0] // parallel_jobs(hydra_cfg))
     try:
         join_job()
+        refuse_finished(cfg, run_dir)
         with owned(run_dir):
             return run_owned(cfg, run_dir, multirun)
     except KdrunError as error:  # the run dir is in use (not ours: write nothing into it), or the job's ranks never met
         return job_failed(fail(str(error)), multirun)
+
+
+def refuse_finished(cfg: DictConfig, run_dir: Path) -> None:
+    """The last guard of a finished run (the CLI checks every path it can resolve): a job whose directory
+    already holds `summary.json` writes nothing more there."""
+    if (run_dir / SUMMARY).exists() and not cfg.get("resume"):
+        raise KdrunError(f"{run_dir} already holds a finished run; this job writes nothing there "
+                         "(give each job its own directory)")
 
 
 def run_owned(cfg: DictConfig, run_dir: Path, multirun: bool) -> float | None:

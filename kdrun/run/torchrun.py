@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from kdrun.core.distributed import enter_job, from_main
 from kdrun.core.errors import KdrunError
-from kdrun.run.preflight import run_dir_of
+from kdrun.run.outdir import resolve_output
 
 
 def torchrun_overrides(name: str, config_name: str, rest: list[str], multirun: bool) -> list[str]:
@@ -25,5 +25,5 @@ def shared_overrides(config_name: str, overrides: list[str]) -> list[str]:
     """Hydra overrides that give every rank of a torchrun job rank 0's run directory, and keep Hydra on the
     other ranks from writing its .hydra/ files there."""
     ctx = enter_job()
-    run_dir = from_main(run_dir_of(config_name, overrides) if ctx.is_main else None)
-    return [*overrides, f"hydra.run.dir={run_dir}", *([] if ctx.is_main else ["hydra.output_subdir=null"])]
+    run_dir = from_main(str(resolve_output(config_name, overrides, multirun=False).path) if ctx.is_main else None)
+    return [*overrides, f"hydra.run.dir='{run_dir}'", *([] if ctx.is_main else ["hydra.output_subdir=null"])]

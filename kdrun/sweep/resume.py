@@ -25,6 +25,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from kdrun.core.errors import KdrunError
+from kdrun.run.replay import Consent, check_replayable
 from kdrun.run.resume import check_same_config, launch_dir
 from kdrun.run.rundir import HYDRA, LAST, MULTIRUN, SUMMARY, check_not_in_use, forget_unfinished
 
@@ -56,7 +57,7 @@ def job_step(job_dir: Path) -> str:
     return CONTINUE if (job_dir / LAST).is_file() else RESTART
 
 
-def sweep_jobs(sweep_dir: Path, config_name: str) -> list[tuple[Path, list[str]]]:
+def sweep_jobs(sweep_dir: Path, config_name: str, consent: Consent) -> list[tuple[Path, list[str]]]:
     """Each job's directory and overrides, in the order the sweep ran them; a one-line error if it cannot be known."""
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -74,18 +75,20 @@ def sweep_jobs(sweep_dir: Path, config_name: str) -> list[tuple[Path, list[str]]
         raise KdrunError(f"{sweep_dir} names its jobs by hydra.sweep.subdir={hydra['sweep'].get('subdir')}, "
                          "not by job number; it cannot be resumed")
     params = [f"{k}={v}" for k, v in (sweeper.get("params") or {}).items()]
+    check_replayable(sweep_dir, [*params, *hydra["overrides"]["task"], *hydra["overrides"]["hydra"]], consent)
     overrides = OverridesParser.create().parse_overrides([*params, *hydra["overrides"]["task"]])
     jobs = BasicSweeper.split_arguments(overrides, None)[0]
     return [(sweep_dir / str(number), job) for number, job in enumerate(jobs)]
 
 
-def job_command(name: str, job_dir: Path, overrides: list[str]) -> list[str] | None:
-    """The kdrun command line that completes this job; None if it finished."""
+def job_command(name: str, job_dir: Path, overrides: list[str], consent: Consent) -> list[str] | None:
+    """The kdrun command line that completes this job (with the user's consent to the code it names); None if
+    it finished."""
     step = job_step(job_dir)
     if step == FINISHED:
         return None
     if step == CONTINUE:
-        return [name, f"resume={job_dir}"]
+        return [name, f"resume={job_dir}", *consent.args]
     forget_unfinished(job_dir)
     return [name, *overrides, f"hydra.run.dir={job_dir}"]
 
@@ -100,9 +103,9 @@ def run_child(argv: list[str], cwd: Path) -> int:
             continue
 
 
-def checked_jobs(sweep_dir: Path, config_name: str) -> list[tuple[Path, list[str]]]:
+def checked_jobs(sweep_dir: Path, config_name: str, consent: Consent) -> list[tuple[Path, list[str]]]:
     """The sweep's jobs, none of them in use by another process; says which ones will run."""
-    jobs = sweep_jobs(sweep_dir, config_name)
+    jobs = sweep_jobs(sweep_dir, config_name, consent)
     for job_dir, _ in jobs:
         check_not_in_use(job_dir)
     todo = [job_dir.name for job_dir, _ in jobs if job_step(job_dir) != FINISHED]
@@ -111,21 +114,21 @@ def checked_jobs(sweep_dir: Path, config_name: str) -> list[tuple[Path, list[str
     return jobs
 
 
-def stacked_resume_overrides(config_name: str, sweep_dir: Path) -> list[str]:
+def stacked_resume_overrides(config_name: str, sweep_dir: Path, consent: Consent) -> list[str]:
     """The command line that runs a stacked sweep again in its own dir, its launcher in resume mode:
     finished jobs left alone, the others continued or restarted, in stacked groups as before."""
-    checked_jobs(sweep_dir, config_name)
+    checked_jobs(sweep_dir, config_name, consent)
     overrides = saved_sweep(sweep_dir)["hydra"]["overrides"]
     hydra = [o for o in overrides["hydra"] if not o.startswith(OWN_HYDRA_OVERRIDES)]
     return ["-m", *overrides["task"], *hydra, f"hydra.sweep.dir={sweep_dir}", "hydra.launcher.resume=true"]
 
 
-def resume_sweep(name: str, config_name: str, sweep_dir: Path) -> int:
+def resume_sweep(name: str, config_name: str, sweep_dir: Path, consent: Consent) -> int:
     """Run the sweep's unfinished jobs one by one, then rewrite its report; 0 only if every job finished."""
     from kdrun.sweep.callbacks import end_of_incomplete_sweep, summarise_sweep
 
-    jobs = checked_jobs(sweep_dir, config_name)
-    todo = [(job_dir, job_command(name, job_dir, overrides)) for job_dir, overrides in jobs]
+    jobs = checked_jobs(sweep_dir, config_name, consent)
+    todo = [(job_dir, job_command(name, job_dir, overrides, consent)) for job_dir, overrides in jobs]
     todo = [(job_dir, argv) for job_dir, argv in todo if argv is not None]
     for job_dir, argv in todo:
         print(f"kdrun: job {job_dir.name}: kdrun {' '.join(argv)}", flush=True)

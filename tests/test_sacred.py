@@ -1,0 +1,150 @@
+"""A run directory is sacred, and it is data, not code: hostile input that once overwrote a finished run, wrote
+outside its run dir or ran a command named inside a run dir. Each case ends in one line and exit 2, and the
+finished run next to it stays byte-identical."""
+
+from __future__ import annotations
+
+import hashlib
+import signal
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import kdrun, start_kdrun
+from test_bad_input import STUDENT
+
+ONE_EPOCH = [*STUDENT, "epochs=1"]
+
+
+def tree_hash(root: Path) -> str:
+    """Every file under `root`, names and bytes."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory) -> Path:
+    """A working directory with one finished run in outputs/done (and one sweep in outputs/sweep)."""
+    cwd = tmp_path_factory.mktemp("sacred")
+    assert kdrun(cwd, "train-student", *ONE_EPOCH, "hydra.run.dir=outputs/done").returncode == 0
+    sweep = kdrun(cwd, "train-student", "-m", *ONE_EPOCH, "seed=0,1", "hydra.sweep.dir=outputs/sweep")
+    assert sweep.returncode == 0, sweep.stderr
+    return cwd
+
+
+def refused(cwd: Path, *args: str, env: dict | None = None) -> str:
+    """Run kdrun with `args`: it must fail with one line and leave every existing run byte-identical."""
+    before = tree_hash(cwd / "outputs")
+    result = kdrun(cwd, *args, env=env)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith("kdrun: error:"), result.stderr
+    assert tree_hash(cwd / "outputs") == before, "an existing run changed"
+    return lines[0]
+
+
+@pytest.mark.parametrize("run_dir, words", [
+    ("outputs/${oc.env:KDRUN_SACRED,done}", "already holds a finished run"),  # resolves onto a finished run
+    ("/", "holds your working directory"),
+    ("..", "holds your working directory"),
+    ("outputs/../../elsewhere", "leaves the working directory"),
+    ("outputs/done/inner", "lies inside"),
+])
+def test_a_run_dir_that_resolves_onto_another_run_or_above_the_working_dir_is_refused(finished, run_dir, words):
+    assert words in refused(finished, "train-student", *ONE_EPOCH, f"hydra.run.dir={run_dir}")
+
+
+def test_hydra_files_never_escape_the_run_dir(finished):
+    line = refused(finished, "train-student", *ONE_EPOCH, "hydra.run.dir=outputs/new", "hydra.output_subdir=../../x")
+    assert "would write outside each run dir" in line and not (finished / "x").exists()
+
+
+@pytest.mark.parametrize("subdir, words", [("same", "one directory"), ("../${hydra.job.num}", "outside the sweep dir")])
+def test_jobs_of_a_sweep_never_share_or_leave_the_sweep_dir(finished, subdir, words):
+    assert words in refused(finished, "train-student", "-m", *ONE_EPOCH, "seed=0,1", "hydra.sweep.dir=outputs/s2",
+                            f"hydra.sweep.subdir={subdir}")
+
+
+def test_a_sweep_subdir_made_of_every_swept_key_is_distinct_enough(finished):
+    result = kdrun(finished, "train-student", "-m", *ONE_EPOCH, "seed=0,1", "hydra.sweep.dir=outputs/s3",
+                   "hydra.sweep.subdir=seed${seed}")
+    assert result.returncode == 0, result.stderr
+    assert {p.name for p in (finished / "outputs/s3").iterdir() if p.is_dir()} == {"seed0", "seed1"}
+
+
+def test_a_time_pattern_that_resolves_to_a_finished_run_is_refused_not_rewritten(workdir):
+    pattern = "hydra.run.dir=outputs/${now:%Y}"
+    assert kdrun(workdir, "train-student", *ONE_EPOCH, pattern).returncode == 0
+    (workdir / "outputs").mkdir(exist_ok=True)
+    assert "already holds a finished run" in refused(workdir, "train-student", *ONE_EPOCH, pattern)
+
+
+# --- a run dir is data --------------------------------------------------------------------------
+
+def crafted_run(root: Path, overrides: list[str]) -> Path:
+    """An interrupted-looking train-student run dir whose saved overrides someone else wrote."""
+    run_dir = root / "outputs" / "sent"
+    (run_dir / ".hydra").mkdir(parents=True)
+    (run_dir / ".hydra" / "config.yaml").write_text(yaml.safe_dump({"command": "train_student"}))
+    (run_dir / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    (run_dir / "last.pt").write_bytes(b"")
+    return run_dir
+
+
+EVIL = ["student=custom", "student.target=os:system", "+student.kwargs.command=touch PWNED"]
+
+
+def test_resume_never_runs_a_target_named_only_inside_the_run_dir(workdir):
+    run_dir = crafted_run(workdir, EVIL)
+    line = refused(workdir, "train-student", f"resume={run_dir}")
+    assert "a run dir is data" in line and "student.target=os:system" in line and "trust_code=true" in line
+    assert not (workdir / "PWNED").exists()
+
+
+def test_the_same_target_given_again_is_the_users_consent(workdir):
+    run_dir = crafted_run(workdir, ["student=custom", "student.target=json:loads"])
+    line = refused(workdir, "train-student", f"resume={run_dir}", "student.target=json:dumps")
+    assert "a run dir is data" in line, "another target is no consent to this one"
+    consented = kdrun(workdir, "train-student", f"resume={run_dir}", "student.target=json:loads")
+    assert consented.returncode == 2 and "a run dir is data" not in consented.stderr, consented.stderr
+    assert "json:loads" in consented.stderr, "consent given: the resume went on to build the target"
+
+
+def test_a_sweep_resume_never_replays_hydra_callbacks_or_shell_lines_from_the_sweep_dir(finished, tmp_path):
+    sweep = tmp_path / "outputs" / "sweep"
+    sweep.parent.mkdir()
+    import shutil
+
+    shutil.copytree(finished / "outputs" / "sweep", sweep)
+    (sweep / "1" / "summary.json").unlink()
+    saved = yaml.safe_load((sweep / "multirun.yaml").read_text())
+    saved["hydra"]["overrides"]["hydra"].append("+hydra.callbacks.x._target_=os.system")
+    (sweep / "multirun.yaml").write_text(yaml.safe_dump(saved))
+    line = refused(tmp_path, "train-student", f"resume={sweep}")
+    assert "a run dir is data" in line and "hydra.callbacks.x._target_" in line
+
+
+# --- the command line itself ---------------------------------------------------------------------
+
+def test_a_missing_equals_sign_is_named(workdir):
+    (workdir / "outputs").mkdir()
+    assert refused(workdir, "distill", "epochs", "3") == "kdrun: error: 'epochs' is not an override: write " \
+                                                          "KEY=VALUE, e.g. epochs=3"
+
+
+def test_info_flags_with_a_sweep_are_one_line(workdir):
+    (workdir / "outputs").mkdir()
+    assert "drop -m" in refused(workdir, "distill", "-m", "T=1,2", "--info", "all")
+
+
+def test_ctrl_c_in_the_first_moments_is_one_line_not_a_traceback(workdir):
+    for delay in (0.2, 0.6, 1.2):  # while importing, composing, starting Hydra
+        job = start_kdrun(workdir, "train-student", *ONE_EPOCH, "epochs=50")
+        time.sleep(delay)
+        job.send_signal(signal.SIGINT)
+        _, err = job.communicate(timeout=600)
+        # 130 from kdrun's handlers; killed by SIGINT itself (-2) if it lands before Python installs its own
+        assert job.returncode in (130, -signal.SIGINT) and "Traceback" not in err, err
+        assert not list((workdir / "outputs").rglob("summary.json"))
