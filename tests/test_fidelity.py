@@ -104,3 +104,28 @@ def test_mlkd_equals_its_authors(shape, T, logit_std):
     options = {"name": "mlkd", "ce_weight": 0.1, "kd_weight": kd_weight, "logit_std": logit_std}
     assert_same_function(_logit_loss(options, T, zt, y),
                          lambda s: authors_mlkd(s, zt, y, T, 0.1, kd_weight, logit_std), zs)
+
+
+# --- KD and the logit-standardization authors' weights ------------------------------------------------
+
+def authors_kd(zs, zt, y, T, ce_weight, kd_weight, logit_stand=False):
+    """mdistiller/distillers/KD.py `forward_train`: ce_weight * CE + kd_weight * kd_loss (the trainer sums them)."""
+    return ce_weight * F.cross_entropy(zs, y) + kd_weight * authors_kd_loss(zs, zt, T, logit_stand)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("T", TEMPERATURES)
+def test_kd_in_the_classic_form_equals_mdistillers_ce_and_kd_weights(shape, T):
+    zs, zt, y = _inputs(shape, seed=int(T) * 7 + shape[1])
+    assert_same_function(_logit_loss({"name": "kd"}, T, zt, y, alpha=0.9),
+                         lambda s: authors_kd(s, zt, y, T, 0.1, 0.9), zs)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("T", TEMPERATURES)
+def test_kd_with_logit_std_and_explicit_weights_equals_the_logit_standardization_authors(shape, T):
+    """Their recipe (README: --logit-stand --base-temp 2 --kd-weight 9; cfg.py: CE 0.1): CE 0.1 + KD 9, which
+    alpha in [0, 1] cannot express."""
+    zs, zt, y = _inputs(shape, seed=int(T) * 11 + shape[0])
+    options = {"name": "kd", "logit_std": True, "ce_weight": 0.1, "kd_weight": 9.0}
+    assert_same_function(_logit_loss(options, T, zt, y), lambda s: authors_kd(s, zt, y, T, 0.1, 9.0, True), zs)

@@ -32,12 +32,32 @@ def test_every_conf_loss_yaml_has_a_registered_method_and_back():
 
 def test_a_methods_options_are_typed_by_its_own_schema():
     assert parse_params({"name": "crd", "negatives": 64}).negatives == 64
-    with pytest.raises(ConfigError, match="loss 'kd' has no option beta; its options: logit_std"):
+    with pytest.raises(ConfigError, match="loss 'kd' has no option beta; its options: ce_weight, kd_weight, logit_std"):
         parse_params({"name": "kd", "beta": 2.0})
     with pytest.raises(ConfigError, match="loss.beta must be >= 0"):
         parse_params({"name": "dkd", "beta": -1.0})
     with pytest.raises(ConfigError, match="invalid value for loss.negatives"):
         parse_params({"name": "crd", "negatives": "many"})
+
+
+def test_kd_family_weights_come_from_alpha_or_explicitly_never_both():
+    from omegaconf import OmegaConf
+
+    from kdrun.commands.distill import loss_weights
+    from kdrun.methods.params import DEFAULT_ALPHA, resolved_alpha
+
+    classic, explicit = parse_params({"name": "kd"}), parse_params({"name": "ls", "ce_weight": 0.1, "kd_weight": 9})
+    assert classic.weights(None) == (1 - DEFAULT_ALPHA, DEFAULT_ALPHA) and classic.weights(0.7) == (1 - 0.7, 0.7)
+    assert explicit.weights(None) == (0.1, 9.0)
+    assert (resolved_alpha(None, classic), resolved_alpha(0.3, classic), resolved_alpha(None, explicit)) == (0.9, 0.3, None)
+    assert resolved_alpha(None, parse_params({"name": "dkd"})) == DEFAULT_ALPHA
+    both = {"name": "kd_sim", "ce_weight": 0.1, "kd_weight": 9}
+    with pytest.raises(ConfigError, match=r"^alpha=0.5 and loss.ce_weight/loss.kd_weight both weight the loss"):
+        parse_params(both, alpha=0.5)
+    with pytest.raises(ConfigError, match="alpha=0.0 and loss.ce_weight"):
+        build_method(both, MethodContext(4.0, 0.0, 10, 100))
+    run = OmegaConf.create({"alpha": None, "loss": {"name": "kd", "ce_weight": 0.1, "kd_weight": 9.0}})
+    assert loss_weights(run) == (0.1, 9.0), "a stacked sweep's KD jobs take the same weights"
 
 
 # --- logit standardisation and MLKD --------------------------------------------------------------

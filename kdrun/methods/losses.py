@@ -67,17 +67,21 @@ class KDLoss:
     T^2 factor keeps its weight comparable across temperatures. The teacher's logits are
     detached: the teacher never receives a gradient. `logit_std` z-scores both logits in the KD
     term only (see `standardize`); CE always sees the raw logits.
+
+    `ce_weight` gives the explicit form papers write, `ce_weight * CE + alpha * T^2 * KL` with any
+    weights >= 0 (logit standardization: CE 0.1, KD 9); unset, it is 1 - alpha.
     """
 
-    def __init__(self, T: float, alpha: float, logit_std: bool = False) -> None:
+    def __init__(self, T: float, alpha: float, logit_std: bool = False, ce_weight: Optional[float] = None) -> None:
         self.T, self.alpha, self.logit_std = T, alpha, logit_std
+        self.ce_weight = 1 - alpha if ce_weight is None else ce_weight
 
     def __call__(self, student_logits: torch.Tensor, targets: torch.Tensor,
                  teacher_logits: torch.Tensor) -> LossParts:
         ce = F.cross_entropy(student_logits, targets)
         zs, zt = maybe_standardize(student_logits, self.logit_std), maybe_standardize(teacher_logits.detach(), self.logit_std)
         kd = soft_kl(zs, zt, self.T) * self.T**2
-        return LossParts(self.alpha * kd + (1 - self.alpha) * ce, ce, kd)
+        return LossParts(self.alpha * kd + self.ce_weight * ce, ce, kd)
 
 
 # --- Tang et al. (2020)'s knowledge levels, and decoupled KD ------------------------------------
@@ -127,11 +131,13 @@ class SyntheticTeacherLoss:
 
         loss = alpha * T^2 * KL(q || softmax(z_s/T)) + (1 - alpha) * CE(y, z_s)
 
-    The subclasses say which q; alpha and T mean what they mean in `KDLoss`.
+    The subclasses say which q; alpha, ce_weight and T mean what they mean in `KDLoss`.
     """
 
-    def __init__(self, T: float, alpha: float, num_classes: int, logit_std: bool = False) -> None:
+    def __init__(self, T: float, alpha: float, num_classes: int, logit_std: bool = False,
+                 ce_weight: Optional[float] = None) -> None:
         self.T, self.alpha, self.num_classes, self.logit_std = T, alpha, num_classes, logit_std
+        self.ce_weight = 1 - alpha if ce_weight is None else ce_weight
 
     def targets(self, labels: torch.Tensor, teacher_logits: Optional[torch.Tensor]) -> torch.Tensor:
         raise NotImplementedError
@@ -142,7 +148,7 @@ class SyntheticTeacherLoss:
         teacher_logits = None if teacher_logits is None else teacher_logits.detach()
         q = self.targets(labels, maybe_standardize(teacher_logits, self.logit_std))
         kd = target_kl(maybe_standardize(student_logits, self.logit_std), q, self.T) * self.T**2
-        return LossParts(self.alpha * kd + (1 - self.alpha) * ce, ce, kd)
+        return LossParts(self.alpha * kd + self.ce_weight * ce, ce, kd)
 
 
 class LabelSmoothingLoss(SyntheticTeacherLoss):
@@ -157,8 +163,9 @@ class LabelSmoothingLoss(SyntheticTeacherLoss):
     smoothing's: KL(q || p) = CE(q, p) - H(q).
     """
 
-    def __init__(self, T: float, alpha: float, num_classes: int, epsilon: float, logit_std: bool = False) -> None:
-        super().__init__(T, alpha, num_classes, logit_std)
+    def __init__(self, T: float, alpha: float, num_classes: int, epsilon: float, logit_std: bool = False,
+                 ce_weight: Optional[float] = None) -> None:
+        super().__init__(T, alpha, num_classes, logit_std, ce_weight)
         self.epsilon = epsilon
 
     def targets(self, labels: torch.Tensor, teacher_logits: Optional[torch.Tensor]) -> torch.Tensor:
@@ -187,8 +194,9 @@ class ClassSimilarityLoss(SyntheticTeacherLoss):
     which carries which classes resemble which, but nothing about the example itself.
     """
 
-    def __init__(self, T: float, alpha: float, class_matrix: torch.Tensor, logit_std: bool = False) -> None:
-        super().__init__(T, alpha, class_matrix.shape[0], logit_std)
+    def __init__(self, T: float, alpha: float, class_matrix: torch.Tensor, logit_std: bool = False,
+                 ce_weight: Optional[float] = None) -> None:
+        super().__init__(T, alpha, class_matrix.shape[0], logit_std, ce_weight)
         self.class_matrix = class_matrix
 
     def targets(self, labels: torch.Tensor, teacher_logits: Optional[torch.Tensor]) -> torch.Tensor:
