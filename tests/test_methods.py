@@ -201,6 +201,29 @@ def test_crd_negatives_are_other_classes_and_cover_them_all():
     assert set(drawn[0].tolist()) == {1, 3, 4, 5, 6} and set(drawn[1].tolist()) == {0, 1, 2, 4, 7}
 
 
+def test_crd_negatives_are_distinct_and_uniform_when_k_fits_the_pool():
+    """RepDistiller draws np.random.choice(cls_negative[target], k, replace=k > len(cls_negative[target]))."""
+    labels = torch.arange(40) % 4  # each class's pool of negatives: 30 examples
+    sampler = NegativeSampler(labels, 4)
+    torch.manual_seed(0)
+    anchors = labels[:8]
+    for k in (5, 30):
+        for row, c in zip(sampler(anchors, k), anchors.tolist()):
+            assert len(set(row.tolist())) == k and (labels[row] != c).all()
+    counts = torch.bincount(sampler(torch.zeros(3000, dtype=torch.long), 5).flatten(), minlength=40)
+    pool = labels != 0
+    assert (counts[~pool] == 0).all() and counts[pool].min() > 0.8 * 500 and counts[pool].max() < 1.2 * 500
+
+
+def test_crd_draws_with_replacement_only_for_anchors_whose_pool_is_smaller_than_k():
+    labels = torch.tensor([0, 0, 1, 1, 1, 1, 1, 1, 1, 1])  # class 0's pool: 8 examples, class 1's: 2
+    torch.manual_seed(0)
+    drawn = NegativeSampler(labels, 2)(torch.tensor([0] * 20 + [1]), 5)
+    for row in drawn[:20]:
+        assert len(set(row.tolist())) == 5 and set(row.tolist()) <= set(range(2, 10))
+    assert set(drawn[20].tolist()) == {0, 1}, "5 draws from a pool of 2 repeat, as np.random.choice(replace=True)"
+
+
 def _crd(num_train=12, dim=4, negatives=5):
     torch.manual_seed(0)
     student = build_model("mlp", 3, (1, 8), {"hidden": [6]})
