@@ -26,6 +26,11 @@ register_schemas()
     (["T=1,-1"], "T must be > 0"),
     (["T=1,2", "alpha=0.5,7"], "alpha must be in [0, 1]"),
     (["seed=zero"], "invalid value for seed"),
+    (["alpha=0.5", "loss.ce_weight=0.1", "loss.kd_weight=9"], "alpha=0.5 and loss.ce_weight/loss.kd_weight both"),
+    (["loss=ls", "alpha=0.5,0.9", "loss.ce_weight=0.1", "loss.kd_weight=9"], "alpha=0.5 and loss.ce_weight/loss.kd_weight"),
+    (["loss.kd_weight=9"], "loss.ce_weight and loss.kd_weight are set together"),
+    (["loss.ce_weight=-0.1", "loss.kd_weight=9"], "loss.ce_weight must be >= 0"),
+    (["loss=mlkd", "loss.kd_weight=-1"], "loss.kd_weight must be >= 0"),
 ])
 def test_bad_distill_overrides_name_the_key(overrides, expected):
     with pytest.raises(ConfigError) as caught:
@@ -52,6 +57,7 @@ def test_sweeping_a_key_the_command_lacks_fails_before_any_job():
 
 @pytest.mark.parametrize("overrides", [["T=2", "alpha=0"], ["T=1,2,4,8"], ["alpha=0,1", "seed=0,1"],
                                        ["dataset=fake", "epochs=3"], ["device=cpu"], ["device=cuda:1"],
-                                       ["hydra.job.chdir=false"]])
+                                       ["hydra.job.chdir=false"], ["loss.ce_weight=0.1", "loss.kd_weight=9", "T=2"],
+                                       ["loss=kd_pt", "loss.ce_weight=0", "loss.kd_weight=1,9"]])
 def test_good_overrides_pass(overrides):
     check_overrides("distill", overrides)

@@ -32,12 +32,32 @@ def test_every_conf_loss_yaml_has_a_registered_method_and_back():
 
 def test_a_methods_options_are_typed_by_its_own_schema():
     assert parse_params({"name": "crd", "negatives": 64}).negatives == 64
-    with pytest.raises(ConfigError, match="loss 'kd' has no option beta; its options: logit_std"):
+    with pytest.raises(ConfigError, match="loss 'kd' has no option beta; its options: ce_weight, kd_weight, logit_std"):
         parse_params({"name": "kd", "beta": 2.0})
     with pytest.raises(ConfigError, match="loss.beta must be >= 0"):
         parse_params({"name": "dkd", "beta": -1.0})
     with pytest.raises(ConfigError, match="invalid value for loss.negatives"):
         parse_params({"name": "crd", "negatives": "many"})
+
+
+def test_kd_family_weights_come_from_alpha_or_explicitly_never_both():
+    from omegaconf import OmegaConf
+
+    from kdrun.commands.distill import loss_weights
+    from kdrun.methods.params import DEFAULT_ALPHA, resolved_alpha
+
+    classic, explicit = parse_params({"name": "kd"}), parse_params({"name": "ls", "ce_weight": 0.1, "kd_weight": 9})
+    assert classic.weights(None) == (1 - DEFAULT_ALPHA, DEFAULT_ALPHA) and classic.weights(0.7) == (1 - 0.7, 0.7)
+    assert explicit.weights(None) == (0.1, 9.0)
+    assert (resolved_alpha(None, classic), resolved_alpha(0.3, classic), resolved_alpha(None, explicit)) == (0.9, 0.3, None)
+    assert resolved_alpha(None, parse_params({"name": "dkd"})) == DEFAULT_ALPHA
+    both = {"name": "kd_sim", "ce_weight": 0.1, "kd_weight": 9}
+    with pytest.raises(ConfigError, match=r"^alpha=0.5 and loss.ce_weight/loss.kd_weight both weight the loss"):
+        parse_params(both, alpha=0.5)
+    with pytest.raises(ConfigError, match="alpha=0.0 and loss.ce_weight"):
+        build_method(both, MethodContext(4.0, 0.0, 10, 100))
+    run = OmegaConf.create({"alpha": None, "loss": {"name": "kd", "ce_weight": 0.1, "kd_weight": 9.0}})
+    assert loss_weights(run) == (0.1, 9.0), "a stacked sweep's KD jobs take the same weights"
 
 
 # --- logit standardisation and MLKD --------------------------------------------------------------
@@ -179,6 +199,29 @@ def test_crd_negatives_are_other_classes_and_cover_them_all():
     drawn = sampler(torch.tensor([0, 2]), 2000)
     assert (labels[drawn[0]] != 0).all() and (labels[drawn[1]] != 2).all()
     assert set(drawn[0].tolist()) == {1, 3, 4, 5, 6} and set(drawn[1].tolist()) == {0, 1, 2, 4, 7}
+
+
+def test_crd_negatives_are_distinct_and_uniform_when_k_fits_the_pool():
+    """RepDistiller draws np.random.choice(cls_negative[target], k, replace=k > len(cls_negative[target]))."""
+    labels = torch.arange(40) % 4  # each class's pool of negatives: 30 examples
+    sampler = NegativeSampler(labels, 4)
+    torch.manual_seed(0)
+    anchors = labels[:8]
+    for k in (5, 30):
+        for row, c in zip(sampler(anchors, k), anchors.tolist()):
+            assert len(set(row.tolist())) == k and (labels[row] != c).all()
+    counts = torch.bincount(sampler(torch.zeros(3000, dtype=torch.long), 5).flatten(), minlength=40)
+    pool = labels != 0
+    assert (counts[~pool] == 0).all() and counts[pool].min() > 0.8 * 500 and counts[pool].max() < 1.2 * 500
+
+
+def test_crd_draws_with_replacement_only_for_anchors_whose_pool_is_smaller_than_k():
+    labels = torch.tensor([0, 0, 1, 1, 1, 1, 1, 1, 1, 1])  # class 0's pool: 8 examples, class 1's: 2
+    torch.manual_seed(0)
+    drawn = NegativeSampler(labels, 2)(torch.tensor([0] * 20 + [1]), 5)
+    for row in drawn[:20]:
+        assert len(set(row.tolist())) == 5 and set(row.tolist()) <= set(range(2, 10))
+    assert set(drawn[20].tolist()) == {0, 1}, "5 draws from a pool of 2 repeat, as np.random.choice(replace=True)"
 
 
 def _crd(num_train=12, dim=4, negatives=5):

@@ -65,7 +65,8 @@ def test_a_stacked_job_equals_the_same_job_trained_alone(arch, optimizer):
         history = fit(model, data, _recipe(job, optimizer), CPU, loss=KDLoss(job["T"], job["alpha"]), teacher=teacher,
                       teacher_logits=logits)
         alone.append((model, history))
-    members = [Member(_student(arch, j["seed"]), _recipe(j, optimizer), (j["T"], j["alpha"])) for j in JOBS]
+    members = [Member(_student(arch, j["seed"]), _recipe(j, optimizer), (j["T"], 1 - j["alpha"], j["alpha"]))
+               for j in JOBS]
     fit_group(members, data, CPU, teacher_logits=logits)
     for (model, history), member in zip(alone, members):
         assert len(member.history) == len(history) == 2
@@ -130,7 +131,7 @@ def test_a_group_stopped_mid_epoch_resumes_from_each_jobs_last_pt():
 
     def members(states=None):
         return [Member(_student("cnn1d", j["seed"] + 10 * (states is not None)), _recipe(j, "adamw"),
-                       (j["T"], j["alpha"]), checkpoint=saved[i].append, state=states and states[i])
+                       (j["T"], 1 - j["alpha"], j["alpha"]), checkpoint=saved[i].append, state=states and states[i])
                 for i, j in enumerate(JOBS)]
 
     saved = [[] for _ in JOBS]

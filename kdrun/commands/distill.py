@@ -14,6 +14,7 @@ from kdrun.commands.setup import Setup, log, setup
 from kdrun.commands.train_student import train_student
 from kdrun.core.console import epoch_progress, show_results
 from kdrun.methods.base import Method, MethodContext, build_method
+from kdrun.methods.params import parse_params, resolved_alpha
 from kdrun.run.rundir import write_summary
 from kdrun.teachers.facts import TeacherFacts, teacher_facts
 from kdrun.teachers.knowledge import ProbeSet, TeacherStats, gradient_probe, probe_subset, teacher_stats
@@ -50,6 +51,18 @@ def job_stats(cfg: DictConfig, env: Setup, facts: TeacherFacts) -> TeacherStats:
     return teacher_stats(facts.train_logits, labels, cfg.T, env.data.num_classes)
 
 
+def loss_weights(cfg: DictConfig) -> tuple[float, float]:
+    """(CE weight, KD weight) of a KD-family loss (kd, ls, kd_pt, kd_sim): explicit, or from alpha."""
+    return parse_params(cfg.loss, cfg.alpha).weights(cfg.alpha)
+
+
+def weights_text(cfg: DictConfig, alpha: Optional[float]) -> str:
+    """How this run weighs its terms, for the results table: alpha, or the explicit loss weights."""
+    if alpha is not None:
+        return f"alpha={alpha:g}"
+    return f"ce_weight={cfg.loss.ce_weight:g} kd_weight={cfg.loss.kd_weight:g}"
+
+
 def job_loss(cfg: DictConfig, env: Setup, stats: TeacherStats, teacher: torch.nn.Module,
              student: torch.nn.Module) -> Method:
     """This job's distillation method (`loss=`), sized for this teacher and student."""
@@ -70,7 +83,8 @@ def finish(cfg: DictConfig, env: Setup, run_dir: Path, teacher: Teacher, facts: 
     measured for a whole stacked group (kdrun.record.pair_cost); else it is measured now."""
     cost = cost or pair_cost(cfg, env, teacher.model, student)
     speedup = cost["speedup"]
-    summary = {**run_header(cfg, run_dir, env), "model": cfg.student.name, "T": cfg.T, "alpha": cfg.alpha,
+    alpha = resolved_alpha(cfg.alpha, parse_params(cfg.loss, cfg.alpha))
+    summary = {**run_header(cfg, run_dir, env), "model": cfg.student.name, "T": cfg.T, "alpha": alpha,
                "loss": cfg.loss.name, "loss_options": plain_config(cfg)["loss"], **loss.summary(),
                "label_noise": cfg.dataset.label_noise, **result, **cost["student"],
                "latency": cost["latency"]["student"],
@@ -86,7 +100,7 @@ def finish(cfg: DictConfig, env: Setup, run_dir: Path, teacher: Teacher, facts: 
     write_summary(run_dir, summary)
     low, high = speedup["batch1_interval"]
     show_results([{"role": "teacher", "model": cfg.teacher.name, **summary["teacher"]},
-                  {"role": f"student loss={cfg.loss.name} T={cfg.T:g} alpha={cfg.alpha:g}", "model": cfg.student.name,
+                  {"role": f"student loss={cfg.loss.name} T={cfg.T:g} {weights_text(cfg, alpha)}", "model": cfg.student.name,
                    **summary}],
                  title="kdrun distill", notes=[f"batch-1 speedup over the teacher: {speedup['batch1']:.1f}x "
                                                f"(this measurement's 95% interval {low:.2f}-{high:.2f}x; "

@@ -77,10 +77,10 @@ def as_method(loss: Any) -> Method:
 
 @dataclass
 class MethodContext:
-    """What a builder may read: the run's top-level T and alpha, the models, data facts."""
+    """What a builder may read: the run's top-level T and alpha (None: unset), the models, data facts."""
 
     T: float
-    alpha: float
+    alpha: Optional[float]
     num_classes: int
     num_train: int
     student: Optional[nn.Module] = None
@@ -132,7 +132,7 @@ def method_spec(name: str) -> MethodSpec:
 
 def build_method(loss: Any, ctx: MethodContext) -> Method:
     """The method for the `loss` config node (name plus its options)."""
-    params = parse_params(loss)
+    params = parse_params(loss, ctx.alpha)
     return method_spec(params.name).build(params, ctx)
 
 

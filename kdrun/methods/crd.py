@@ -2,7 +2,8 @@
 
     g_s(e) = normalize(W_s e),  g_t(e) = normalize(W_t e)       (trained embeddings, dim 128)
     memory banks M_s, M_t: one unit vector per training example (buffers, saved with the run)
-    for example i with K negatives j_1..j_K (other classes' examples, drawn uniformly, "exact" mode):
+    for example i with K negatives j_1..j_K (other classes' examples, drawn uniformly, "exact" mode; distinct
+    unless K exceeds that pool, as RepDistiller draws them):
         h_t(i, j) = exp(<M_s[j], g_t(e_t,i)> / tau) / Z_t,   h_s(i, j) = exp(<M_t[j], g_s(e_s,i)> / tau) / Z_s
         (Z: the mean of exp(.) times N on the first batch, then fixed)
     NCE with noise P_n = 1/N, m = K:
@@ -49,10 +50,13 @@ def nce_loss(h: torch.Tensor, num_data: int) -> torch.Tensor:
 
 
 class NegativeSampler(nn.Module):
-    """K indices per example, uniform over the training examples of other classes (CRD's "exact" mode).
+    """K indices per example from the training examples of other classes, as RepDistiller's
+    `CIFAR100InstanceSample.__getitem__` draws them (dataset/cifar100.py, "exact" mode): without replacement
+    (K distinct negatives) when K fits in that pool, with replacement only when it does not.
 
-    Sorting the dataset by label puts each class in one block; a draw r in [0, N - n_c) skips class c's
-    block. Uses the global torch generator of the labels' device, which last.pt captures.
+    Sorting the dataset by label puts each class in one block. Distinct draws: the first K positions of a
+    random permutation that puts the anchor's own block last. With replacement: a draw r in [0, N - n_c)
+    skips class c's block. Uses the global torch generator of the labels' device, which last.pt captures.
     """
 
     def __init__(self, labels: torch.Tensor, num_classes: int) -> None:
@@ -62,8 +66,26 @@ class NegativeSampler(nn.Module):
         self.register_buffer("order", order, persistent=False)
         self.register_buffer("start", torch.cumsum(counts, 0) - counts, persistent=False)
         self.register_buffer("count", counts, persistent=False)
+        pools = [len(labels) - n for n in counts.tolist() if n > 0]  # host-side, so no step syncs to decide
+        self.smallest_pool, self.largest_pool = min(pools), max(pools)
 
     def forward(self, labels: torch.Tensor, k: int) -> torch.Tensor:
+        if k <= self.smallest_pool:
+            return self.distinct(labels, k)
+        if k > self.largest_pool:
+            return self.with_replacement(labels, k)
+        fits = (len(self.order) - self.count[labels] >= k).unsqueeze(1)
+        return torch.where(fits, self.distinct(labels, k), self.with_replacement(labels, k))
+
+    def distinct(self, labels: torch.Tensor, k: int) -> torch.Tensor:
+        """K distinct examples of other classes per anchor (needs K <= N - n_c)."""
+        position = torch.arange(len(self.order), device=labels.device)
+        start, count = self.start[labels].unsqueeze(1), self.count[labels].unsqueeze(1)
+        own = (position >= start) & (position < start + count)
+        keys = torch.rand(len(labels), len(self.order), device=labels.device).masked_fill_(own, 2.0)
+        return self.order[keys.argsort(dim=1)[:, :k]]
+
+    def with_replacement(self, labels: torch.Tensor, k: int) -> torch.Tensor:
         others = (len(self.order) - self.count[labels]).unsqueeze(1)
         r = (torch.rand(len(labels), k, device=labels.device) * others).long().clamp_max(others - 1)
         start, count = self.start[labels].unsqueeze(1), self.count[labels].unsqueeze(1)

@@ -2,9 +2,10 @@
 
 from kdrun.methods.base import LogitLoss, MethodContext, register_method
 from kdrun.methods.losses import TrueClassProbLoss
-from kdrun.methods.params import LogitParams
+from kdrun.methods.params import WeightedParams
 
 
-@register_method("kd_pt", LogitParams)
-def build(params: LogitParams, ctx: MethodContext) -> LogitLoss:
-    return LogitLoss(TrueClassProbLoss(ctx.T, ctx.alpha, ctx.num_classes, params.logit_std))
+@register_method("kd_pt", WeightedParams)
+def build(params: WeightedParams, ctx: MethodContext) -> LogitLoss:
+    ce_weight, kd_weight = params.weights(ctx.alpha)
+    return LogitLoss(TrueClassProbLoss(ctx.T, kd_weight, ctx.num_classes, params.logit_std, ce_weight))

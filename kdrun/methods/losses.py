@@ -67,17 +67,21 @@ class KDLoss:
     T^2 factor keeps its weight comparable across temperatures. The teacher's logits are
     detached: the teacher never receives a gradient. `logit_std` z-scores both logits in the KD
     term only (see `standardize`); CE always sees the raw logits.
+
+    `ce_weight` gives the explicit form papers write, `ce_weight * CE + alpha * T^2 * KL` with any
+    weights >= 0 (logit standardization: CE 0.1, KD 9); unset, it is 1 - alpha.
     """
 
-    def __init__(self, T: float, alpha: float, logit_std: bool = False) -> None:
+    def __init__(self, T: float, alpha: float, logit_std: bool = False, ce_weight: Optional[float] = None) -> None:
         self.T, self.alpha, self.logit_std = T, alpha, logit_std
+        self.ce_weight = 1 - alpha if ce_weight is None else ce_weight
 
     def __call__(self, student_logits: torch.Tensor, targets: torch.Tensor,
                  teacher_logits: torch.Tensor) -> LossParts:
         ce = F.cross_entropy(student_logits, targets)
         zs, zt = maybe_standardize(student_logits, self.logit_std), maybe_standardize(teacher_logits.detach(), self.logit_std)
         kd = soft_kl(zs, zt, self.T) * self.T**2
-        return LossParts(self.alpha * kd + (1 - self.alpha) * ce, ce, kd)
+        return LossParts(self.alpha * kd + self.ce_weight * ce, ce, kd)
 
 
 # --- Tang et al. (2020)'s knowledge levels, and decoupled KD ------------------------------------
@@ -92,13 +96,15 @@ class KDLoss:
 #     loss = alpha * T^2 * KL(q || softmax(z_s/T)) + (1 - alpha) * CE(y, z_s)
 
 
-def smoothed_targets(labels: torch.Tensor, epsilon: torch.Tensor | float, num_classes: int) -> torch.Tensor:
+def smoothed_targets(labels: torch.Tensor, epsilon: torch.Tensor | float, num_classes: int,
+                     dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """1 - epsilon on the true class, epsilon spread evenly over the other K - 1 classes.
 
     `epsilon` is the non-target mass: a float, or one value per example (kd_pt). Szegedy et
-    al.'s (1 - e) * onehot + e / K is this with epsilon = e (K - 1) / K.
+    al.'s (1 - e) * onehot + e / K is this with epsilon = e (K - 1) / K. `dtype`: the student's precision
+    when finer than float32 (float64 checks against the papers' formulas).
     """
-    epsilon = torch.as_tensor(epsilon, dtype=torch.float32, device=labels.device).expand(len(labels))
+    epsilon = torch.as_tensor(epsilon, dtype=dtype, device=labels.device).expand(len(labels))
     rest = (epsilon / (num_classes - 1)).unsqueeze(1)
     targets = rest.expand(len(labels), num_classes).clone()
     return targets.scatter_(1, labels.unsqueeze(1), (1 - epsilon).unsqueeze(1))
@@ -113,8 +119,9 @@ def class_softmax(z: torch.Tensor, log: bool = False) -> torch.Tensor:
 
 
 def true_class_prob(logits: torch.Tensor, labels: torch.Tensor, T: float = 1.0) -> torch.Tensor:
-    """softmax(z/T)[y] per example: how sure a model is of the (given) label."""
-    return F.softmax(logits.float() / T, dim=1).gather(1, labels.unsqueeze(1)).squeeze(1)
+    """softmax(z/T)[y] per example: how sure a model is of the (given) label (at least in float32: bf16 logits
+    are widened)."""
+    return F.softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)) / T, dim=1).gather(1, labels.unsqueeze(1)).squeeze(1)
 
 
 def target_kl(student_logits: torch.Tensor, targets: torch.Tensor, T: float) -> torch.Tensor:
@@ -127,22 +134,26 @@ class SyntheticTeacherLoss:
 
         loss = alpha * T^2 * KL(q || softmax(z_s/T)) + (1 - alpha) * CE(y, z_s)
 
-    The subclasses say which q; alpha and T mean what they mean in `KDLoss`.
+    The subclasses say which q; alpha, ce_weight and T mean what they mean in `KDLoss`.
     """
 
-    def __init__(self, T: float, alpha: float, num_classes: int, logit_std: bool = False) -> None:
+    def __init__(self, T: float, alpha: float, num_classes: int, logit_std: bool = False,
+                 ce_weight: Optional[float] = None) -> None:
         self.T, self.alpha, self.num_classes, self.logit_std = T, alpha, num_classes, logit_std
+        self.ce_weight = 1 - alpha if ce_weight is None else ce_weight
 
-    def targets(self, labels: torch.Tensor, teacher_logits: Optional[torch.Tensor]) -> torch.Tensor:
+    def targets(self, labels: torch.Tensor, teacher_logits: Optional[torch.Tensor],
+                dtype: torch.dtype = torch.float32) -> torch.Tensor:
         raise NotImplementedError
 
     def __call__(self, student_logits: torch.Tensor, labels: torch.Tensor,
                  teacher_logits: Optional[torch.Tensor]) -> LossParts:
         ce = F.cross_entropy(student_logits, labels)
         teacher_logits = None if teacher_logits is None else teacher_logits.detach()
-        q = self.targets(labels, maybe_standardize(teacher_logits, self.logit_std))
+        dtype = torch.promote_types(student_logits.dtype, torch.float32)
+        q = self.targets(labels, maybe_standardize(teacher_logits, self.logit_std), dtype)
         kd = target_kl(maybe_standardize(student_logits, self.logit_std), q, self.T) * self.T**2
-        return LossParts(self.alpha * kd + (1 - self.alpha) * ce, ce, kd)
+        return LossParts(self.alpha * kd + self.ce_weight * ce, ce, kd)
 
 
 class LabelSmoothingLoss(SyntheticTeacherLoss):
@@ -157,12 +168,14 @@ class LabelSmoothingLoss(SyntheticTeacherLoss):
     smoothing's: KL(q || p) = CE(q, p) - H(q).
     """
 
-    def __init__(self, T: float, alpha: float, num_classes: int, epsilon: float, logit_std: bool = False) -> None:
-        super().__init__(T, alpha, num_classes, logit_std)
+    def __init__(self, T: float, alpha: float, num_classes: int, epsilon: float, logit_std: bool = False,
+                 ce_weight: Optional[float] = None) -> None:
+        super().__init__(T, alpha, num_classes, logit_std, ce_weight)
         self.epsilon = epsilon
 
-    def targets(self, labels: torch.Tensor, teacher_logits: Optional[torch.Tensor]) -> torch.Tensor:
-        return smoothed_targets(labels, self.epsilon, self.num_classes)
+    def targets(self, labels: torch.Tensor, teacher_logits: Optional[torch.Tensor],
+                dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return smoothed_targets(labels, self.epsilon, self.num_classes, dtype)
 
 
 class TrueClassProbLoss(SyntheticTeacherLoss):
@@ -174,8 +187,10 @@ class TrueClassProbLoss(SyntheticTeacherLoss):
     rest uniformly, erasing which wrong classes the teacher found plausible.
     """
 
-    def targets(self, labels: torch.Tensor, teacher_logits: Optional[torch.Tensor]) -> torch.Tensor:
-        return smoothed_targets(labels, 1 - true_class_prob(teacher_logits, labels, self.T), self.num_classes)
+    def targets(self, labels: torch.Tensor, teacher_logits: Optional[torch.Tensor],
+                dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        mass = 1 - true_class_prob(teacher_logits, labels, self.T)
+        return smoothed_targets(labels, mass, self.num_classes, dtype)
 
 
 class ClassSimilarityLoss(SyntheticTeacherLoss):
@@ -187,11 +202,13 @@ class ClassSimilarityLoss(SyntheticTeacherLoss):
     which carries which classes resemble which, but nothing about the example itself.
     """
 
-    def __init__(self, T: float, alpha: float, class_matrix: torch.Tensor, logit_std: bool = False) -> None:
-        super().__init__(T, alpha, class_matrix.shape[0], logit_std)
+    def __init__(self, T: float, alpha: float, class_matrix: torch.Tensor, logit_std: bool = False,
+                 ce_weight: Optional[float] = None) -> None:
+        super().__init__(T, alpha, class_matrix.shape[0], logit_std, ce_weight)
         self.class_matrix = class_matrix
 
-    def targets(self, labels: torch.Tensor, teacher_logits: Optional[torch.Tensor]) -> torch.Tensor:
+    def targets(self, labels: torch.Tensor, teacher_logits: Optional[torch.Tensor],
+                dtype: torch.dtype = torch.float32) -> torch.Tensor:
         return self.class_matrix.to(labels.device)[labels]
 
 

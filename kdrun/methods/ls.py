@@ -21,4 +21,6 @@ def build(params: LSParams, ctx: MethodContext) -> LabelSmoothing:
     from_teacher = params.epsilon is None
     epsilon = ctx.teacher_stats.epsilon if from_teacher else params.epsilon
     source = f"the teacher's mean non-target mass at T={ctx.T:g}" if from_teacher else "loss.epsilon"
-    return LabelSmoothing(LabelSmoothingLoss(ctx.T, ctx.alpha, ctx.num_classes, epsilon, params.logit_std), source)
+    ce_weight, kd_weight = params.weights(ctx.alpha)
+    return LabelSmoothing(LabelSmoothingLoss(ctx.T, kd_weight, ctx.num_classes, epsilon, params.logit_std, ce_weight),
+                          source)

@@ -18,6 +18,12 @@ with the authors' CIFAR weights (CE 0.1, KD 0.9, T = 4), is
 The authors train on a weak and a strong (AutoAugment-style) view of each batch and add the
 strong view's CE and L_ins; kdrun uses the one view the dataset gives (so the "2" and "1 +" above are the
 strong view's CE and L_ins evaluated on that same view). Top-level alpha is unused.
+
+`logit_std` z-scores the logits of L_ins alone, as the logit-standardization authors' MLKD does (Sun et al.
+2024, github.com/sunshangquan/logit-standardization-KD, mdistiller/distillers/MLKD.py: `kd_loss` takes
+`logit_stand`, `cc_loss` and `bc_loss` do not); L_bc, L_cc and the masks see the raw logits. The MLKD authors
+have no standardization, so there is no second variant to offer. Their recipe (README, `--logit-stand
+--base-temp 2 --kd-weight 9`): T=2, loss.ce_weight=0.1, loss.kd_weight=9.
 """
 
 from __future__ import annotations
@@ -26,12 +32,13 @@ import torch
 import torch.nn.functional as F
 
 from kdrun.methods.base import Batch, Method, MethodContext, register_method
-from kdrun.methods.losses import LossParts, maybe_standardize
+from kdrun.methods.losses import LossParts, maybe_standardize, soft_kl
 from kdrun.methods.params import MLKDParams
 
 
-def instance_level(ps: torch.Tensor, pt: torch.Tensor, log_ps: torch.Tensor, T: float) -> torch.Tensor:
-    return (pt * (pt.clamp_min(1e-12).log() - log_ps)).sum(1).mean() * T**2
+def instance_level(zs: torch.Tensor, zt: torch.Tensor, T: float) -> torch.Tensor:
+    """T^2 KL(softmax(z_t/T) || softmax(z_s/T)), batchmean, in log space."""
+    return soft_kl(zs, zt, T) * T**2
 
 
 def batch_level(ps: torch.Tensor, pt: torch.Tensor) -> torch.Tensor:
@@ -46,8 +53,8 @@ def median_masks(teacher_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
     """Share of examples, and of classes, at or below the median teacher confidence (numpy's percentile 50)."""
     probs = F.softmax(teacher_logits, dim=1)
     confidence, class_confidence = probs.max(1).values, probs.sum(0)
-    share = (confidence <= torch.quantile(confidence, 0.5)).float().mean()
-    class_share = (class_confidence <= torch.quantile(class_confidence, 0.5)).float().mean()
+    share = (confidence <= torch.quantile(confidence, 0.5)).to(probs.dtype).mean()  # the logits' precision
+    class_share = (class_confidence <= torch.quantile(class_confidence, 0.5)).to(probs.dtype).mean()
     return share, class_share
 
 
@@ -57,19 +64,19 @@ class MLKD(Method):
         self.temperatures, self.ce_weight, self.kd_weight, self.logit_std = temperatures, ce_weight, kd_weight, logit_std
 
     def levels(self, zs: torch.Tensor, zt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(L_ins, L_bc, L_cc), each summed over the temperatures."""
+        """(L_ins, L_bc, L_cc), each summed over the temperatures; `logit_std` applies to L_ins only."""
+        zs_ins, zt_ins = maybe_standardize(zs, self.logit_std), maybe_standardize(zt, self.logit_std)
         ins = bc = cc = zs.new_zeros(())
         for T in self.temperatures:
-            log_ps = F.log_softmax(zs / T, dim=1)
-            ps, pt = log_ps.exp(), F.softmax(zt / T, dim=1)
-            ins, bc, cc = ins + instance_level(ps, pt, log_ps, T), bc + batch_level(ps, pt), cc + class_level(ps, pt)
+            ps, pt = F.softmax(zs / T, dim=1), F.softmax(zt / T, dim=1)
+            ins, bc, cc = ins + instance_level(zs_ins, zt_ins, T), bc + batch_level(ps, pt), cc + class_level(ps, pt)
         return ins, bc, cc
 
     def forward(self, batch: Batch) -> LossParts:
         ce = F.cross_entropy(batch.logits, batch.labels)
         teacher = batch.teacher_logits.detach()
         share, class_share = median_masks(teacher)
-        ins, bc, cc = self.levels(maybe_standardize(batch.logits, self.logit_std), maybe_standardize(teacher, self.logit_std))
+        ins, bc, cc = self.levels(batch.logits, teacher)
         kd = ins * (1 + share) + cc * class_share + bc * share
         return LossParts(self.ce_weight * 2 * ce + self.kd_weight * kd, ce, kd)
 

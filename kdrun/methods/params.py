@@ -20,6 +20,17 @@ def _require(ok: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+def _non_negative(params: Any, keys: tuple[str, ...]) -> None:
+    """Loss weights are >= 0 and unbounded (papers write CE 0.1 + KD 9); an unset one (None) is left alone."""
+    for key in keys:
+        value = getattr(params, key)
+        _require(value is None or value >= 0, f"loss.{key} must be >= 0 (got {value})")
+
+
+DEFAULT_ALPHA = 0.9
+"""The classic form's KD weight when top-level alpha is unset: RepDistiller's and mdistiller's CE 0.1 + KD 0.9."""
+
+
 @dataclass
 class Params:
     """Every method's options start here; `name` picks the method."""
@@ -36,6 +47,40 @@ class LogitParams(Params):
 
 
 @dataclass
+class WeightedParams(LogitParams):
+    """The KD-family losses (kd, ls, kd_pt, kd_sim) weigh CE and KD one of two ways: the classic top-level
+    alpha (KD alpha, CE 1 - alpha; unset: DEFAULT_ALPHA), or explicit ce_weight and kd_weight as a paper writes
+    them (logit standardization's CE 0.1 + KD 9), which alpha in [0, 1] cannot express. One form per run."""
+
+    ce_weight: Optional[float] = None
+    kd_weight: Optional[float] = None
+
+    def __post_init__(self) -> None:
+        _non_negative(self, ("ce_weight", "kd_weight"))
+        _require((self.ce_weight is None) == (self.kd_weight is None), "loss.ce_weight and loss.kd_weight are set "
+                 f"together (got {self.ce_weight} and {self.kd_weight}); e.g. loss.ce_weight=0.1 loss.kd_weight=9")
+
+    def explicit(self) -> bool:
+        return self.kd_weight is not None
+
+    def weights(self, alpha: Optional[float]) -> tuple[float, float]:
+        """(CE weight, KD weight) of this run; alpha and the explicit weights both set is refused."""
+        if not self.explicit():
+            kd = DEFAULT_ALPHA if alpha is None else alpha
+            return 1 - kd, kd
+        _require(alpha is None, f"alpha={alpha} and loss.ce_weight/loss.kd_weight both weight the loss; use one "
+                 "form: drop alpha (alpha=null) or drop loss.ce_weight and loss.kd_weight")
+        return self.ce_weight, self.kd_weight
+
+
+def resolved_alpha(alpha: Optional[float], params: Params) -> Optional[float]:
+    """The alpha a run used, for its summary: DEFAULT_ALPHA when unset; None when the loss gives explicit weights."""
+    if isinstance(params, WeightedParams) and params.explicit():
+        return None
+    return DEFAULT_ALPHA if alpha is None else alpha
+
+
+@dataclass
 class FeatureParams(LogitParams):
     """ce_weight, kd_weight: CE and Hinton-KD (at top-level T) weights; beta: the feature term's weight.
 
@@ -47,8 +92,7 @@ class FeatureParams(LogitParams):
     beta: float = 1.0
 
     def __post_init__(self) -> None:
-        for key in ("ce_weight", "kd_weight", "beta"):
-            _require(getattr(self, key) >= 0, f"loss.{key} must be >= 0 (got {getattr(self, key)})")
+        _non_negative(self, ("ce_weight", "kd_weight", "beta"))
 
 
 @dataclass
@@ -88,12 +132,13 @@ class FitNetParams(FeatureParams):
 
 
 @dataclass
-class LSParams(LogitParams):
+class LSParams(WeightedParams):
     """epsilon: the non-target mass; null matches the teacher's average at T on the training set."""
 
     epsilon: Optional[float] = None
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         _require(self.epsilon is None or 0 <= self.epsilon < 1,
                  f"loss.epsilon must be in [0, 1) or null to match the teacher (got {self.epsilon})")
 
@@ -103,6 +148,9 @@ class MLKDParams(LogitParams):
     ce_weight: float = 0.1
     kd_weight: float = 0.9
     temperatures: list = field(default_factory=lambda: [2.0, 3.0, 5.0, 6.0])  # besides the top-level T
+
+    def __post_init__(self) -> None:
+        _non_negative(self, ("ce_weight", "kd_weight"))
 
 
 @dataclass
@@ -141,8 +189,9 @@ class DKDParams(LogitParams):
         _require(self.warmup >= 0, f"loss.warmup must be >= 0 epochs (got {self.warmup})")
 
 
-def parse_params(loss: Any) -> Any:
-    """The `loss` config node as the method's typed schema: unknown keys, wrong types and ranges fail here."""
+def parse_params(loss: Any, alpha: Optional[float] = None) -> Any:
+    """The `loss` config node as the method's typed schema: unknown keys, wrong types and ranges fail here, and
+    so does a KD-family loss given both weight forms (the run's top-level `alpha` and explicit weights)."""
     given = dict(loss) if isinstance(loss, dict) else OmegaConf.to_container(loss, resolve=True)
     name = given.get("name")
     if name not in PARAMS:
@@ -153,14 +202,17 @@ def parse_params(loss: Any) -> Any:
         raise ConfigError(f"loss '{name}' has no option {', '.join(unknown)}; its options: "
                           f"{', '.join(sorted(known - {'name'}))}")
     try:
-        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(PARAMS[name]), given))
+        params = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(PARAMS[name]), given))
     except OmegaConfBaseException as error:
         text = str(error).splitlines()[0]
         raise ConfigError(f"invalid value for loss.{getattr(error, 'key', '') or ''}: {text}") from None
+    if isinstance(params, WeightedParams):
+        params.weights(alpha)
+    return params
 
 
 PARAMS: dict[str, type] = {
-    "ce": Params, "kd": LogitParams, "kd_pt": LogitParams, "kd_sim": LogitParams, "ls": LSParams, "dkd": DKDParams,
+    "ce": Params, "kd": WeightedParams, "kd_pt": WeightedParams, "kd_sim": WeightedParams, "ls": LSParams, "dkd": DKDParams,
     "mlkd": MLKDParams, "dist": DISTParams, "fitnet": FitNetParams, "at": ATParams, "rkd": RKDParams,
     "pkt": PKTParams, "crd": CRDParams, "reviewkd": ReviewKDParams,
 }

@@ -10,9 +10,10 @@ as in mdistiller:
         HCL(o, t) = [ mse(o, t) + sum_{l in 4,2,1; l < size} 2^-k mse(pool_l(o), pool_l(t)) ] / (1 + sum 2^-k)
     loss = CE + beta * min(epoch / warmup, 1) * sum_i HCL(out_i, t_i)     (beta = 1, warmup = 20 epochs)
 
-Levels: the k deepest spatial stages of each model (k = the smaller count) plus the embedding.
-mdistiller reads the teacher's pre-activation features; kdrun reads stage outputs (the hooks'
-one definition for every model).
+Levels: the k deepest spatial stages of each model (k = the smaller count) plus the embedding: the
+authors' pairing for every CIFAR zoo pair (dvlab-research/ReviewKD, CIFAR-100/model/reviewkd.py).
+The authors (and mdistiller) read the teacher's pre-activation features; kdrun reads stage outputs
+(the hooks' one definition for every model): docs/methods.md, "ReviewKD's features".
 """
 
 from __future__ import annotations

@@ -39,9 +39,12 @@ def save(figure: Figure, axes: Axes, path: Path) -> Path:
 
 
 def line_label(row: Row) -> str:
-    """One line per alpha (and per value of any other swept key but T)."""
+    """One line per alpha (and per value of any other swept key but T); a run weighted by explicit
+    loss.ce_weight/loss.kd_weight has no alpha (None in its summary)."""
+    alpha = row.field("alpha")
     others = [f"{k}={v}" for k, v in row.setting.items() if k not in ("T", "alpha")]
-    return ", ".join([f"alpha={row.field('alpha'):g}", *others])
+    named = [f"alpha={alpha:g}"] if alpha is not None else []
+    return ", ".join(named + others) or "explicit loss weights"
 
 
 def teachers(rows: list[Row]) -> dict[tuple[str, str], Row]:

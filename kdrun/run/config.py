@@ -143,7 +143,7 @@ class DistillConfig(TrainStudentConfig):
 
     command: str = "distill"
     T: float = 4.0
-    alpha: float = 0.9
+    alpha: Optional[float] = None  # KD weight of the classic form; None: 0.9, or loss.ce_weight + loss.kd_weight
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     teacher_epoch: Optional[int] = None  # distill from the teacher's snapshot after this epoch of its recipe
     # The distillation method (conf/loss/<name>.yaml); its options are typed by the method's own

@@ -137,7 +137,7 @@ def _check(cfg: DictConfig) -> None:
     if "loss" in cfg:
         from kdrun.methods.params import parse_params  # torch-free: the methods' options alone
 
-        parse_params(cfg.loss)
+        parse_params(cfg.loss, cfg.get("alpha"))
 
 
 def _compose(config_name: str, overrides: list[str], check: bool = True, resolve: bool = True) -> DictConfig:

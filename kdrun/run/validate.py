@@ -93,7 +93,7 @@ def validate(cfg: Any) -> None:
         _validate_optim(cfg.optim, "optim")
     if "T" in cfg:
         _check(cfg.T > 0, f"T must be > 0 (got {cfg.T}); the temperature divides the logits, try T=4")
-        _check(0 <= cfg.alpha <= 1, f"alpha must be in [0, 1] (got {cfg.alpha}); it weights the KD term, try alpha=0.9")
+        _check(cfg.alpha is None or 0 <= cfg.alpha <= 1, f"alpha must be in [0, 1] (got {cfg.alpha}); it weights the KD term, try alpha=0.9")
     if "loss" in cfg:
         _validate_loss(cfg.loss)
     if "probe_examples" in cfg:

@@ -43,7 +43,8 @@ from kdrun.train.state import CheckpointSchedule
 class Member:
     """One job of a group: its student (initial weights in, trained weights out) and what it trains with.
 
-    `kd` is (T, alpha) for the KD loss, None for hard labels alone; `probe_T` the temperature of its
+    `kd` is (T, CE weight, KD weight) for the KD loss (1 - alpha, alpha in the classic form), None for hard labels
+    alone; `probe_T` the temperature of its
     gradient-rescaling probe (None: no probe). `on_epoch` records an epoch's row; `checkpoint`
     writes the job's last.pt; `state` is a last.pt to continue from. After training, `history`
     holds the rows and `failed` says why the job stopped early, if it did.
@@ -72,8 +73,8 @@ class StackedKDLoss:
         if self.kd:
             per_job = lambda values: torch.tensor(values, device=device)  # noqa: E731
             self.T = per_job([m.kd[0] for m in members]).view(-1, 1, 1)
-            self.T2, self.alpha = per_job([m.kd[0] ** 2 for m in members]), per_job([m.kd[1] for m in members])
-            self.rest = per_job([1 - m.kd[1] for m in members])
+            self.T2, self.alpha = per_job([m.kd[0] ** 2 for m in members]), per_job([m.kd[2] for m in members])
+            self.rest = per_job([m.kd[1] for m in members])
 
     def __call__(self, logits: torch.Tensor, labels: torch.Tensor,
                  teacher: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
