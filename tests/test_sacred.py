@@ -148,3 +148,104 @@ def test_ctrl_c_in_the_first_moments_is_one_line_not_a_traceback(workdir):
         # 130 from kdrun's handlers; killed by SIGINT itself (-2) if it lands before Python installs its own
         assert job.returncode in (130, -signal.SIGINT) and "Traceback" not in err, err
         assert not list((workdir / "outputs").rglob("summary.json"))
+
+
+# --- data that hangs or hides where it failed ----------------------------------------------------
+
+def test_a_fifo_in_an_image_folder_is_skipped_and_never_opened(tmp_path):
+    import os
+
+    from kdrun.core.errors import KdrunError
+    from kdrun.data.stream import image_folder, read_image
+    from kdrun.data.synthetic import write_image_folder
+
+    root = write_image_folder(tmp_path / "imgs", classes=2, train_per_class=2, val_per_class=1, size=(8, 8))
+    fifo = root / "train" / "class0" / "blocks.png"
+    os.mkfifo(fifo)
+    data = image_folder(root, download=False, augment=False, image_size=8)
+    assert data.train_size == 4, "the FIFO is no image"
+    with pytest.raises(KdrunError, match="blocks.png is not a regular file"):
+        read_image(str(fifo))  # returns at once: a FIFO is never opened
+
+
+def test_a_corrupt_image_names_its_path_in_one_line(workdir):
+    from kdrun.data.synthetic import write_image_folder
+
+    root = write_image_folder(workdir / "imgs", classes=2, train_per_class=3, val_per_class=1, size=(8, 8))
+    bad = root / "train" / "class1" / "00001.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"not really a png" * 4)
+    (workdir / "outputs").mkdir()
+    result = kdrun(workdir, "train-student", *[a for a in ONE_EPOCH if not a.startswith("dataset")],
+                   "dataset=image_folder", f"dataset.data_dir={root}", "dataset.image_size=8",
+                   "optim.batch_size=2", "hydra.run.dir=outputs/corrupt")
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and lines[-1].startswith(f"kdrun: error: cannot read image {bad}"), result.stderr
+    assert "Traceback" not in result.stderr and not (workdir / "outputs/corrupt/summary.json").exists()
+
+
+def test_an_edited_kdrun_checkpoint_is_named_field_by_field(tmp_path):
+    import torch
+
+    from kdrun.core.errors import KdrunError
+    from kdrun.models.checkpoint import read_weights, save_checkpoint
+
+    path = tmp_path / "model.pt"
+    save_checkpoint(path, torch.nn.Linear(4, 3), arch="mlp", arch_kwargs={}, num_classes=3, input_shape=(4,),
+                    dataset="fake", config={}, metrics={})
+    assert read_weights(path).arch == "mlp"
+    payload = torch.load(path, weights_only=True)
+    for field, value, words in (("arch", None, "without its 'arch' field"),
+                                ("num_classes", "ten", "'num_classes' must be an integer >= 1"),
+                                ("input_shape", [0, -1], "'input_shape' must be a list of positive integers")):
+        edited = dict(payload)
+        if value is None:
+            del edited[field]
+        else:
+            edited[field] = value
+        torch.save(edited, path)
+        with pytest.raises(KdrunError, match=words):
+            read_weights(path)
+
+
+# --- failures outside kdrun's own errors ---------------------------------------------------------
+
+BUILDERS = '''
+import sys
+import torch
+
+def exits(num_classes, input_shape):
+    sys.exit(0)
+
+def broken(num_classes, input_shape):
+    return {}["nope"]
+
+class NoParameters(torch.nn.Module):
+    def __init__(self, num_classes, input_shape):
+        super().__init__()
+        self.num_classes = num_classes
+
+    def forward(self, x):
+        return torch.zeros(x.shape[0], self.num_classes)
+'''
+
+
+@pytest.mark.parametrize("target, words", [
+    ("exits", "user code called sys.exit(0) before the run finished"),
+    ("broken", "KeyError: 'nope' (unexpected; the traceback is in "),
+    ("NoParameters", "has no trainable parameters"),
+    ("syntax", "cannot import target 'syntax_error:build' (SyntaxError"),
+])
+def test_failures_in_user_code_leave_a_failed_status_and_one_line(workdir, target, words):
+    (workdir / "builders.py").write_text(BUILDERS)
+    (workdir / "syntax_error.py").write_text("def build(:\n")
+    module = "syntax_error:build" if target == "syntax" else f"builders:{target}"
+    (workdir / "outputs").mkdir()
+    result = kdrun(workdir, "train-student", *ONE_EPOCH, "student=custom", f"student.target={module}",
+                   "hydra.run.dir=outputs/user", env={"PYTHONPATH": str(workdir)})
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and words in lines[-1] and "Traceback" not in result.stderr, result.stderr
+    status = yaml.safe_load((workdir / "outputs/user/status.json").read_text())
+    assert status["status"] == "failed" and words in status["error"]
+    assert not (workdir / "outputs/user/summary.json").exists()
+    if target == "broken":
+        assert "Traceback" in next((workdir / "outputs/user").glob("*.log")).read_text(), "the log keeps the traceback"

@@ -15,6 +15,9 @@ continues with exactly the batches it would have had. The batch order is the eng
 
 from __future__ import annotations
 
+import os
+import stat
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
@@ -22,7 +25,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from kdrun.core.distributed import context
-from kdrun.core.errors import KdrunError
+from kdrun.core.errors import KdrunError, first_line
 from kdrun.core.jobenv import usable_cpus
 from kdrun.core.runtime import memory_format
 from kdrun.data.base import EVAL_BATCH, Batch, EpochPlan, register_dataset
@@ -48,6 +51,51 @@ def transforms(image_size: int, augment: bool) -> tuple[Any, Any]:
     return T.Compose([T.RandomResizedCrop(image_size), T.RandomHorizontalFlip(), *normalise]), evaluation
 
 
+# Every image read is bounded: a regular file (a FIFO would block for ever) of at most this size, decoded to at
+# most PIL's own pixel limit (beyond it PIL raises DecompressionBombError instead of exhausting memory).
+MAX_IMAGE_BYTES = 256 << 20
+
+
+def regular_image(path: str) -> bool:
+    """ImageFolder's `is_valid_file`: an image by its extension, and a regular file (not a FIFO, socket, device)."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
+    try:
+        return path.lower().endswith(IMG_EXTENSIONS) and stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
+def read_image(path: str) -> Any:
+    """One image as RGB, or a one-line error naming its path and why it cannot be used."""
+    from PIL import Image
+
+    try:
+        info = os.stat(path)
+        if not stat.S_ISREG(info.st_mode):
+            raise KdrunError(f"{path} is not a regular file (a FIFO, socket or device); remove it from the dataset")
+        if info.st_size > MAX_IMAGE_BYTES:
+            raise KdrunError(f"{path} is {info.st_size >> 20} MiB, over the {MAX_IMAGE_BYTES >> 20} MiB limit for "
+                             "one image; shrink or remove it")
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except (OSError, ValueError, Image.DecompressionBombError) as error:
+        raise KdrunError(f"cannot read image {path} ({type(error).__name__}: {first_line(error)}); "
+                         "replace or remove it") from None
+
+
+@contextmanager
+def worker_errors_named() -> Iterator[None]:
+    """A kdrun error raised inside a DataLoader worker arrives wrapped in the worker's traceback: keep its line."""
+    try:
+        yield
+    except Exception as error:
+        text, marker = str(error), "KdrunError: "
+        if not (text.startswith("Caught KdrunError in DataLoader worker") and marker in text):
+            raise
+        raise KdrunError(text.rsplit(marker, 1)[1].strip().splitlines()[0]) from None
+
+
 class SeededSamples(Dataset):
     """`samples[(index, seed)]`: one image, transformed with torch's generator seeded by `seed`.
 
@@ -64,7 +112,7 @@ class SeededSamples(Dataset):
     def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, int]:
         index, seed = key
         path, label = self.folder.samples[index]
-        image = self.folder.loader(path)
+        image = read_image(path)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             return self.transform(image), label
@@ -134,9 +182,10 @@ class StreamingData:
         loader, planned = self._loader(split, device)
         planned.batches = batches
         layout = memory_format(device, 4)
-        for inputs, labels in loader:
-            yield (inputs.to(device, memory_format=layout, non_blocking=True),
-                   labels.to(device, non_blocking=True))
+        with worker_errors_named():
+            for inputs, labels in loader:
+                yield (inputs.to(device, memory_format=layout, non_blocking=True),
+                       labels.to(device, non_blocking=True))
 
     def train_batches(self, plan: EpochPlan, device: torch.device, augment_rng: Optional[torch.Generator]
                       ) -> Iterator[Batch]:
@@ -183,8 +232,9 @@ def image_folder(root: Path, download: bool, augment: bool, image_size: int = 22
     """Any `DIR/{train,val}/<class>/<image>` tree (torchvision's ImageFolder: jpg, png, ...)."""
     from torchvision.datasets import ImageFolder
 
-    train = _folder(ImageFolder, root / "train", "an image folder (DIR/train/<class>/<image>)")
-    test = _folder(ImageFolder, root / "val", "an image folder (DIR/val/<class>/<image>)")
+    train = _folder(ImageFolder, root / "train", "an image folder (DIR/train/<class>/<image>)",
+                    is_valid_file=regular_image)
+    test = _folder(ImageFolder, root / "val", "an image folder (DIR/val/<class>/<image>)", is_valid_file=regular_image)
     _check_classes(train, test, root)
     return StreamingData("image_folder", train, test, image_size, augment)
 

@@ -130,6 +130,7 @@ def read_weights(path: Path) -> Weights:
     payload = load_payload(path, allowed=(argparse.Namespace,))
     sha256 = file_sha256(path)
     if isinstance(payload, dict) and payload.get("format") == CHECKPOINT_FORMAT:
+        check_fields(path, payload)
         return Weights("kdrun", payload["state_dict"], sha256, payload["arch"], payload["arch_kwargs"],
                        payload["num_classes"], tuple(payload["input_shape"]), payload["dataset"], payload["metrics"])
     if isinstance(payload, dict) and _is_state_dict(payload.get("model")):
@@ -140,6 +141,31 @@ def read_weights(path: Path) -> Weights:
         return Weights("state_dict", _without_prefix(payload, "module."), sha256)
     raise KdrunError(f"{path} is not a checkpoint kdrun can read (found {_describe(payload)}); pass {FORMATS} "
                      "(a dict of tensors)")
+
+
+# kdrun's own format, field by field: what each must be, in words for the one-line error.
+FIELDS = {
+    "arch": (lambda v: isinstance(v, str) and bool(v), "a model name"),
+    "arch_kwargs": (lambda v: isinstance(v, dict), "a dict of the model's options"),
+    "num_classes": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1, "an integer >= 1"),
+    "input_shape": (lambda v: isinstance(v, (list, tuple)) and len(v) >= 1
+                    and all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in v),
+                    "a list of positive integers"),
+    "dataset": (lambda v: isinstance(v, str), "a dataset name"),
+    "metrics": (lambda v: isinstance(v, dict), "a dict"),
+    "state_dict": (lambda v: _is_state_dict(v), "a dict of tensors"),
+}
+
+
+def check_fields(path: Path, payload: dict[str, Any]) -> None:
+    """A kdrun checkpoint whose fields someone edited or truncated fails in one line, not in a KeyError."""
+    for name, (valid, meaning) in FIELDS.items():
+        if name not in payload:
+            raise KdrunError(f"{path} is a kdrun checkpoint without its '{name}' field; it was damaged or edited: "
+                             "pass an intact checkpoint, or train the model again")
+        if not valid(payload[name]):
+            raise KdrunError(f"{path}: the checkpoint's '{name}' must be {meaning} (got {_describe(payload[name])}); "
+                             "it was damaged or edited: pass an intact checkpoint, or train the model again")
 
 
 def _peer_weights(payload: dict[str, Any], sha256: str) -> Weights:

@@ -15,7 +15,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from kdrun.core.errors import KdrunError
+from kdrun.core.errors import KdrunError, first_line
 from kdrun.models.registry import register_model
 
 
@@ -24,9 +24,9 @@ def import_target(target: str) -> Callable[..., Any]:
     module_name, _, attribute = target.partition(":") if ":" in target else target.rpartition(".")
     try:
         found = getattr(importlib.import_module(module_name), attribute) if module_name and attribute else None
-    except (ImportError, AttributeError) as error:
-        raise KdrunError(f"cannot import target '{target}' ({error}); give module:function, with the module "
-                         "on PYTHONPATH") from None
+    except Exception as error:  # noqa: BLE001 - the user's module failed to load (missing, SyntaxError, ...)
+        raise KdrunError(f"cannot import target '{target}' ({type(error).__name__}: {first_line(error)}); give "
+                         "module:function, with the module on PYTHONPATH") from None
     if not callable(found):
         raise KdrunError(f"target '{target}' is not a function or class; give module:function returning an nn.Module")
     return found

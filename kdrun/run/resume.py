@@ -16,6 +16,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from kdrun.core.errors import KdrunError
+from kdrun.methods.params import DEFAULT_ALPHA
 from kdrun.run.replay import Consent, check_replayable
 from kdrun.run.rundir import HYDRA, LAST, SUMMARY, check_not_in_use
 
@@ -106,8 +107,14 @@ def resume_overrides(config_name: str, args: list[str], consent: Consent = Conse
 NOT_TRAINING = ("resume", "latency", "progress")
 
 
+# Keys whose default became null (unset) in a later kdrun, and the value unset means: a run saved with that
+# value resumes as if it had been saved unset (alpha: 0.9 before explicit loss weights existed).
+UNSET_MEANS = {"alpha": DEFAULT_ALPHA}
+
+
 def check_same_config(run_dir: Path, saved: dict[str, Any], now: dict[str, Any]) -> None:
     """A run continues only with the training config it started with: refuse it if that differs."""
+    now = {**now, **{k: v for k, v in UNSET_MEANS.items() if k in now and now[k] is None and saved.get(k) == v}}
     changed = differences({k: v for k, v in saved.items() if k not in NOT_TRAINING},
                           {k: v for k, v in now.items() if k not in NOT_TRAINING})
     if changed:

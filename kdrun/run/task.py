@@ -7,9 +7,9 @@ job of a sweep) and holds the job's run dir (`kdrun.run.rundir.owned`) while it 
 How a job ends, the interface a launcher relies on (the basic, joblib and submitit launchers,
 and any launcher that runs jobs of a sweep its own way):
 - finished: `summary.json` in its run dir; the return value is the final test accuracy.
-- failed (a bad value, NaN loss, full disk, out of memory, a missing file; in a sweep also
-  any unexpected error): `status.json` `{"status": "failed", "error": <one line>}` and that
-  line on stderr. A single run exits 2; a job of a sweep returns NaN, so the launcher goes on
+- failed (a bad value, NaN loss, full disk, out of memory, a missing file, sys.exit() or any
+  other error in user code or kdrun, whose traceback goes to the run's log file):
+  `status.json` `{"status": "failed", "error": <one line>}` and that line on stderr. A single run exits 2; a job of a sweep returns NaN, so the launcher goes on
   with the other jobs, and `kdrun.sweep.callbacks.ReportCallback` lists it and exits 2 at the end.
 - interrupted (SIGINT/SIGTERM): it stops after its current step, checkpoints `last.pt`,
   `status.json` says `interrupted` and how to resume, and the process exits 130/143.
@@ -20,9 +20,11 @@ resume=SWEEP_DIR` (kdrun.sweep.resume) reruns the jobs that did not finish.
 from __future__ import annotations
 
 import importlib
+import logging
 import math
 import os
 import sys
+import traceback
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -119,16 +121,26 @@ def run_owned(cfg: DictConfig, run_dir: Path, multirun: bool) -> float | None:
                     return importlib.import_module(f"kdrun.commands.{cfg.command}").run(cfg, run_dir)
                 except Interrupted as interrupted:
                     stop_interrupted(cfg, run_dir, interrupted, stop.exit_code)
-        except Exception as error:  # noqa: BLE001 - sorted by failure_message; a bug outside a sweep keeps its traceback
+                except SystemExit as exiting:  # sys.exit() in user code (a custom model's builder): not finished
+                    raise KdrunError(f"user code called sys.exit({exiting.code}) before the run finished (a custom "
+                                     "model or dataset?); remove that call") from None
+        except Exception as error:  # noqa: BLE001 - every failure ends in status.json and one line
             if isinstance(error, BrokenPipeError) and (run_dir / SUMMARY).exists():
                 return None  # finished; only its closing table found no reader (`| head`)
-            message = failure_message(error)
-            if message is None and not multirun:
-                raise
-            message = message or f"{type(error).__name__}: {first_line(error)} (unexpected; rerun this job alone " \
-                                 "with HYDRA_FULL_ERROR=1 for the traceback)"
+            message = failure_message(error) or unexpected(error, run_dir)
             return job_failed(fail(message, run_dir), multirun)
     return None
+
+
+def unexpected(error: Exception, run_dir: Path) -> str:
+    """The one line for a failure kdrun has no words for (a bug, an error in user code); its traceback goes to
+    the run's log file, where a bug report can quote it."""
+    logs = [h for h in logging.getLogger().handlers if isinstance(h, logging.FileHandler)]
+    for handler in logs:
+        handler.stream.write("".join(traceback.format_exception(error)))
+        handler.flush()
+    where = f"the traceback is in {logs[0].baseFilename}" if logs else "HYDRA_FULL_ERROR=1 shows the traceback"
+    return f"{type(error).__name__}: {first_line(error)} (unexpected; {where})"
 
 
 OUT_OF_MEMORY = ("out of memory", "can't allocate memory")  # CUDA's and the CPU allocator's words

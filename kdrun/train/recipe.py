@@ -8,6 +8,8 @@ from typing import Any, Iterable
 import torch
 from torch import nn
 
+from kdrun.core.errors import KdrunError
+
 
 @dataclass(frozen=True)
 class Recipe:
@@ -32,6 +34,9 @@ def make_optimizer(model: nn.Module, recipe: Recipe, extra: Iterable[nn.Paramete
     """The optimiser of the model's parameters (and `extra` ones: a method's connectors) and a per-epoch
     learning-rate schedule."""
     params = [*model.parameters(), *extra]
+    if not any(p.requires_grad for p in params):
+        raise KdrunError(f"the model to train ({type(model).__name__}) has no trainable parameters, so there is "
+                         "nothing to train; check the model (a custom target, or its kwargs)")
     if recipe.optimizer == "sgd":
         optimizer = torch.optim.SGD(params, lr=recipe.lr, momentum=recipe.momentum,
                                     weight_decay=recipe.weight_decay, nesterov=recipe.nesterov)
