@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+from contextlib import ExitStack
 from dataclasses import dataclass
 
 from kdrun.core.errors import KdrunError
@@ -96,47 +97,73 @@ def run_command(argv: list[str]) -> int:
     from kdrun.run.help import command_help
     from kdrun.run.outdir import pin_output_dir
     from kdrun.run.preflight import check_overrides
-    from kdrun.run.replay import split_consent
-    from kdrun.run.resume import is_resume, launch_dir, resume_overrides, resume_target
-    from kdrun.sweep.resume import is_stacked_sweep, is_sweep_dir, resume_sweep, stacked_resume_overrides
+    from kdrun.run.resume import is_resume
+    from kdrun.run.rundir import owned
 
     register_schemas()
     if under_torchrun():  # rank 0 alone checks, holds and writes the run dir (kdrun.run.rundir)
         follow_rank(int(os.environ.get("RANK", "0")))
-    if not any(flag in rest for flag in COMPLETION_FLAGS):
-        try:
-            resuming = is_resume(rest)
-            if resuming:
-                rest, consent = split_consent(rest)
-                target = resume_target(rest)
-                if is_sweep_dir(target):
-                    if not is_stacked_sweep(target):
-                        return resume_sweep(name, command.config_name, target, consent)
-                    # its own launcher runs it again, so its groups train stacked again
-                    rest, hydra_file = stacked_resume_overrides(command.config_name, target, consent), target / MULTIRUN
-                else:
-                    rest, hydra_file = resume_overrides(command.config_name, rest, consent), target / HYDRA / "hydra.yaml"
-                os.chdir(launch_dir(hydra_file))  # relative paths in its config mean what they did
-            overrides = [a for a in rest if ("=" in a or a.startswith("~")) and not a.startswith("-")]
-            check_overrides(command.config_name, overrides)
-            if any(a in ("-m", "--multirun") for a in rest) and any(a in ("--cfg", "-c") for a in rest):
-                raise KdrunError("--cfg prints one job's config; drop -m to see it (a sweep's values then one by one)")
-            if any(a in ("-m", "--multirun") for a in rest) and any(a in INFO_FLAGS and a not in HELP_FLAGS for a in rest):
-                raise KdrunError("--info and --shell-completion describe the command, not a sweep; drop -m")
-            if any(flag in rest for flag in HELP_FLAGS):
-                print(command_help(command.config_name, overrides))
-                return 0
-            if not any(flag in rest for flag in INFO_FLAGS):
-                multirun = any(a in ("-m", "--multirun") for a in rest)
-                rest = pin_output_dir(command.config_name, rest, multirun,
-                                      create=not any(a in ("--cfg", "-c") for a in rest), resuming=resuming)
-                if under_torchrun():
-                    from kdrun.run.torchrun import torchrun_overrides  # torch: only under torchrun
+    with ExitStack() as held:
+        if not any(flag in rest for flag in COMPLETION_FLAGS):
+            try:
+                resuming = is_resume(rest)
+                if resuming:
+                    rest = resumed(name, command, rest, held)
+                    if isinstance(rest, int):  # a sweep resumed job by job: its exit code
+                        return rest
+                overrides = [a for a in rest if ("=" in a or a.startswith("~")) and not a.startswith("-")]
+                check_overrides(command.config_name, overrides)
+                check_flags(rest)
+                if any(flag in rest for flag in HELP_FLAGS):
+                    print(command_help(command.config_name, overrides))
+                    return 0
+                if not any(flag in rest for flag in INFO_FLAGS):
+                    multirun = any(a in MULTIRUN_FLAGS for a in rest)
+                    creating = not any(a in ("--cfg", "-c") for a in rest)
+                    rest, where = pin_output_dir(command.config_name, rest, multirun, create=creating, resuming=resuming)
+                    if multirun and creating and not resuming:  # one process runs (or resumes) a sweep at a time
+                        where.mkdir(parents=True, exist_ok=True)
+                        held.enter_context(owned(where))
+                    if under_torchrun():
+                        from kdrun.run.torchrun import torchrun_overrides  # torch: only under torchrun
 
-                    rest = torchrun_overrides(name, command.config_name, rest, multirun)
-        except KdrunError as error:
-            return fail(str(error))
-    return launch(name, command, config_dir(), rest)
+                        rest = torchrun_overrides(name, command.config_name, rest, multirun)
+            except KdrunError as error:
+                return fail(str(error))
+        return launch(name, command, config_dir(), rest)
+
+
+MULTIRUN_FLAGS = ("-m", "--multirun")
+
+
+def check_flags(rest: list[str]) -> None:
+    """Flags Hydra cannot combine with a sweep, as one line instead of its traceback."""
+    if any(a in MULTIRUN_FLAGS for a in rest) and any(a in ("--cfg", "-c") for a in rest):
+        raise KdrunError("--cfg prints one job's config; drop -m to see it (a sweep's values then one by one)")
+    if any(a in MULTIRUN_FLAGS for a in rest) and any(a in INFO_FLAGS and a not in HELP_FLAGS for a in rest):
+        raise KdrunError("--info and --shell-completion describe the command, not a sweep; drop -m")
+
+
+def resumed(name: str, command: Command, rest: list[str], held: ExitStack) -> list[str] | int:
+    """`resume=DIR`: the arguments that continue the run or sweep in DIR from where it was started, or the
+    exit code of a sweep resumed job by job. A sweep has one resumer at a time (its lock, held in `held`)."""
+    from kdrun.run.replay import split_consent
+    from kdrun.run.resume import launch_dir, resume_overrides, resume_target
+    from kdrun.run.rundir import owned
+    from kdrun.sweep.resume import is_stacked_sweep, is_sweep_dir, resume_sweep, stacked_resume_overrides
+
+    rest, consent = split_consent(rest)
+    target = resume_target(rest)
+    if is_sweep_dir(target):
+        held.enter_context(owned(target))
+        if not is_stacked_sweep(target):
+            return resume_sweep(name, command.config_name, target, consent)
+        # its own launcher runs it again, so its groups train stacked again
+        rest, hydra_file = stacked_resume_overrides(command.config_name, target, consent), target / MULTIRUN
+    else:
+        rest, hydra_file = resume_overrides(command.config_name, rest, consent), target / HYDRA / "hydra.yaml"
+    os.chdir(launch_dir(hydra_file))  # relative paths in its config mean what they did
+    return rest
 
 
 def plain_command(command: Command, rest: list[str]) -> int:

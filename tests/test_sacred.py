@@ -249,3 +249,38 @@ def test_failures_in_user_code_leave_a_failed_status_and_one_line(workdir, targe
     assert not (workdir / "outputs/user/summary.json").exists()
     if target == "broken":
         assert "Traceback" in next((workdir / "outputs/user").glob("*.log")).read_text(), "the log keeps the traceback"
+
+
+def test_a_teacher_that_outputs_nan_is_named_as_the_cause(workdir):
+    import torch
+    from conftest import FAST
+
+    from kdrun.models.checkpoint import CHECKPOINT_FORMAT
+
+    args = [*FAST, "epochs=1"]
+    assert kdrun(workdir, "train-teacher", *args, "hydra.run.dir=outputs/teacher").returncode == 0
+    payload = torch.load(workdir / "outputs/teacher/checkpoint.pt", weights_only=True)
+    assert payload["format"] == CHECKPOINT_FORMAT
+    first = next(k for k, v in payload["state_dict"].items() if v.is_floating_point())
+    payload["state_dict"][first] = torch.full_like(payload["state_dict"][first], float("nan"))
+    torch.save(payload, workdir / "nan.pt")
+    result = kdrun(workdir, "distill", *args, "teacher.checkpoint=nan.pt", "hydra.run.dir=outputs/d")
+    assert result.returncode == 2 and "the teacher outputs NaN or inf" in result.stderr.strip().splitlines()[-1]
+    assert "failed" in (workdir / "outputs/d/status.json").read_text()
+
+
+# --- one process per sweep ------------------------------------------------------------------------
+
+def test_a_sweep_has_one_resumer_at_a_time(finished, tmp_path):
+    import shutil
+
+    from kdrun.run.rundir import owned
+
+    sweep = tmp_path / "outputs" / "sweep"
+    shutil.copytree(finished / "outputs" / "sweep", sweep)
+    (sweep / "0" / "summary.json").unlink()
+    statuses = {p: p.read_bytes() for p in sweep.rglob("status.json")}
+    with owned(sweep):  # another resume of this sweep is running
+        line = refused(tmp_path, "train-student", f"resume={sweep}")
+    assert "is in use by another kdrun process" in line
+    assert {p: p.read_bytes() for p in sweep.rglob("status.json")} == statuses

@@ -137,12 +137,12 @@ def check_writable(target: Path, key: str, create: bool) -> None:
 
 
 def pin_output_dir(config_name: str, args: list[str], multirun: bool, create: bool = True,
-                   resuming: bool = False) -> list[str]:
-    """The arguments with the run (or sweep) dir checked and pinned to its resolved path, among the other
-    overrides (argparse reads them as one run of positional arguments: `-m A=1 B=2`, `A=1 --cfg job`)."""
+                   resuming: bool = False) -> tuple[list[str], Path]:
+    """The arguments with the run (or sweep) dir checked and pinned to its resolved path, and that path. The pin
+    goes among the other overrides: argparse reads them as one run (`-m A=1 B=2`, `A=1 --cfg job`)."""
     out = resolve_output(config_name, args, multirun)
     check_output(out, args, resuming)
     check_writable(out.path, out.key, create)
     kept = [a for a in args if not a.startswith(f"{out.key}=")]
     first = next((i for i, a in enumerate(kept) if a in _overrides(kept)), 0)
-    return [*kept[:first], out.pinned, *kept[first:]]
+    return [*kept[:first], out.pinned, *kept[first:]], out.path

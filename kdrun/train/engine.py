@@ -65,16 +65,22 @@ class TeacherTargets:
         self.teacher = teacher.eval().requires_grad_(False)
         self.stages = list(stages)
         self.cache = None
+        self.nonfinite: Any = False  # whether any logits it gave were NaN or inf (a device flag: no host sync)
         if data.static_inputs and not stages:
             self.cache = logits if logits is not None else predict(teacher, data.x_train)
+            if not torch.isfinite(self.cache).all():
+                raise KdrunError(f"the teacher outputs NaN or inf for {int((~torch.isfinite(self.cache)).any(1).sum())} "
+                                 "training examples; its weights are damaged or diverged: check teacher.checkpoint")
 
     def __call__(self, index: torch.Tensor, inputs: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         if self.cache is not None:
             return self.cache[index], {}
         if not self.stages:
-            return predict(self.teacher, inputs, len(inputs)), {}
-        with torch.no_grad(), autocast(inputs.device), tap(self.teacher, self.stages) as features:
-            logits = self.teacher(inputs).float()
+            logits, features = predict(self.teacher, inputs, len(inputs)), {}
+        else:
+            with torch.no_grad(), autocast(inputs.device), tap(self.teacher, self.stages) as taps:
+                logits, features = self.teacher(inputs).float(), taps
+        self.nonfinite = ~torch.isfinite(logits).all() | self.nonfinite
         return logits, {name: f.float() for name, f in features.items()}
 
 
@@ -146,12 +152,16 @@ def _schedule_step(scheduler: Any, resumed_after_last_step: bool) -> None:
         scheduler.step()
 
 
-def nonfinite_cause(data: Any, recipe: Recipe, first_step: bool, distilling: bool, ce_finite: bool) -> str:
-    """The likely cause of a non-finite loss, most specific first: the data, the distillation term (T),
-    the model before any update, else the learning rate."""
+def nonfinite_cause(data: Any, recipe: Recipe, first_step: bool, targets: Optional[TeacherTargets],
+                    ce_finite: bool) -> str:
+    """The likely cause of a non-finite loss, most specific first: the data, the teacher's output, the
+    distillation term (T), the model before any update, else the learning rate."""
     in_memory = hasattr(data, "x_train")  # a streamed set cannot be checked whole
+    distilling = targets is not None
     if in_memory and not (torch.isfinite(data.x_train).all() and torch.isfinite(data.x_test).all()):
         return "the training data contains NaN or inf; check the dataset (and dataset.kwargs)"
+    if distilling and bool(targets.nonfinite):
+        return "the teacher's output became NaN or inf on this data; check the teacher (teacher.checkpoint, its kwargs)"
     if distilling and ce_finite:
         return "the distillation term is not finite while cross-entropy is; check T (try T=4) and the teacher's logits"
     if first_step:
@@ -244,7 +254,7 @@ def fit(model: nn.Module, data: Any, recipe: Recipe, device: torch.device, *,
         train_loss, ce, kd = (all_sum(sums) / seen).tolist()
         if not math.isfinite(train_loss):
             raise KdrunError(f"training loss became {train_loss} in epoch {epoch}, step {int(bad_step)} of {steps}; "
-                             + nonfinite_cause(data, recipe, epoch == 1 and int(bad_step) == 1, targets is not None,
+                             + nonfinite_cause(data, recipe, epoch == 1 and int(bad_step) == 1, targets,
                                                math.isfinite(ce)))
         row = {"epoch": epoch, "train_loss": train_loss, **({"ce": ce, "kd": kd} if teacher is not None else {}),
                **epoch_accuracy(model, data, device), "lr": lr,
