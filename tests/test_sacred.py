@@ -284,3 +284,41 @@ def test_a_sweep_has_one_resumer_at_a_time(finished, tmp_path):
         line = refused(tmp_path, "train-student", f"resume={sweep}")
     assert "is in use by another kdrun process" in line
     assert {p: p.read_bytes() for p in sweep.rglob("status.json")} == statuses
+
+
+# --- the teacher store trusts no path -------------------------------------------------------------
+
+def test_kdrun_writes_nothing_beside_a_users_own_teacher(workdir):
+    import os
+    import shutil
+
+    from conftest import FAST
+
+    args = [*FAST, "epochs=1"]
+    assert kdrun(workdir, "train-teacher", *args, "hydra.run.dir=outputs/teacher").returncode == 0
+    mine = workdir / "my_models"
+    mine.mkdir()
+    shutil.copy(workdir / "outputs/teacher/checkpoint.pt", mine / "teacher.pt")
+    os.chmod(mine, 0o555)
+    try:
+        result = kdrun(workdir, "distill", *args, "teacher.checkpoint=my_models/teacher.pt", "hydra.run.dir=outputs/d")
+    finally:
+        os.chmod(mine, 0o755)
+    assert result.returncode == 0, result.stderr
+    assert [p.name for p in mine.iterdir()] == ["teacher.pt"], "no .facts or lock beside the user's file"
+    assert list((workdir / "outputs/teachers/.facts").glob("teacher-*.facts")), "the facts live in kdrun's store"
+
+
+def test_an_image_folder_replaced_at_the_same_path_gets_a_new_teacher(tmp_path):
+    from omegaconf import OmegaConf
+
+    from kdrun.data.synthetic import write_image_folder
+    from kdrun.teachers.store import teacher_recipe
+
+    root = write_image_folder(tmp_path / "imgs", classes=2, train_per_class=2, val_per_class=1, size=(8, 8))
+    teacher = OmegaConf.create({"name": "resnet8", "kwargs": {}, "train": {"epochs": 1}})
+    dataset = OmegaConf.create({"name": "image_folder", "augment": False, "kwargs": {}, "data_dir": str(root)})
+    before = teacher_recipe(teacher, dataset)
+    assert teacher_recipe(teacher, dataset) == before, "the same content, the same teacher"
+    write_image_folder(root, classes=2, train_per_class=2, val_per_class=1, size=(8, 8), seed=1)  # same names, count
+    assert teacher_recipe(teacher, dataset) != before

@@ -42,7 +42,7 @@ def prepare_teacher(cfg: DictConfig, env: Setup) -> tuple[Teacher, TeacherFacts]
     with epoch_progress(cfg.progress, "teacher") as progress:
         teacher = obtain_teacher(cfg.teacher, cfg.dataset, env.data, env.device, plain_config(cfg), progress,
                                  epoch=cfg.teacher_epoch, fit_hooks=stop_hook())
-    return teacher, teacher_facts(teacher.model, teacher.checkpoint, env.data, env.device)
+    return teacher, teacher_facts(teacher.model, teacher.checkpoint, Path(cfg.teacher.store), env.data, env.device)
 
 
 def job_stats(cfg: DictConfig, env: Setup, facts: TeacherFacts) -> TeacherStats:

@@ -15,6 +15,7 @@ continues with exactly the batches it would have had. The batch order is the eng
 
 from __future__ import annotations
 
+import hashlib
 import os
 import stat
 from contextlib import contextmanager
@@ -225,6 +226,20 @@ def _check_classes(train: Any, test: Any, root: Path) -> None:
     if train.classes != test.classes:
         raise KdrunError(f"{root}/train and {root}/val hold different classes ({len(train.classes)} vs "
                          f"{len(test.classes)}); both need the same <class> subfolders")
+
+
+def folder_fingerprint(root: Path) -> str:
+    """What an image folder holds, in 16 hex digits: its splits' class names and every file's name, size and
+    modification time. A teacher trained on the folder is stored under it, so replacing the images at the
+    same path (even with as many classes) gives a new teacher, never the old one."""
+    digest = hashlib.sha256()
+    for split in ("train", "val"):
+        for folder, dirs, files in sorted(os.walk(root / split)):
+            dirs.sort()
+            for name in sorted(files):
+                info = os.stat(os.path.join(folder, name))
+                digest.update(f"{os.path.relpath(folder, root)}/{name}:{info.st_size}:{info.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:16]
 
 
 @register_dataset("image_folder")

@@ -3,10 +3,10 @@ inference pass) and its size (params, FLOPs). Computed once, then shared. Never 
 measured by each run, beside the student's (kdrun.measure.latency).
 
 The teacher's facts are a property of its checkpoint, the training inputs and the device,
-so they live in a file beside the stored teacher (`.<name>.facts`),
-one entry per such key, read and written under a file lock (parallel jobs compute them
-once) and replaced atomically. A store that cannot be written (a read-only explicit
-checkpoint) only costs the recomputation.
+so they live in kdrun's teacher store (`<store>/.facts/<name>-<path digest>.facts`, never beside
+a checkpoint of the user's own, in a directory that is theirs), one entry per such key, read and
+written under a file lock (parallel jobs compute them once) and replaced atomically. A store that
+cannot be written only costs the recomputation.
 """
 
 from __future__ import annotations
@@ -52,8 +52,10 @@ def inputs_fingerprint(x: torch.Tensor) -> str:
     return hashlib.sha256(str(tuple(x.shape)).encode() + sample.numpy().tobytes()).hexdigest()[:16]
 
 
-def _facts_file(checkpoint: Path) -> Path:
-    return checkpoint.with_name(f".{checkpoint.name}.facts")  # not *.pt: store listings see teachers only
+def _facts_file(store: Path, checkpoint: Path) -> Path:
+    """The cache of `checkpoint`'s facts, in kdrun's store (a hidden dir: store listings see teachers only)."""
+    digest = hashlib.sha256(str(checkpoint.resolve()).encode()).hexdigest()[:12]
+    return store / ".facts" / f"{checkpoint.stem}-{digest}.facts"
 
 
 def _read_entries(path: Path) -> dict[str, Any]:
@@ -70,6 +72,7 @@ def _read_entries(path: Path) -> dict[str, Any]:
 def _cached(path: Path, key: str, compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     """The entry `key` of the cache file `path`, computed and stored by the first job that needs it."""
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         with FileLock(str(path.with_name(f"{path.name}.lock"))):
             entries = _read_entries(path)
             if key not in entries:
@@ -82,10 +85,10 @@ def _cached(path: Path, key: str, compute: Callable[[], dict[str, Any]]) -> dict
         return compute()
 
 
-def teacher_facts(model: nn.Module, checkpoint: Path, data: Any, device: torch.device) -> TeacherFacts:
+def teacher_facts(model: nn.Module, checkpoint: Path, store: Path, data: Any, device: torch.device) -> TeacherFacts:
     """The teacher's logits for the training inputs it is judged on (`data.teacher_reference`: all of an
-    in-memory set, a fixed sample of a streamed one) and its size, from the cache beside its checkpoint or
-    computed now: one inference pass over those inputs, and one forward for the FLOPs."""
+    in-memory set, a fixed sample of a streamed one) and its size, from the store's cache or computed now:
+    one inference pass over those inputs, and one forward for the FLOPs."""
     inputs = data.teacher_reference(device)[0]
     stat = checkpoint.stat()
     key = cache_key(FACTS_VERSION, checkpoint.name, stat.st_size, stat.st_mtime_ns, inputs_fingerprint(inputs),
@@ -94,5 +97,5 @@ def teacher_facts(model: nn.Module, checkpoint: Path, data: Any, device: torch.d
     def compute() -> dict[str, Any]:
         return {"train_logits": predict(model, inputs).cpu(), "size": size(model, data.input_shape, device)}
 
-    entry = _cached(_facts_file(checkpoint), key, compute)
+    entry = _cached(_facts_file(store, checkpoint), key, compute)
     return TeacherFacts(entry["train_logits"].to(device), entry["size"])

@@ -26,6 +26,7 @@ from torch import nn
 from kdrun.core import distributed
 from kdrun.core.errors import KdrunError
 from kdrun.core.runtime import seed_everything
+from kdrun.data.stream import folder_fingerprint
 from kdrun.methods.losses import cross_entropy, smoothed_cross_entropy
 from kdrun.models import build_model, build_pretrained, model_kwargs
 from kdrun.models.checkpoint import Weights, file_sha256, load_weights, read_weights, save_checkpoint
@@ -51,7 +52,7 @@ def teacher_recipe(teacher: DictConfig, dataset: DictConfig) -> dict[str, Any]:
 
     Label noise, the teacher's label smoothing and a streamed set's image size count only when set,
     so a teacher keeps the hash it had before those options existed (stored teachers stay valid).
-    An image folder's path is its identity, so it counts.
+    An image folder's path and content (`folder_fingerprint`) are its identity, so they count.
     """
     train = OmegaConf.to_container(teacher.train, resolve=True)
     if not train.get("label_smoothing"):
@@ -65,6 +66,7 @@ def teacher_recipe(teacher: DictConfig, dataset: DictConfig) -> dict[str, Any]:
         data["image_size"] = dataset.image_size
     if dataset.name == "image_folder":  # a user's folder is the dataset itself
         data["data_dir"] = str(Path(dataset.data_dir).expanduser().resolve())
+        data["content"] = folder_fingerprint(Path(data["data_dir"]))
     recipe = {"model": teacher.name, "kwargs": OmegaConf.to_container(teacher.kwargs, resolve=True),
               "dataset": data, "train": train}
     return {**recipe, "target": teacher.target} if teacher.get("target") else recipe
