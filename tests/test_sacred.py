@@ -322,3 +322,23 @@ def test_an_image_folder_replaced_at_the_same_path_gets_a_new_teacher(tmp_path):
     assert teacher_recipe(teacher, dataset) == before, "the same content, the same teacher"
     write_image_folder(root, classes=2, train_per_class=2, val_per_class=1, size=(8, 8), seed=1)  # same names, count
     assert teacher_recipe(teacher, dataset) != before
+
+
+# --- saved configs mean what they meant -----------------------------------------------------------
+
+def test_a_run_with_now_in_its_config_resumes_and_reports_with_the_value_it_resolved(workdir):
+    from conftest import metric_rows, wait_until
+
+    args = [*STUDENT, "epochs=3", "dataset.kwargs.num_train=20000", "dataset.data_dir=data/${now:%H%M%S%f}"]
+    job = start_kdrun(workdir, "train-student", *args, "hydra.run.dir=outputs/r")
+    wait_until(lambda: len(metric_rows(workdir / "outputs/r")) >= 1, job)
+    job.send_signal(signal.SIGTERM)
+    job.communicate(timeout=600)
+    started_with = yaml.safe_load((workdir / "outputs/r/.hydra/resolved.yaml").read_text())["dataset"]["data_dir"]
+    assert started_with.startswith("data/") and "${" not in started_with
+    time.sleep(0.01)  # the clock has moved on
+    result = kdrun(workdir, "train-student", "resume=outputs/r")
+    assert result.returncode == 0, result.stderr
+    assert len(metric_rows(workdir / "outputs/r")) == 3, "continued, not started over"
+    assert yaml.safe_load((workdir / "outputs/r/.hydra/resolved.yaml").read_text())["dataset"]["data_dir"] == started_with
+    assert kdrun(workdir, "report", "outputs/r").returncode == 0

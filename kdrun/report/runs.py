@@ -15,7 +15,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from kdrun.core.errors import KdrunError
-from kdrun.run.rundir import HYDRA, METRICS, SUMMARY, run_state
+from kdrun.run.rundir import HYDRA, METRICS, SUMMARY, run_state, saved_config, saved_overrides
 
 ROLES = {"train_teacher": "teacher", "train_student": "baseline", "distill": "distill"}
 NOT_TRAINING = ("inspect_teacher",)  # finished runs that train nothing: never rows of a report
@@ -147,7 +147,7 @@ def load_run(run_dir: Path) -> Run:
     hydra = run_dir / HYDRA
     try:
         overrides = read_overrides(hydra / "overrides.yaml") if (hydra / "overrides.yaml").is_file() else None
-        config = OmegaConf.load(hydra / "config.yaml") if (hydra / "config.yaml").is_file() else None
+        config = OmegaConf.load(saved_config(run_dir)) if saved_config(run_dir).is_file() else None
     except Exception as error:  # noqa: BLE001 - YAML, encoding and permission errors alike
         raise KdrunError(f"{HYDRA}/ unreadable ({type(error).__name__}: {str(error).splitlines()[0][:80]})") from None
     if config is not None and not isinstance(config, DictConfig):
@@ -185,8 +185,8 @@ def unfinished_notes(run_dirs: list[Path], roots: list[Path]) -> list[str]:
 def read_overrides(path: Path) -> dict[str, str]:
     """`key=value` lines of a job's task overrides, without Hydra's own and the +/++/~ prefixes."""
     overrides = {}
-    for line in OmegaConf.load(path) or []:
-        key, _, value = str(line).partition("=")
+    for line in saved_overrides(path):
+        key, _, value = line.partition("=")
         key = key.lstrip("+~")
         if not key.startswith(("hydra.", "hydra/")):
             overrides[key] = value

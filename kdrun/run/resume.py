@@ -15,10 +15,10 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from kdrun.core.errors import KdrunError
+from kdrun.core.errors import KdrunError, first_line
 from kdrun.methods.params import DEFAULT_ALPHA
 from kdrun.run.replay import Consent, check_replayable
-from kdrun.run.rundir import HYDRA, LAST, SUMMARY, check_not_in_use
+from kdrun.run.rundir import HYDRA, LAST, SUMMARY, check_not_in_use, saved_config, saved_overrides
 
 
 def cli_name(command: str) -> str:
@@ -64,7 +64,11 @@ def check_run_dir(run_dir: Path, config_name: str) -> dict[str, Any]:
     if not saved.is_file():
         raise KdrunError(f"{run_dir} is not a kdrun run directory (no .hydra/config.yaml); pass the directory "
                          "of the interrupted run, e.g. resume=outputs/distill/<time>")
-    config = OmegaConf.to_container(OmegaConf.load(saved), resolve=True)  # train-teacher: epochs: ${teacher...}
+    try:  # train-teacher: epochs: ${teacher...}; an older run's ${oc.env:...} may no longer resolve
+        config = OmegaConf.to_container(OmegaConf.load(saved_config(run_dir)), resolve=True)
+    except Exception as error:  # noqa: BLE001 - YAML or an interpolation that cannot resolve today
+        raise KdrunError(f"{run_dir}'s saved config cannot be read ({type(error).__name__}: {first_line(error)}); "
+                         "it cannot be resumed exactly, start the run again") from None
     command = config.get("command") if isinstance(config, dict) else None
     if command != config_name:
         raise KdrunError(f"{run_dir} is a '{command}' run, not '{config_name}'; resume it with "
@@ -95,11 +99,32 @@ def resume_overrides(config_name: str, args: list[str], consent: Consent = Conse
     run_dir = resume_target(args)
     saved = check_run_dir(run_dir, config_name)
     overrides_file = run_dir / HYDRA / "overrides.yaml"
-    original = [str(o) for o in OmegaConf.load(overrides_file)] if overrides_file.is_file() else []
-    original = [o for o in original if not o.startswith("resume=")]
+    original = as_resolved([o for o in saved_overrides(overrides_file) if not o.startswith("resume=")], saved)
     check_replayable(run_dir, original, consent)
     check_same_config(run_dir, saved, compose_plain(config_name, original))
     return [*original, f"resume={run_dir}", f"hydra.run.dir={run_dir}"]
+
+
+def as_resolved(overrides: list[str], saved: dict[str, Any]) -> list[str]:
+    """The overrides with each interpolated value (`${now:...}`, `${oc.env:...}`) replaced by the value the run
+    resolved it to: the run continues with what it started with, whatever the clock or environment says now."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    config, pinned = OmegaConf.create(saved), []
+    for override in OverridesParser.create().parse_overrides(overrides):
+        value = OmegaConf.select(config, override.key_or_group, default=None)
+        literal = "${" in override.input_line and override.package is None and isinstance(value, (str, int, float))
+        pinned.append(f"{override.key_or_group}={override_text(value)}" if literal else override.input_line)
+    return pinned
+
+
+def override_text(value: str | int | float) -> str:
+    """A scalar as Hydra's override grammar reads it back: numbers and booleans bare, text quoted."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, str):
+        return "'" + value.replace("'", "\\'") + "'"
+    return repr(value)
 
 
 # Keys that do not change what a run trains: how its speed is measured at the end, and whether bars are drawn.

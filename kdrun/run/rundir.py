@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from filelock import FileLock, Timeout
+from omegaconf import OmegaConf
 
 from kdrun.core.errors import KdrunError
 from kdrun.core.files import umask, write_atomic, write_json, writes
@@ -26,7 +27,8 @@ STATUS = "status.json"  # a run that did not finish: failed or interrupted
 METRICS = "metrics.jsonl"  # one JSON object per epoch
 CHECKPOINT = "checkpoint.pt"  # the trained model (kdrun.models.checkpoint format)
 LAST = "last.pt"  # the resumable training state (kdrun.train.state)
-HYDRA = ".hydra"  # Hydra's resolved config and overrides
+HYDRA = ".hydra"  # Hydra's config (interpolations kept) and overrides
+RESOLVED = "resolved.yaml"  # in HYDRA: the config with every interpolation (${now:}, ${oc.env:}) resolved
 LOCK = ".kdrun.lock"  # held by the process that runs in this directory
 MULTIRUN = "multirun.yaml"  # a sweep directory's own config (written by Hydra's basic sweeper)
 OUTPUTS = (SUMMARY, STATUS, METRICS, CHECKPOINT, LAST)  # what makes a directory hold a run
@@ -59,6 +61,28 @@ def delete_status(run_dir: Path) -> None:
 
 def write_failure(run_dir: Path, message: str) -> None:
     write_status(run_dir, "failed", error=message)
+
+
+def write_resolved(hydra_dir: Path, config: Any) -> None:
+    """The config as this run resolved it: `${now:...}` and `${oc.env:...}` mean something else tomorrow, so
+    resume and report read these values, not the interpolations Hydra saved."""
+    if writes():
+        text = OmegaConf.to_yaml(config, resolve=True)
+        write_atomic(hydra_dir / RESOLVED, lambda f: f.write(text.encode()))
+
+
+def saved_overrides(path: Path) -> list[str]:
+    """A run's `.hydra/overrides.yaml` as the text typed (`${now:...}` kept, never resolved on reading)."""
+    lines = OmegaConf.to_container(OmegaConf.load(path), resolve=False) if path.is_file() else []
+    if not isinstance(lines, list) or not all(isinstance(line, (str, int, float)) for line in lines):
+        raise KdrunError(f"{path} is not a list of overrides; it was damaged or edited")
+    return [str(line) for line in lines]
+
+
+def saved_config(run_dir: Path) -> Path:
+    """The run's saved config: resolved where this kdrun wrote one, else Hydra's (older runs)."""
+    resolved = run_dir / HYDRA / RESOLVED
+    return resolved if resolved.is_file() else run_dir / HYDRA / "config.yaml"
 
 
 def holds_run(run_dir: Path) -> bool:

@@ -38,7 +38,7 @@ from kdrun.core.files import writes
 from kdrun.core.jobenv import launched, usable_cpus
 from kdrun.run.failure import fail
 from kdrun.run.resume import resume_command
-from kdrun.run.rundir import LAST, SUMMARY, owned, write_status
+from kdrun.run.rundir import LAST, SUMMARY, owned, write_resolved, write_status
 from kdrun.run.signals import report_interrupted, stop_on_signals
 from kdrun.run.validate import validate
 
@@ -94,6 +94,8 @@ def run_task(cfg: DictConfig) -> float | None:
         join_job()
         refuse_finished(cfg, run_dir)
         with owned(run_dir):
+            if hydra_cfg.output_subdir is not None:
+                write_resolved(run_dir / hydra_cfg.output_subdir, cfg)
             return run_owned(cfg, run_dir, multirun)
     except KdrunError as error:  # the run dir is in use (not ours: write nothing into it), or the job's ranks never met
         return job_failed(fail(str(error)), multirun)

@@ -27,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from kdrun.core.errors import KdrunError
 from kdrun.run.replay import Consent, check_replayable
 from kdrun.run.resume import check_same_config, launch_dir
-from kdrun.run.rundir import HYDRA, LAST, MULTIRUN, SUMMARY, check_not_in_use, forget_unfinished
+from kdrun.run.rundir import HYDRA, LAST, MULTIRUN, SUMMARY, check_not_in_use, forget_unfinished, saved_config
 
 STACKED_LAUNCHER = "StackedLauncher"  # the class name of hydra/launcher=stacked's _target_
 FINISHED, CONTINUE, RESTART = "finished", "continue", "restart"  # what finishing a job of a sweep takes
@@ -154,7 +154,7 @@ def finished_result(job_dir: Path) -> float:
 def continue_from_last(job_dir: Path, config: DictConfig) -> None:
     """Make a job's composed config continue from its `last.pt`, as `resume=JOB_DIR` does (the override
     recorded in its .hydra/ too); a one-line error if the config files changed since it ran."""
-    saved = OmegaConf.to_container(OmegaConf.load(job_dir / HYDRA / "config.yaml"), resolve=True)
+    saved = OmegaConf.to_container(OmegaConf.load(saved_config(job_dir)), resolve=True)
     now = OmegaConf.to_container(OmegaConf.masked_copy(config, [k for k in config if k != "hydra"]), resolve=True)
     check_same_config(job_dir, saved, now)
     with open_dict(config):
