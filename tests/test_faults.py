@@ -46,13 +46,17 @@ def test_a_failing_job_does_not_stop_the_sweep_and_resume_runs_only_unfinished_j
     assert [(sweep / job / "summary.json").exists() for job in "012"] == [True, False, True]
     assert job_state(sweep / "1")["status"] == "failed" and "became nan" in job_state(sweep / "1")["error"]
     assert "job 1 failed: training loss became nan" in (sweep / "report.md").read_text()
-    assert "1 job(s) of this sweep did not finish (job 1;" in run.stderr.splitlines()[-1]
+    last = run.stderr.splitlines()[-1]
+    assert "1 job(s) of this sweep did not finish" in last and "job 1 failed for its settings" in last
+    assert "resume=" not in last, "no advice to replay a job that fails the same way"
 
     (sweep / "0" / "summary.json").unlink()  # job 0 killed after its last checkpoint: it continues from last.pt
     kept = (sweep / "2" / "summary.json").stat().st_mtime_ns
+    diverged = (sweep / "1" / "status.json").read_bytes()
     again = kdrun(tmp_path, "train-student", f"resume={sweep}")
     assert again.returncode == 2 and "Traceback" not in again.stderr
-    assert "1 of 3 job(s) finished; running 0, 1" in again.stdout
+    assert "1 of 3 job(s) finished; running 0; not rerunning 1 (failed for their settings" in again.stdout
+    assert (sweep / "1" / "status.json").read_bytes() == diverged, "the diverged job is left as it was"
     assert (sweep / "0" / "summary.json").exists() and len(metric_rows(sweep / "0")) == 1
     assert (sweep / "2" / "summary.json").stat().st_mtime_ns == kept, "a finished job is never run again"
     assert job_state(sweep / "1")["status"] == "failed"
@@ -240,7 +244,7 @@ def test_a_stop_signal_during_the_failure_line_is_caught_not_fatal(tmp_path, mon
 
     handlers = []
 
-    def record_fail(message, run_dir=None):
+    def record_fail(message, run_dir=None, rerun_fixes=True):
         handlers.append(signal.getsignal(signal.SIGTERM))
         return 2
 

@@ -204,7 +204,8 @@ def test_callback_on_a_sweep_whose_runs_all_failed_names_them_and_exits_2(tmp_pa
     captured = capsys.readouterr()
     assert captured.out.count("\n") == 1 and "no report for this sweep" in captured.out
     assert "job 0 failed: boom 0; job 1 failed: boom 1" in captured.out
-    assert captured.err.count("\n") == 1 and "2 job(s) of this sweep did not finish (job 0, 1" in captured.err
+    assert captured.err.count("\n") == 1 and "2 job(s) of this sweep did not finish" in captured.err
+    assert "fix the cause of job 0, 1, then run it with" in captured.err
     assert f"kdrun distill resume={tmp_path}" in captured.err
     assert not (tmp_path / "report.csv").exists()
 

@@ -4,11 +4,24 @@ from __future__ import annotations
 
 
 class KdrunError(Exception):
-    """A mistake the user can fix. The message names the problem and the fix, on one line."""
+    """A mistake the user can fix. The message names the problem and the fix, on one line.
+
+    `rerun_fixes`: whether running the same job again may succeed (a full disk, a missing file, a killed
+    rank); False where the job's own settings cause it, so a sweep's resume leaves it alone."""
+
+    rerun_fixes = True
 
 
 class ConfigError(KdrunError):
     """A config value that composes but makes no sense (T <= 0, alpha > 1, ...)."""
+
+    rerun_fixes = False
+
+
+class Diverged(KdrunError):
+    """The training loss became NaN or inf: with the same settings and seed it would again."""
+
+    rerun_fixes = False
 
 
 class Interrupted(Exception):

@@ -11,15 +11,16 @@ from kdrun.run.rundir import write_failure
 EXIT_ERROR = 2  # a user error (bad input, a failed job); 130/143 mean interrupted
 
 
-def fail(message: str, run_dir: Path | None = None) -> int:
+def fail(message: str, run_dir: Path | None = None, rerun_fixes: bool = True) -> int:
     """The one failure path of the CLI and the task: `status.json` says `failed` (where a run dir is
     ours to write), one line on stderr, and the exit code to return.
 
-    Called while handling the error, HYDRA_FULL_ERROR=1 re-raises it for the traceback.
+    Called while handling the error, HYDRA_FULL_ERROR=1 re-raises it for the traceback. `rerun_fixes=False`:
+    the job's own settings caused it (kdrun.core.errors), so a sweep's resume will not rerun it.
     """
     if run_dir is not None:
         try:
-            write_failure(run_dir, message)
+            write_failure(run_dir, message, rerun_fixes)
         except OSError:  # the disk that failed the run may fail this too
             pass
     if os.environ.get("HYDRA_FULL_ERROR") == "1" and sys.exc_info()[0] is not None:

@@ -59,8 +59,19 @@ def delete_status(run_dir: Path) -> None:
     (run_dir / STATUS).unlink(missing_ok=True)
 
 
-def write_failure(run_dir: Path, message: str) -> None:
-    write_status(run_dir, "failed", error=message)
+def write_failure(run_dir: Path, message: str, rerun_fixes: bool = True) -> None:
+    """`failed` with the one line; `rerun_fixes: false` marks a failure the job's settings cause (kdrun.core.errors)."""
+    write_status(run_dir, "failed", error=message, **({} if rerun_fixes else {"rerun_fixes": False}))
+
+
+def failed_for_good(run_dir: Path) -> str | None:
+    """The error of a job that failed for its own settings (a rerun would fail the same way), else None."""
+    try:
+        status = json.loads((run_dir / STATUS).read_text())
+    except (OSError, ValueError):
+        return None
+    failed = isinstance(status, dict) and status.get("status") == "failed" and status.get("rerun_fixes") is False
+    return str(status.get("error", "")) if failed else None
 
 
 def write_resolved(hydra_dir: Path, config: Any) -> None:

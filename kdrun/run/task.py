@@ -130,7 +130,7 @@ def run_owned(cfg: DictConfig, run_dir: Path, multirun: bool) -> float | None:
             if isinstance(error, BrokenPipeError) and (run_dir / SUMMARY).exists():
                 return None  # finished; only its closing table found no reader (`| head`)
             message = failure_message(error) or unexpected(error, run_dir)
-            return job_failed(fail(message, run_dir), multirun)
+            return job_failed(fail(message, run_dir, getattr(error, "rerun_fixes", True)), multirun)
     return None
 
 

@@ -46,6 +46,14 @@ def end_of_incomplete_sweep(sweep_dir: Path, command: str, unfinished: list[Path
     from kdrun.run.failure import fail
     from kdrun.run.resume import resume_command
 
-    jobs = ", ".join(p.name for p in unfinished)
-    return fail(f"{len(unfinished)} job(s) of this sweep did not finish (job {jobs}; see the notes above); "
-                f"fix the cause, then run the rest with `{resume_command(command, sweep_dir)}`")
+    from kdrun.run.rundir import failed_for_good
+
+    settled = [p.name for p in unfinished if failed_for_good(p) is not None]
+    rest = [p.name for p in unfinished if p.name not in settled]
+    said = [f"{len(unfinished)} job(s) of this sweep did not finish (see the notes above)"]
+    if settled:
+        said.append(f"job {', '.join(settled)} failed for its settings and would fail again the same way: "
+                    "change them in a new sweep")
+    if rest:
+        said.append(f"fix the cause of job {', '.join(rest)}, then run it with `{resume_command(command, sweep_dir)}`")
+    return fail("; ".join(said))

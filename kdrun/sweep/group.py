@@ -182,7 +182,7 @@ def close_job(job: Job, shared: Shared) -> float:
     console = [h for h in logging.getLogger().handlers if not isinstance(h, logging.FileHandler)]
     with job.held, logging_to(console + job.log_files):
         if member.failed:
-            fail(member.failed, job.run_dir)
+            fail(member.failed, job.run_dir, rerun_fixes=False)  # a stacked job fails only by diverging
             return math.nan
         result = job.extras["result"]
         if cfg.command == "distill":

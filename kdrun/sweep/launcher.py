@@ -94,7 +94,7 @@ class StackedSweep:
         from kdrun.core.errors import KdrunError
         from kdrun.run.failure import fail
         from kdrun.run.rundir import forget_unfinished
-        from kdrun.sweep.resume import CONTINUE, FINISHED, continue_from_last, finished_result, job_dir_of, job_step
+        from kdrun.sweep.resume import CONTINUE, FAILS_AGAIN, FINISHED, continue_from_last, finished_result, job_dir_of, job_step
 
         starts: list[Any] = []
         for index, config in enumerate(configs):
@@ -103,6 +103,8 @@ class StackedSweep:
             try:
                 if step == FINISHED:
                     results[index] = _done(config, job_overrides[index], finished_result(job_dir))
+                elif step == FAILS_AGAIN:
+                    results[index] = _done(config, job_overrides[index], math.nan)
                 elif step == CONTINUE:
                     continue_from_last(job_dir, config)
                     start = _start_of(job_dir)

@@ -27,10 +27,12 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from kdrun.core.errors import KdrunError
 from kdrun.run.replay import Consent, check_replayable
 from kdrun.run.resume import check_same_config, launch_dir
-from kdrun.run.rundir import HYDRA, LAST, MULTIRUN, SUMMARY, check_not_in_use, forget_unfinished, saved_config
+from kdrun.run.rundir import HYDRA, LAST, MULTIRUN, SUMMARY, check_not_in_use, failed_for_good, forget_unfinished, saved_config
 
 STACKED_LAUNCHER = "StackedLauncher"  # the class name of hydra/launcher=stacked's _target_
-FINISHED, CONTINUE, RESTART = "finished", "continue", "restart"  # what finishing a job of a sweep takes
+# What finishing a job of a sweep takes; FAILS_AGAIN: it failed for its own settings (a diverging loss), and
+# running it again the same way would too, so a resume leaves it (and says so) instead of looping on it.
+FINISHED, CONTINUE, RESTART, FAILS_AGAIN = "finished", "continue", "restart", "fails again"
 # Hydra overrides a resumed stacked sweep sets itself (the sweep dir, multirun mode, the launcher's resume flag).
 OWN_HYDRA_OVERRIDES = ("hydra.sweep.dir=", "hydra.mode=", "hydra.launcher.resume=")
 
@@ -51,9 +53,12 @@ def is_stacked_sweep(sweep_dir: Path) -> bool:
 
 
 def job_step(job_dir: Path) -> str:
-    """FINISHED (it has summary.json: left alone), CONTINUE (from its last.pt), or RESTART (afresh)."""
+    """FINISHED (it has summary.json: left alone), FAILS_AGAIN (left alone too), CONTINUE (from its last.pt), or
+    RESTART (afresh)."""
     if (job_dir / SUMMARY).exists():
         return FINISHED
+    if failed_for_good(job_dir) is not None:
+        return FAILS_AGAIN
     return CONTINUE if (job_dir / LAST).is_file() else RESTART
 
 
@@ -85,7 +90,7 @@ def job_command(name: str, job_dir: Path, overrides: list[str], consent: Consent
     """The kdrun command line that completes this job (with the user's consent to the code it names); None if
     it finished."""
     step = job_step(job_dir)
-    if step == FINISHED:
+    if step in (FINISHED, FAILS_AGAIN):
         return None
     if step == CONTINUE:
         return [name, f"resume={job_dir}", *consent.args]
@@ -108,9 +113,13 @@ def checked_jobs(sweep_dir: Path, config_name: str, consent: Consent) -> list[tu
     jobs = sweep_jobs(sweep_dir, config_name, consent)
     for job_dir, _ in jobs:
         check_not_in_use(job_dir)
-    todo = [job_dir.name for job_dir, _ in jobs if job_step(job_dir) != FINISHED]
-    print(f"kdrun: {sweep_dir}: {len(jobs) - len(todo)} of {len(jobs)} job(s) finished; "
-          f"running {', '.join(todo) or 'none'}", flush=True)
+    steps = {job_dir.name: job_step(job_dir) for job_dir, _ in jobs}
+    todo = [name for name, step in steps.items() if step in (CONTINUE, RESTART)]
+    settled = [name for name, step in steps.items() if step == FAILS_AGAIN]
+    print(f"kdrun: {sweep_dir}: {list(steps.values()).count(FINISHED)} of {len(jobs)} job(s) finished; "
+          f"running {', '.join(todo) or 'none'}"
+          + (f"; not rerunning {', '.join(settled)} (failed for their settings: the same run fails the same way)"
+             if settled else ""), flush=True)
     return jobs
 
 

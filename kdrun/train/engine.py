@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from kdrun.core.distributed import all_sum, any_rank, context, share_buffers
-from kdrun.core.errors import Interrupted, KdrunError
+from kdrun.core.errors import Diverged, Interrupted, KdrunError
 from kdrun.core.runtime import memory_format
 from kdrun.data.base import EpochPlan, batch_sizes
 from kdrun.methods.base import Batch, Method, as_method
@@ -253,7 +253,7 @@ def fit(model: nn.Module, data: Any, recipe: Recipe, device: torch.device, *,
         share_buffers(model)
         train_loss, ce, kd = (all_sum(sums) / seen).tolist()
         if not math.isfinite(train_loss):
-            raise KdrunError(f"training loss became {train_loss} in epoch {epoch}, step {int(bad_step)} of {steps}; "
+            raise Diverged(f"training loss became {train_loss} in epoch {epoch}, step {int(bad_step)} of {steps}; "
                              + nonfinite_cause(data, recipe, epoch == 1 and int(bad_step) == 1, targets,
                                                math.isfinite(ce)))
         row = {"epoch": epoch, "train_loss": train_loss, **({"ce": ce, "kd": kd} if teacher is not None else {}),
