@@ -150,11 +150,13 @@ def resumed(name: str, command: Command, rest: list[str], held: ExitStack) -> li
     from kdrun.run.replay import split_consent
     from kdrun.run.resume import launch_dir, resume_overrides, resume_target
     from kdrun.run.rundir import owned
-    from kdrun.sweep.resume import is_stacked_sweep, is_sweep_dir, resume_sweep, stacked_resume_overrides
+    from kdrun.sweep.resume import (is_stacked_sweep, is_sweep_dir, resume_sweep, stacked_resume_overrides,
+                                    sweep_jobs)
 
     rest, consent = split_consent(rest)
     target = resume_target(rest)
     if is_sweep_dir(target):
+        sweep_jobs(target, command.config_name, consent)  # a sweep this command cannot resume: its line, no lock file
         held.enter_context(owned(target))
         if not is_stacked_sweep(target):
             return resume_sweep(name, command.config_name, target, consent)
