@@ -342,3 +342,28 @@ def test_a_run_with_now_in_its_config_resumes_and_reports_with_the_value_it_reso
     assert len(metric_rows(workdir / "outputs/r")) == 3, "continued, not started over"
     assert yaml.safe_load((workdir / "outputs/r/.hydra/resolved.yaml").read_text())["dataset"]["data_dir"] == started_with
     assert kdrun(workdir, "report", "outputs/r").returncode == 0
+
+
+# --- deaths no handler sees ------------------------------------------------------------------------
+
+def test_a_batch_whose_relation_matrices_cannot_fit_is_refused_before_any_run(workdir):
+    (workdir / "outputs").mkdir()
+    line = refused(workdir, "distill", "loss=rkd", "optim.batch_size=100000")
+    assert "loss=rkd at optim.batch_size=100000 needs about" in line and "lower optim.batch_size" in line
+
+
+def test_a_run_killed_where_no_handler_runs_is_recorded_failed_by_the_next_report(workdir):
+    import json
+
+    from conftest import metric_rows, wait_until
+
+    job = start_kdrun(workdir, "train-student", *STUDENT, "epochs=50", "dataset.kwargs.num_train=20000",
+                      "hydra.run.dir=outputs/k")
+    wait_until(lambda: len(metric_rows(workdir / "outputs/k")) >= 1, job)
+    job.kill()  # what the kernel's OOM killer does
+    job.communicate(timeout=600)
+    assert not (workdir / "outputs/k/status.json").exists()
+    report = kdrun(workdir, "report", "outputs/k")
+    status = json.loads((workdir / "outputs/k/status.json").read_text())
+    assert status["status"] == "failed" and "ended without a word" in status["error"]
+    assert "ended without a word" in report.stdout + report.stderr

@@ -86,3 +86,23 @@ def others_running(samples: int = 5, interval: float = 0.01) -> Optional[float]:
         counts.append(count - 1)
         time.sleep(interval)
     return max(0.0, statistics.median(counts))
+
+
+def available_memory() -> Optional[int]:
+    """Bytes of memory this process could still get: the kernel's MemAvailable, capped by a cgroup limit; None
+    where neither can be read (not Linux)."""
+    limits = []
+    try:
+        fields = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines() if ":" in line)
+        limits.append(int(fields["MemAvailable"].split()[0]) * 1024)
+    except (OSError, KeyError, ValueError):
+        pass
+    for limit_file in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            text = Path(limit_file).read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit() and int(text) < 1 << 60:
+            limits.append(int(text))
+    return min(limits) if limits else None
+

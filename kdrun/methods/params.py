@@ -174,6 +174,11 @@ class RKDParams(FeatureParams):
     distance_weight: float = 25.0
     angle_weight: float = 50.0
 
+    def relation_bytes(self, batch: int) -> int:
+        """Float32 memory of the relation matrices one step builds: the angle term's batch^3 angles for the
+        student, its gradient and the teacher, with the loss's temporary; else batch^2 distances."""
+        return 4 * 4 * (batch ** 3 if self.angle_weight > 0 else batch ** 2)
+
 
 @dataclass
 class DKDParams(LogitParams):

@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from kdrun.core.errors import ConfigError
+from kdrun.core.jobenv import available_memory
 from kdrun.run.config import config_dir
 from kdrun.run.validate import validate
 
@@ -137,7 +138,18 @@ def _check(cfg: DictConfig) -> None:
     if "loss" in cfg:
         from kdrun.methods.params import parse_params  # torch-free: the methods' options alone
 
-        parse_params(cfg.loss, cfg.get("alpha"))
+        _check_memory(parse_params(cfg.loss, cfg.get("alpha")), cfg.optim.batch_size, cfg.loss.name)
+
+
+def _check_memory(params: object, batch: int, method: str) -> None:
+    """A method whose relation matrices grow as batch^2 or batch^3 (rkd) is refused, before any run, a batch
+    this machine's memory cannot hold: the kernel would kill the run without a word."""
+    needed = getattr(params, "relation_bytes", lambda b: 0)(batch)
+    available = available_memory()
+    if available is not None and needed > available:
+        raise ConfigError(f"loss={method} at optim.batch_size={batch} needs about {needed / 2**30:.0f} GiB for its "
+                          f"relation matrices, more than the {available / 2**30:.0f} GiB available; lower "
+                          "optim.batch_size")
 
 
 def _compose(config_name: str, overrides: list[str], check: bool = True, resolve: bool = True) -> DictConfig:

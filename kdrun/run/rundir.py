@@ -102,16 +102,36 @@ def holds_run(run_dir: Path) -> bool:
 
 
 def run_state(run_dir: Path) -> tuple[str, str]:
-    """`finished`, `failed`, `interrupted` or `unfinished`, and the detail a person needs (error, resume command)."""
+    """`finished`, `failed`, `interrupted` or `unfinished`, and the detail a person needs (error, resume command).
+    A run whose process died without a word (`died_without_a_word`) is recorded as failed now."""
     if (run_dir / SUMMARY).exists():
         return "finished", ""
     try:
         status = json.loads((run_dir / STATUS).read_text())
     except (OSError, ValueError):
+        if died_without_a_word(run_dir):
+            write_failure(run_dir, KILLED)
+            return "failed", KILLED
         return "unfinished", "no summary.json: killed, or still running"
     if not isinstance(status, dict):
         return "unfinished", f"{STATUS} is damaged"
     return str(status.get("status", "unfinished")), str(status.get("error") or status.get("resume") or "")
+
+
+KILLED = ("the process ended without a word: killed (by the kernel for lack of memory, by SIGKILL) or its machine "
+          "went down; resume it with resume=RUN_DIR if it has last.pt, else run it again")
+
+
+def died_without_a_word(run_dir: Path) -> bool:
+    """A run that took its lock and is gone without a summary or a status: nobody holds the lock now, so the
+    process died where no handler runs (the kernel's OOM killer, SIGKILL)."""
+    if not (run_dir / LOCK).exists() or (run_dir / STATUS).exists():
+        return False
+    try:
+        with _lock(run_dir).acquire(timeout=0):
+            return not (run_dir / SUMMARY).exists()
+    except (Timeout, OSError):  # still running, or a run dir we may not write
+        return False
 
 
 def forget_unfinished(run_dir: Path) -> None:
