@@ -367,3 +367,37 @@ def test_a_run_killed_where_no_handler_runs_is_recorded_failed_by_the_next_repor
     status = json.loads((workdir / "outputs/k/status.json").read_text())
     assert status["status"] == "failed" and "ended without a word" in status["error"]
     assert "ended without a word" in report.stdout + report.stderr
+
+
+def test_sigterm_to_a_sweep_resume_stops_its_child_too(workdir):
+    import subprocess
+
+    from conftest import metric_rows, wait_until
+
+    sweep = workdir / "outputs" / "sweep"
+    args = [*STUDENT, "epochs=50", "dataset.kwargs.num_train=20000", "seed=0,1", f"hydra.sweep.dir={sweep}"]
+    first = start_kdrun(workdir, "train-student", "-m", *args)
+    wait_until(lambda: len(metric_rows(sweep / "0")) >= 1, first)
+    first.send_signal(signal.SIGTERM)
+    first.communicate(timeout=600)
+    rows = len(metric_rows(sweep / "0"))
+    resumer = start_kdrun(workdir, "train-student", f"resume={sweep}")
+    wait_until(lambda: len(metric_rows(sweep / "0")) > rows, resumer)
+    [child] = subprocess.run(["pgrep", "-P", str(resumer.pid)], capture_output=True, text=True).stdout.split()
+    resumer.send_signal(signal.SIGTERM)
+    _, err = resumer.communicate(timeout=600)
+    assert resumer.returncode == 143 and "Traceback" not in err, err
+    wait_until(lambda: subprocess.run(["kill", "-0", child], capture_output=True).returncode != 0, timeout=60)
+    assert yaml.safe_load((sweep / "0" / "status.json").read_text())["status"] == "interrupted"
+
+
+@pytest.mark.parametrize("args, words", [
+    (["dataset.val_split=1e-9"], "dataset.val_split=1e-09 holds out 0 of"),
+    (["optim.batch_size=1", "student=resnet8", "dataset.kwargs.shape=[3,8,8]"],
+     "a batch of one example reached a BatchNorm layer"),
+])
+def test_settings_that_break_training_are_named(workdir, args, words):
+    (workdir / "outputs").mkdir()
+    result = kdrun(workdir, "train-student", *ONE_EPOCH, *args, "hydra.run.dir=outputs/s")
+    assert result.returncode == 2 and words in result.stderr.strip().splitlines()[-1], result.stderr
+    assert "Traceback" not in result.stderr and "failed" in (workdir / "outputs/s/status.json").read_text()

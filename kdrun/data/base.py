@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterator, Optional
 import torch
 
 from kdrun.core.distributed import context
-from kdrun.core.errors import KdrunError
+from kdrun.core.errors import ConfigError, KdrunError
 from kdrun.core.registry import Registry
 from kdrun.core.runtime import memory_format
 
@@ -123,7 +123,12 @@ def holdout(data: TensorData, fraction: float, seed: int) -> TensorData:
     """Hold a seeded `fraction` of the training set out as a validation set (model selection without
     looking at test). The kept training examples stay in their original order."""
     n = len(data.x_train)
-    chosen = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:round(fraction * n)]
+    held = round(fraction * n)
+    if not 1 <= held < n:
+        raise ConfigError(f"dataset.val_split={fraction:g} holds out {held} of {n} training examples; a validation "
+                          f"set needs at least one and training keeps one: use a value in [{1 / n:.2g}, {(n - 1) / n:.4g}], "
+                          "or 0 for none")
+    chosen = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:held]
     keep = torch.ones(n, dtype=torch.bool)
     keep[chosen] = False
     val = chosen.sort().values

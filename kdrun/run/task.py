@@ -157,6 +157,9 @@ def failure_message(error: Exception) -> str | None:
     if isinstance(error, OSError):  # a full disk, a read-only teacher store, ...: the path and the reason
         return (f"cannot write or read {error.filename or 'a file'} ({error.strerror or first_line(error)}); "
                 "check free disk space and permissions, or choose another path")
+    if "Expected more than 1 value per channel when training" in str(error):  # BatchNorm given one example
+        return ("a batch of one example reached a BatchNorm layer in training, which needs two or more; "
+                "raise optim.batch_size (per process, with torchrun) to 2 or more")
     if type(error).__name__ == "OutOfMemoryError" or any(s in str(error).lower() for s in OUT_OF_MEMORY):
         return (f"out of memory ({first_line(error)[:120]}); lower optim.batch_size or latency.batch_size, "
                 "or pick a smaller model")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -99,13 +100,17 @@ def job_command(name: str, job_dir: Path, overrides: list[str], consent: Consent
 
 
 def run_child(argv: list[str], cwd: Path) -> int:
-    """`kdrun ARGV` in `cwd`; a Ctrl-C reaches the child too, which checkpoints and exits: wait for it."""
-    child = subprocess.Popen([sys.executable, "-m", "kdrun", *argv], cwd=cwd)
-    while True:
-        try:
-            return child.wait()
-        except KeyboardInterrupt:
-            continue
+    """`kdrun ARGV` in `cwd`, and wait for it. A SIGTERM or SIGINT sent to this process is passed on, once, to
+    the child (in a session of its own, so a terminal's Ctrl-C does not reach it twice), which checkpoints and
+    exits: no child trains on alone."""
+    child = subprocess.Popen([sys.executable, "-m", "kdrun", *argv], cwd=cwd, start_new_session=True)
+    forward = {signum: signal.signal(signum, lambda number, frame: child.send_signal(number))
+               for signum in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        return child.wait()
+    finally:
+        for signum, handler in forward.items():
+            signal.signal(signum, handler)
 
 
 def checked_jobs(sweep_dir: Path, config_name: str, consent: Consent) -> list[tuple[Path, list[str]]]:
