@@ -392,12 +392,13 @@ def test_sigterm_to_a_sweep_resume_stops_its_child_too(workdir):
 
 
 @pytest.mark.parametrize("args, words", [
-    (["dataset.val_split=1e-9"], "dataset.val_split=1e-09 holds out 0 of"),
-    (["optim.batch_size=1", "student=resnet8", "dataset.kwargs.shape=[3,8,8]"],
+    (["train-student", *ONE_EPOCH, "dataset.val_split=1e-9"], "dataset.val_split=1e-09 holds out 0 of"),
+    (["distill", *ONE_EPOCH, "teacher.train.epochs=1", "dataset.kwargs.shape=[3,16,16]", "teacher=resnet56",
+      "teacher.name=resnet8", "student=resnet8", "loss=reviewkd", "optim.batch_size=1"],
      "a batch of one example reached a BatchNorm layer"),
 ])
 def test_settings_that_break_training_are_named(workdir, args, words):
     (workdir / "outputs").mkdir()
-    result = kdrun(workdir, "train-student", *ONE_EPOCH, *args, "hydra.run.dir=outputs/s")
+    result = kdrun(workdir, *args, "hydra.run.dir=outputs/s")
     assert result.returncode == 2 and words in result.stderr.strip().splitlines()[-1], result.stderr
     assert "Traceback" not in result.stderr and "failed" in (workdir / "outputs/s/status.json").read_text()
