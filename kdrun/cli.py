@@ -97,6 +97,7 @@ def run_command(argv: list[str]) -> int:
     from kdrun.run.help import command_help
     from kdrun.run.outdir import pin_output_dir
     from kdrun.run.preflight import check_overrides
+    from kdrun.run.presets import expand_presets
     from kdrun.run.resume import is_resume
     from kdrun.run.rundir import owned
 
@@ -111,6 +112,7 @@ def run_command(argv: list[str]) -> int:
                     rest = resumed(name, command, rest, held)
                     if isinstance(rest, int):  # a sweep resumed job by job: its exit code
                         return rest
+                rest = expand_presets(command.config_name, rest)
                 overrides = [a for a in rest if ("=" in a or a.startswith("~")) and not a.startswith("-")]
                 check_overrides(command.config_name, overrides)
                 check_flags(rest)

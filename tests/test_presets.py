@@ -85,3 +85,21 @@ def test_imagenet_preset_composes_with_the_published_recipe_and_torchvisions_wei
     optim = cfg.optim
     assert (optim.name, optim.lr, optim.momentum, optim.weight_decay, optim.batch_size) == ("sgd", 0.1, 0.9, 1e-4, 256)
     assert (optim.schedule, list(optim.milestones), optim.gamma) == ("multistep", [30, 60, 90], 0.1)
+
+
+@pytest.mark.parametrize("command, expected", [
+    ("train-student", {"student.name": "resnet20", "dataset.name": "cifar100", "optim.name": "sgd", "epochs": 240,
+                       "dataset.val_split": 0.1}),
+    ("train-teacher", {"teacher.name": "resnet56", "dataset.name": "cifar100"}),
+    ("inspect-teacher", {"teacher.name": "resnet56", "dataset.name": "cifar100"}),
+])
+def test_every_verb_takes_the_parts_of_a_preset_it_has(tmp_path, command, expected):
+    """A distill preset gives train-student its hard-label baseline and the teacher verbs their teacher; the
+    user's own overrides still win."""
+    from omegaconf import OmegaConf
+
+    result = kdrun(tmp_path, command, "experiment=cifar100_resnet56_resnet20", "seed=7", "--cfg", "job")
+    assert result.returncode == 0, result.stderr
+    cfg = OmegaConf.create(result.stdout)
+    assert {key: OmegaConf.select(cfg, key) for key in expected} == expected
+    assert "T" not in cfg and "loss" not in cfg and cfg.seed == 7

@@ -17,6 +17,7 @@ from omegaconf import OmegaConf
 
 from kdrun.core.errors import KdrunError, first_line
 from kdrun.methods.params import DEFAULT_ALPHA
+from kdrun.run.presets import override_text
 from kdrun.run.replay import Consent, check_replayable
 from kdrun.run.rundir import HYDRA, LAST, SUMMARY, check_not_in_use, saved_config, saved_overrides
 
@@ -116,15 +117,6 @@ def as_resolved(overrides: list[str], saved: dict[str, Any]) -> list[str]:
         literal = "${" in override.input_line and override.package is None and isinstance(value, (str, int, float))
         pinned.append(f"{override.key_or_group}={override_text(value)}" if literal else override.input_line)
     return pinned
-
-
-def override_text(value: str | int | float) -> str:
-    """A scalar as Hydra's override grammar reads it back: numbers and booleans bare, text quoted."""
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, str):
-        return "'" + value.replace("'", "\\'") + "'"
-    return repr(value)
 
 
 # Keys that do not change what a run trains: how its speed is measured at the end, and whether bars are drawn.
