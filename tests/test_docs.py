@@ -26,6 +26,7 @@ from kdrun.cli import COMMANDS
 from kdrun.core.errors import KdrunError
 from kdrun.run.config import SCHEMAS, register_schemas
 from kdrun.run.preflight import check_overrides
+from kdrun.run.presets import expand_presets
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
@@ -136,7 +137,7 @@ def _check(shown: Shown) -> None:
     overrides = _overrides(words[1:])
     if any(o.startswith("resume=") for o in overrides):  # the run dir's own overrides are used; the path is an example
         return
-    check_overrides(command.config_name, overrides)
+    check_overrides(command.config_name, expand_presets(command.config_name, overrides))
 
 
 def _checkable(shown: Shown) -> bool:
