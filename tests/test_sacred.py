@@ -140,8 +140,17 @@ def test_info_flags_with_a_sweep_are_one_line(workdir):
 
 
 def test_ctrl_c_in_the_first_moments_is_one_line_not_a_traceback(workdir):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "KDRUN_TEST": "1"}
+    env.pop("HYDRA_FULL_ERROR", None)
     for delay in (0.2, 0.6, 1.2):  # while importing, composing, starting Hydra
-        job = start_kdrun(workdir, "train-student", *ONE_EPOCH, "epochs=50")
+        # as from a terminal: SIGINT's default action (a test runner's worker may ignore it, and children inherit that)
+        job = subprocess.Popen([sys.executable, "-m", "kdrun", "train-student", *ONE_EPOCH, "epochs=50"], cwd=workdir,
+                               env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         time.sleep(delay)
         job.send_signal(signal.SIGINT)
         _, err = job.communicate(timeout=600)
