@@ -15,7 +15,7 @@ from kdrun.commands.train_student import train_student
 from kdrun.core.console import epoch_progress, show_results
 from kdrun.methods.base import Method, MethodContext, build_method
 from kdrun.methods.params import parse_params, resolved_alpha
-from kdrun.run.rundir import write_summary
+from kdrun.run.rundir import objective, write_summary
 from kdrun.teachers.facts import TeacherFacts, teacher_facts
 from kdrun.teachers.knowledge import ProbeSet, TeacherStats, gradient_probe, probe_subset, teacher_stats
 from kdrun.teachers.store import Teacher, obtain_teacher
@@ -107,7 +107,7 @@ def finish(cfg: DictConfig, env: Setup, run_dir: Path, teacher: Teacher, facts: 
                                                "separate runs vary more)"
                                                + (" [contended]" if summary["latency"]["contended"] else ""),
                                                f"teacher checkpoint: {teacher.checkpoint}", f"run dir: {run_dir}"])
-    return summary["test_acc"]
+    return objective(summary)
 
 
 def run(cfg: DictConfig, run_dir: Path) -> float:

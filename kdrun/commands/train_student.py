@@ -28,7 +28,7 @@ from kdrun.methods.base import Method, as_method
 from kdrun.methods.losses import cross_entropy
 from kdrun.models.checkpoint import save_checkpoint
 from kdrun.models.registry import model_kwargs
-from kdrun.run.rundir import CHECKPOINT, write_summary
+from kdrun.run.rundir import CHECKPOINT, objective, write_summary
 from kdrun.train.engine import fit
 from kdrun.train.recipe import recipe_from_optim
 
@@ -48,7 +48,7 @@ def finish(cfg: DictConfig, env: Setup, run_dir: Path, student: torch.nn.Module,
     write_summary(run_dir, summary)
     show_results([{"role": "student (hard labels)", "model": cfg.student.name, **summary}],
                  title="kdrun train-student", notes=[f"run dir: {run_dir}"])
-    return summary["test_acc"]
+    return objective(summary)
 
 
 def save_student(cfg: DictConfig, run_dir: Path, student: torch.nn.Module, data: TensorData,

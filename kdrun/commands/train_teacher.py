@@ -13,7 +13,7 @@ from kdrun.commands.resumable import training_hooks
 from kdrun.commands.setup import log, setup
 from kdrun.core.console import epoch_progress, show_results
 from kdrun.core.files import writes
-from kdrun.run.rundir import CHECKPOINT, rewrite_metrics, write_summary
+from kdrun.run.rundir import CHECKPOINT, objective, rewrite_metrics, write_summary
 from kdrun.teachers.store import obtain_teacher
 
 
@@ -47,4 +47,4 @@ def run(cfg: DictConfig, run_dir: Path) -> float:
     write_summary(run_dir, summary)
     show_results([{"role": "teacher", "model": cfg.teacher.name, **summary}], title="kdrun train-teacher",
                  notes=[f"run dir: {run_dir}", f"stored teacher: {teacher.checkpoint}"])
-    return summary["test_acc"]
+    return objective(summary)

@@ -12,6 +12,7 @@ lock (`kdrun.core.files.writes`).
 from __future__ import annotations
 
 import json
+import math
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -39,6 +40,12 @@ def append_metrics(run_dir: Path, row: dict[str, Any]) -> None:
         return
     with open(run_dir / METRICS, "a") as handle:
         handle.write(json.dumps(row) + "\n")
+
+
+def objective(summary: dict[str, Any]) -> float:
+    """What a run returns to a sweeper (Optuna maximises it): the best validation accuracy when the run held a
+    validation split out, so a tuned choice never sees the test set; else the final test accuracy."""
+    return float(summary.get("best_val_acc", summary.get("test_acc", math.nan)))
 
 
 def write_summary(run_dir: Path, summary: dict[str, Any]) -> Path:

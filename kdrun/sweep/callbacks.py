@@ -18,6 +18,14 @@ class ReportCallback(Callback):
     """Writes the report into the sweep dir and prints its table (a report problem is one line, never a
     traceback); then, if any job did not finish, names them and ends the sweep command with exit code 2."""
 
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        """A tuning sweeper maximises each run's return: say so when that is test accuracy (no val split)."""
+        sweeper = str(config.hydra.sweeper.get("_target_", "")).lower()
+        if "optuna" in sweeper and not config.get("dataset", {}).get("val_split"):
+            print("kdrun: note: without a validation split this search maximises test accuracy, so its winner is "
+                  "tuned on the test set; set dataset.val_split=0.1 to tune on held-out training data",
+                  file=sys.stderr, flush=True)
+
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir).resolve()
         if not sweep_dir.is_dir():  # a sweep with no jobs

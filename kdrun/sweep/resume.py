@@ -28,7 +28,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from kdrun.core.errors import KdrunError
 from kdrun.run.replay import Consent, check_replayable
 from kdrun.run.resume import check_same_config, launch_dir
-from kdrun.run.rundir import HYDRA, LAST, MULTIRUN, SUMMARY, check_not_in_use, failed_for_good, forget_unfinished, saved_config
+from kdrun.run.rundir import (HYDRA, LAST, MULTIRUN, SUMMARY, check_not_in_use, failed_for_good, forget_unfinished,
+                             objective, saved_config)
 
 STACKED_LAUNCHER = "StackedLauncher"  # the class name of hydra/launcher=stacked's _target_
 # What finishing a job of a sweep takes; FAILS_AGAIN: it failed for its own settings (a diverging loss), and
@@ -161,8 +162,8 @@ def job_dir_of(config: DictConfig) -> Path:
 
 
 def finished_result(job_dir: Path) -> float:
-    """A finished job's return value, as its task returned it: its final test accuracy."""
-    return float(json.loads((job_dir / SUMMARY).read_text()).get("test_acc", math.nan))
+    """A finished job's return value, as its task returned it (kdrun.run.rundir.objective)."""
+    return objective(json.loads((job_dir / SUMMARY).read_text()))
 
 
 def continue_from_last(job_dir: Path, config: DictConfig) -> None:
