@@ -67,8 +67,17 @@ FLAGS_WITH_VALUE = ("--cfg", "-c", "--package", "-p", "--config-path", "-cp", "-
                     "--config-dir", "-cd", "--experimental-rerun", "--info", "-i", *COMPLETION_FLAGS)
 
 
+# Hydra flags that would pick another config or replay a pickled one: kdrun picks the config by its command.
+REFUSED_FLAGS = ("--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd", "--experimental-rerun")
+
+
 def check_words(args: list[str]) -> None:
     """A bare word (`kdrun distill epochs 3`) is a KEY=VALUE missing its `=`: say so, not Hydra's grammar."""
+    for flag in (a for a in args if a.split("=", 1)[0] in REFUSED_FLAGS):
+        raise KdrunError(f"{flag.split('=', 1)[0]} is not for kdrun: the command picks its config (conf/); "
+                         "choose presets with experiment=NAME and values with KEY=VALUE")
+    for arg in (a for a in args if a.startswith("=")):
+        raise KdrunError(f"'{arg}' has no key: write KEY=VALUE, e.g. T{arg}")
     for i, arg in enumerate(args):
         if arg.startswith(("-", "~")) or "=" in arg or (i and args[i - 1] in FLAGS_WITH_VALUE):
             continue
@@ -123,8 +132,7 @@ def run_command(argv: list[str]) -> int:
                     multirun = any(a in MULTIRUN_FLAGS for a in rest)
                     creating = not any(a in ("--cfg", "-c") for a in rest)
                     rest, where = pin_output_dir(command.config_name, rest, multirun, create=creating, resuming=resuming)
-                    if multirun and creating and not resuming:  # one process runs (or resumes) a sweep at a time
-                        where.mkdir(parents=True, exist_ok=True)
+                    if creating:  # held before Hydra writes .hydra/ there: one process per run (or sweep) dir
                         held.enter_context(owned(where))
                     if under_torchrun():
                         from kdrun.run.torchrun import torchrun_overrides  # torch: only under torchrun

@@ -138,12 +138,13 @@ def test_a_run_dir_in_use_is_refused_and_left_untouched(tmp_path):
 
 
 def test_the_lock_is_held_for_the_life_of_a_run(tmp_path):
+    probe = f"from pathlib import Path\nfrom kdrun.run.rundir import owned\nwith owned(Path({str(tmp_path)!r})): pass"
     with owned(tmp_path):
-        with pytest.raises(KdrunError, match="in use by another kdrun process"):
-            with owned(tmp_path):
-                pass
-    with owned(tmp_path):  # released with the run
-        pass
+        with owned(tmp_path):  # the same process again (the CLI took it before Hydra, then its task): no-op
+            pass
+        other = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=HANG_GUARD)
+        assert other.returncode != 0 and "in use by another kdrun process" in other.stderr
+    assert subprocess.run([sys.executable, "-c", probe], timeout=HANG_GUARD).returncode == 0  # released with the run
 
 
 def test_train_teacher_resumes_after_its_checkpoint_was_linked_into_the_store(tmp_path):

@@ -411,3 +411,80 @@ def test_settings_that_break_training_are_named(workdir, args, words):
     result = kdrun(workdir, *args, "hydra.run.dir=outputs/s")
     assert result.returncode == 2 and words in result.stderr.strip().splitlines()[-1], result.stderr
     assert "Traceback" not in result.stderr and "failed" in (workdir / "outputs/s/status.json").read_text()
+
+
+# --- found by trying beyond the examples ------------------------------------------------------------
+
+@pytest.mark.parametrize("args, words", [
+    (["hydra.mode=MULTIRUN", "hydra.sweep.dir=outputs/done"], "hydra.mode is kdrun's to set"),
+    (["hydra.run.dir=outputs/sweep/new"], "lies inside"),
+    (["hydra.run.dir=${hydra:runtime.cwd}/x"], "cannot resolve where the run writes"),
+    (["hydra.job.name=${oc.env:KDRUN_UNSET_VARIABLE}"], "cannot resolve where the run writes"),
+    (["hydra.run.dir=x/" + "a" * 300], "File name too long"),
+    (["-cn", "train_student"], "-cn is not for kdrun"),
+    (["=3"], "'=3' has no key"),
+    (["T=" + "1" * 5000], "cannot parse overrides"),
+])
+def test_beyond_the_examples_every_path_and_word_is_checked(finished, args, words):
+    command = "distill" if args[0] in ("=3", "-cn") or args[0].startswith("T=") else "train-student"
+    assert words in refused(finished, command, *ONE_EPOCH, *args)
+
+
+def test_a_forced_run_dir_override_cannot_slip_past_the_check(finished):
+    """`++hydra.run.dir=A hydra.run.dir=B`: the one checked is the one written, and only one is."""
+    before = tree_hash(finished / "outputs" / "done")
+    result = kdrun(finished, "train-student", *ONE_EPOCH, "++hydra.run.dir=outputs/done", "hydra.run.dir=outputs/fresh")
+    assert result.returncode == 0, result.stderr
+    assert (finished / "outputs/fresh/summary.json").exists() and tree_hash(finished / "outputs" / "done") == before
+
+
+def test_duplicate_values_under_a_subdir_named_by_them_are_refused(finished):
+    assert "one directory" in refused(finished, "train-student", "-m", *ONE_EPOCH, "seed=0,0",
+                                      "hydra.sweep.dir=outputs/s5", "hydra.sweep.subdir=${seed}")
+
+
+def test_a_second_run_into_a_fresh_dir_is_refused_before_hydra_writes_there(workdir):
+    from conftest import wait_until
+
+    first = start_kdrun(workdir, "train-student", *STUDENT, "epochs=30", "dataset.kwargs.num_train=20000",
+                        "hydra.run.dir=outputs/race")
+    wait_until(lambda: (workdir / "outputs/race/.hydra/config.yaml").exists(), first)
+    config = (workdir / "outputs/race/.hydra/config.yaml").read_bytes()
+    second = kdrun(workdir, "train-student", *ONE_EPOCH, "seed=7", "hydra.run.dir=outputs/race")
+    first.send_signal(signal.SIGTERM)
+    first.communicate(timeout=600)
+    assert second.returncode == 2 and "in use by another kdrun process" in second.stderr
+    assert (workdir / "outputs/race/.hydra/config.yaml").read_bytes() == config, "the first run's config stays"
+
+
+@pytest.mark.parametrize("planted", [["++hydra.run.dir={victim}"], ["hydra.mode=MULTIRUN", "hydra.sweep.dir={victim}"]])
+def test_a_crafted_run_dir_cannot_send_its_resume_elsewhere(finished, tmp_path, planted):
+    import shutil
+
+    shutil.copytree(finished / "outputs", tmp_path / "outputs")
+    victim = tmp_path / "outputs" / "done"
+    run_dir = crafted_run(tmp_path / "c", ["seed=1", *(p.format(victim=victim) for p in planted)])
+    line = refused(tmp_path, "train-student", f"resume={run_dir}", "trust_code=true")
+    assert "names where its run writes" in line
+
+
+def test_report_replaces_planted_symlinks_instead_of_writing_through_them(finished, tmp_path):
+    import shutil
+
+    shutil.copytree(finished / "outputs" / "done", tmp_path / "victim")
+    shutil.copytree(finished / "outputs" / "done", tmp_path / "r" / "run")
+    before = tree_hash(tmp_path / "victim")
+    for name, target in (("report.csv", "summary.json"), ("report.md", "metrics.jsonl"),
+                         ("acc_vs_latency.png", "checkpoint.pt")):
+        (tmp_path / "r" / name).symlink_to(tmp_path / "victim" / target)
+    assert kdrun(tmp_path, "report", "r").returncode == 0
+    assert tree_hash(tmp_path / "victim") == before and not (tmp_path / "r" / "report.csv").is_symlink()
+
+
+def test_report_never_blocks_on_a_fifo_summary(tmp_path):
+    import os
+
+    (tmp_path / "run").mkdir()
+    os.mkfifo(tmp_path / "run" / "summary.json")
+    result = kdrun(tmp_path, "report", "run")
+    assert "not a regular file" in result.stdout + result.stderr

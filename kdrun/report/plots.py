@@ -13,6 +13,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, NullLocator
 
+from kdrun.core.files import write_atomic
 from kdrun.report.runs import Report, Row, Stat
 
 STYLES = {"teacher": ("s", "C0"), "baseline": ("D", "C1"), "distill": ("o", "C2")}  # role: marker, colour
@@ -34,7 +35,7 @@ def save(figure: Figure, axes: Axes, path: Path) -> Path:
     axes.grid(alpha=0.3)
     axes.legend(fontsize="small", bbox_to_anchor=(1.02, 1), loc="upper left")  # beside the plot, never over it
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    write_atomic(path, lambda f: figure.savefig(f, dpi=120, format="png"))  # replaces, never writes through
     return path
 
 
@@ -137,5 +138,5 @@ def plot_acc_by_setting(report: Report, path: Path) -> Path | None:
     if axes.get_legend_handles_labels()[0]:
         axes.legend(fontsize="small", loc="lower right")
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    write_atomic(path, lambda f: figure.savefig(f, dpi=120, format="png"))  # replaces, never writes through
     return path

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,7 @@ from rich import box
 from rich.table import Table
 
 from kdrun.core.errors import KdrunError
+from kdrun.core.files import write_atomic
 from kdrun.report.rows import build_report
 from kdrun.report.runs import FIXED, HEADERS, Report, Row, Stat
 
@@ -82,11 +84,14 @@ def table(report: Report) -> Table:
 
 
 def write_csv(report: Report, path: Path) -> Path:
-    with open(path, "w", newline="") as handle:
-        records = [record(report, row) for row in report.rows]
-        writer = csv.DictWriter(handle, fieldnames=list(records[0]))
-        writer.writeheader()
-        writer.writerows(records)
+    """Written atomically, as every report file: a file (or a planted symlink) at `path` is replaced, never
+    written through."""
+    records = [record(report, row) for row in report.rows]
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=list(records[0]))
+    writer.writeheader()
+    writer.writerows(records)
+    write_atomic(path, lambda f: f.write(text.getvalue().encode()))
     return path
 
 
@@ -98,7 +103,7 @@ def write_markdown(report: Report, path: Path) -> Path:
     lines = ["Accuracy in %: mean ± sample std over the seeds; gain in percentage points of final accuracy "
              "over the baseline with the same recipe.", "", line(names), line(["---"] * len(names)),
              *(line(row) for row in rows), "", *(f"- {note}" for note in report.notes)]
-    path.write_text("\n".join(lines) + "\n")
+    write_atomic(path, lambda f: f.write(("\n".join(lines) + "\n").encode()))
     return path
 
 

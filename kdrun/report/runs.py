@@ -130,6 +130,8 @@ def find_runs(paths: list[Path]) -> tuple[list[Path], list[Path]]:
 
 def load_run(run_dir: Path) -> Run:
     """A finished run, or a KdrunError saying why it cannot be averaged (the report skips it and says so)."""
+    if not (run_dir / SUMMARY).is_file():  # a FIFO or a device would block the read for ever
+        raise KdrunError(f"{SUMMARY} is not a regular file")
     try:
         summary = json.loads((run_dir / SUMMARY).read_bytes().decode())
     except (OSError, UnicodeDecodeError, ValueError) as error:

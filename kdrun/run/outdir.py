@@ -12,12 +12,13 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path, PurePath
+from typing import Any
 
 from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
-from kdrun.core.errors import ConfigError
+from kdrun.core.errors import ConfigError, first_line
 from kdrun.run.config import config_dir
 from kdrun.run.preflight import first_values
 from kdrun.run.rundir import MULTIRUN, SUMMARY, holds_run
@@ -25,6 +26,9 @@ from kdrun.run.rundir import MULTIRUN, SUMMARY, holds_run
 # A sweep's job sub-directory must differ from job to job: by number, id, its overrides, or every swept key.
 JOB_DISTINCT = ("${hydra.job.num}", "${hydra.job.id}", "${hydra.job.override_dirname}")
 UNQUOTABLE = ("'", "\\", "$")  # characters a path cannot carry through Hydra's override grammar
+# Set by a sweep's resume (kdrun.sweep.resume) for the child that reruns one of its jobs: that job dir, the one
+# run dir allowed inside a sweep dir.
+SWEEP_JOB = "KDRUN_SWEEP_JOB"
 
 
 @dataclass(frozen=True)
@@ -49,12 +53,17 @@ class OutputDir:
 def resolve_output(config_name: str, overrides: list[str], multirun: bool) -> OutputDir:
     """Compose these overrides with Hydra's own config and resolve where the run (or sweep) would write."""
     key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
-    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3", job_name="preflight"):
-        cfg = compose(config_name=config_name, overrides=first_values(_overrides(overrides)), return_hydra_config=True)
-    subdir = OmegaConf.to_container(cfg.hydra.sweep, resolve=False).get("subdir")
-    output_subdir = OmegaConf.select(cfg, "hydra.output_subdir")
-    return OutputDir(key, str(OmegaConf.select(cfg, key)), None if output_subdir is None else str(output_subdir),
-                     str(subdir))
+    try:
+        with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3", job_name="preflight"):
+            cfg = compose(config_name=config_name, overrides=first_values(_overrides(overrides)),
+                          return_hydra_config=True)
+        subdir = OmegaConf.to_container(cfg.hydra.sweep, resolve=False).get("subdir")
+        output_subdir, path = OmegaConf.select(cfg, "hydra.output_subdir"), OmegaConf.select(cfg, key)
+        OmegaConf.select(cfg, "hydra.job.name")  # Hydra resolves it next, to name the log file
+    except Exception as error:  # noqa: BLE001 - ${hydra:...} (set only once Hydra runs), ${oc.env:UNSET}, ...
+        raise ConfigError(f"cannot resolve where the run writes ({type(error).__name__}: {first_line(error)}); "
+                          f"give {key} as a path (${{now:...}} and ${{oc.env:NAME,default}} work)") from None
+    return OutputDir(key, str(path), None if output_subdir is None else str(output_subdir), str(subdir))
 
 
 def _overrides(args: list[str]) -> list[str]:
@@ -62,10 +71,17 @@ def _overrides(args: list[str]) -> list[str]:
     return [a for a in args if ("=" in a or a.startswith("~")) and not a.startswith("-")]
 
 
-def swept_keys(args: list[str]) -> list[str]:
-    """The keys a multirun sweeps (`T=1,2` -> T)."""
-    return [o.get_key_element() for o in OverridesParser.create().parse_overrides(_overrides(args))
-            if o.is_sweep_override()]
+def sweeps(args: list[str]) -> dict[str, list[str] | None]:
+    """The keys a multirun sweeps and their values (`T=1,2` -> {T: [1, 2]}; None: not a list, e.g. Optuna's)."""
+    parsed = OverridesParser.create().parse_overrides(_overrides(args))
+    return {o.get_key_element(): _listed(o) for o in parsed if o.is_sweep_override()}
+
+
+def _listed(override: Any) -> list[str] | None:
+    try:
+        return list(override.sweep_string_iterator())
+    except Exception:  # noqa: BLE001 - interval() sweeps have no list of values
+        return None
 
 
 def check_output(out: OutputDir, overrides: list[str], resuming: bool) -> None:
@@ -82,11 +98,11 @@ def check_output(out: OutputDir, overrides: list[str], resuming: bool) -> None:
     _check_inside(out.output_subdir, "hydra.output_subdir", "each run dir", ".hydra")
     if out.key == "hydra.sweep.dir":
         _check_inside(out.job_subdir, "hydra.sweep.subdir", "the sweep dir", "${hydra.job.num}")
-        _check_distinct_jobs(out.job_subdir, swept_keys(overrides))
+        _check_distinct_jobs(out.job_subdir, sweeps(overrides))
     if not resuming:
         check_unused(target, out.key)
         for parent in target.parents:
-            if holds_run(parent) or ((parent / MULTIRUN).exists() and out.key == "hydra.sweep.dir"):
+            if holds_run(parent) or ((parent / MULTIRUN).exists() and os.environ.get(SWEEP_JOB) != str(target)):
                 raise ConfigError(f"{out.key} {target} lies inside {parent}, which holds a run or sweep; "
                                   f"pass {out.key}=DIR outside it")
 
@@ -97,11 +113,20 @@ def _check_inside(subdir: str | None, key: str, where: str, default: str) -> Non
                           f"e.g. {key}={default} (the default)")
 
 
-def _check_distinct_jobs(subdir: str, swept: list[str]) -> None:
-    if any(marker in subdir for marker in JOB_DISTINCT) or all(f"${{{key}}}" in subdir for key in swept):
+def _check_distinct_jobs(subdir: str, swept: dict[str, list[str] | None]) -> None:
+    """Jobs named by their values differ only if every swept key is in the name and no value repeats."""
+    if any(marker in subdir for marker in JOB_DISTINCT):
+        return
+    named = all(f"${{{key}}}" in subdir for key in swept)
+    if named and all(values is not None and len(set(values)) == len(values) for values in swept.values()):
         return
     raise ConfigError(f"hydra.sweep.subdir={subdir} gives several jobs of the sweep one directory, and each would "
                       "overwrite the last; include ${hydra.job.num} (the default)")
+
+
+def _key(arg: str) -> str:
+    """An override's key without its +/++/~ prefix (`++hydra.run.dir=x` -> hydra.run.dir)."""
+    return arg.split("=", 1)[0].lstrip("+~")
 
 
 def check_unused(target: Path, key: str) -> None:
@@ -118,8 +143,8 @@ def check_unused(target: Path, key: str) -> None:
 def check_writable(target: Path, key: str, create: bool) -> None:
     """Fail before Hydra does (with a traceback) when the run dir cannot be created.
 
-    With `create`, its parent is made now (Hydra would make it next anyway): the only test that no
-    permission bit or special filesystem (/proc) can fool.
+    With `create`, it is made now (Hydra would make it next anyway, and the CLI locks it first): the only
+    test that no permission bit or special filesystem (/proc) can fool.
     """
     existing = next(p for p in (target, *target.parents) if p.exists())
     if not existing.is_dir():
@@ -130,7 +155,7 @@ def check_writable(target: Path, key: str, create: bool) -> None:
                           f"pass {key}=DIR somewhere writable, or run from a writable directory")
     if create:
         try:
-            target.parent.mkdir(parents=True, exist_ok=True)
+            target.mkdir(parents=True, exist_ok=True)
         except OSError as error:
             raise ConfigError(f"cannot create the run directory {target} ({error.strerror}); "
                               f"pass {key}=DIR somewhere writable") from None
@@ -141,8 +166,12 @@ def pin_output_dir(config_name: str, args: list[str], multirun: bool, create: bo
     """The arguments with the run (or sweep) dir checked and pinned to its resolved path, and that path. The pin
     goes among the other overrides: argparse reads them as one run (`-m A=1 B=2`, `A=1 --cfg job`)."""
     out = resolve_output(config_name, args, multirun)
-    check_output(out, args, resuming)
-    check_writable(out.path, out.key, create)
-    kept = [a for a in args if not a.startswith(f"{out.key}=")]
+    try:
+        check_output(out, args, resuming)
+        check_writable(out.path, out.key, create)
+    except OSError as error:  # a name too long for the filesystem, a path through a file, ...
+        raise ConfigError(f"cannot use {out.key}={out.resolved[:80]} ({error.strerror or error}); "
+                          f"pass {out.key}=DIR, a shorter path somewhere writable") from None
+    kept = [a for a in args if _key(a) != out.key]
     first = next((i for i, a in enumerate(kept) if a in _overrides(kept)), 0)
     return [*kept[:first], out.pinned, *kept[first:]], out.path

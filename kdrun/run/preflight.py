@@ -45,6 +45,8 @@ def _parse(overrides: list[str]) -> list[Override]:
         return OverridesParser.create().parse_overrides(overrides)
     except HydraException as error:
         raise ConfigError(f"cannot parse overrides: {str(error).splitlines()[0]}") from None
+    except ValueError as error:  # Python's limit on the digits of an integer
+        raise ConfigError(f"cannot parse overrides: {str(error).split(';')[0]}; use a smaller number") from None
 
 
 def _values(override: Override) -> list[str] | None:
@@ -99,6 +101,8 @@ def _check_add_or_delete(cfg: DictConfig, override: Override) -> None:
 def _check_hydra_override(override: Override) -> None:
     """The Hydra settings kdrun users type: the launcher and its number of parallel jobs."""
     key = override.key_or_group
+    if key == "hydra.mode":
+        raise ConfigError("hydra.mode is kdrun's to set; start a sweep with -m (--multirun), a single run without it")
     if key == "hydra/launcher":
         from hydra.core.global_hydra import GlobalHydra
 
@@ -127,7 +131,9 @@ def _as_config_error(overrides: list[str]) -> Iterator[None]:
         yield
     except (HydraException, OmegaConfBaseException) as error:
         raise ConfigError(_one_line(error)) from None
-    except OverflowError as error:  # a 400-digit number for a float key
+    except (OverflowError, ValueError) as error:  # a 400-digit number for a float key; Python's digit limit
+        if not isinstance(error, OverflowError) and "digits" not in str(error):
+            raise
         huge = [o.split("=", 1)[0] for o in overrides if len(o.split("=", 1)[-1]) > 308]
         raise ConfigError(f"{huge[0] if huge else 'a value'} is too large ({str(error).splitlines()[0]}); "
                           "use a value below 1e308") from None

@@ -18,12 +18,18 @@ from hydra.core.override_parser.types import Override
 from kdrun.core.errors import KdrunError
 
 TRUST = "trust_code=true"
-# Hydra settings a run dir may replay: where it writes, its mode, its launcher and sweeper by name, their values.
-SAFE_HYDRA = ("hydra.run.dir", "hydra.sweep.dir", "hydra.sweep.subdir", "hydra.mode", "hydra.output_subdir",
-              "hydra.job.chdir", "hydra/launcher", "hydra/sweeper", "hydra/job_logging", "hydra/hydra_logging")
+# Hydra settings a run dir may replay: its launcher and sweeper by name, and their values. Where a resumed run
+# writes is the run dir itself, never a path or mode it names (kdrun.run.outdir pins it).
+SAFE_HYDRA = ("hydra.job.chdir", "hydra/launcher", "hydra/sweeper", "hydra/job_logging", "hydra/hydra_logging")
+WHERE = ("hydra.run.dir", "hydra.sweep.dir", "hydra.sweep.subdir", "hydra.mode", "hydra.output_subdir")
 SAFE_HYDRA_PREFIXES = ("hydra.launcher.", "hydra.sweeper.")
 # ... except a launcher's or sweeper's settings that run code: shell lines, extra sbatch/srun arguments, a class.
 CODE_SETTINGS = ("setup", "srun_args", "additional_parameters", "python", "_target_", "target")
+
+
+def names_place(override: Override) -> bool:
+    """Whether this override says where (or in which mode) Hydra writes: a replay never takes that from a run dir."""
+    return override.key_or_group in WHERE
 
 
 def names_code(override: Override) -> bool:
@@ -63,10 +69,14 @@ def split_consent(args: list[str]) -> tuple[list[str], Consent]:
 
 def check_replayable(source: Path, saved: list[str], consent: Consent) -> None:
     """Refuse, in one line, to replay an override from `source` that names code the user did not give again."""
+    parsed = OverridesParser.create().parse_overrides(saved)
+    placed = [o.input_line for o in parsed if names_place(o)]
+    if placed:
+        raise KdrunError(f"{source} names where its run writes ({', '.join(placed[:3])}); a run dir is data and a "
+                         "resume writes only into it: the file was edited, start the run again instead")
     if consent.trusted:
         return
-    foreign = [o.input_line for o in OverridesParser.create().parse_overrides(saved)
-               if names_code(o) and o.input_line not in consent.given]
+    foreign = [o.input_line for o in parsed if names_code(o) and o.input_line not in consent.given]
     if foreign:
         raise KdrunError(f"{source} asks to run code it names itself ({', '.join(foreign[:3])}); a run dir is data: "
                          f"give {foreign[0]} again on the command line, or add {TRUST} if you trust where it came from")

@@ -39,12 +39,19 @@ def is_resume(args: list[str]) -> bool:
 
 def launch_dir(hydra_file: Path) -> Path:
     """The directory a run (or sweep) was started from, as Hydra recorded it: relative paths in its
-    config (teacher store, data dir) mean what they meant then, whatever the current directory now."""
+    config (teacher store, data dir) mean what they meant then, whatever the current directory now.
+
+    Only a directory the run (or sweep) dir lies in is believed: a run dir is data, and an edited one must not
+    send a resumed run's relative paths into someone else's directory. Else the current directory."""
     try:
         cwd = OmegaConf.select(OmegaConf.load(hydra_file), "hydra.runtime.cwd", default=None)
     except Exception:  # noqa: BLE001 - a damaged file: keep the current directory
         cwd = None
-    return Path(cwd) if cwd and Path(cwd).is_dir() else Path.cwd()
+    run_dir = hydra_file.resolve().parent
+    run_dir = run_dir.parent if run_dir.name == HYDRA else run_dir
+    if cwd and Path(cwd).is_dir() and Path(cwd).resolve() in run_dir.parents:
+        return Path(cwd)
+    return Path.cwd()
 
 
 def resume_target(args: list[str]) -> Path:

@@ -91,7 +91,10 @@ def write_resolved(hydra_dir: Path, config: Any) -> None:
 
 def saved_overrides(path: Path) -> list[str]:
     """A run's `.hydra/overrides.yaml` as the text typed (`${now:...}` kept, never resolved on reading)."""
-    lines = OmegaConf.to_container(OmegaConf.load(path), resolve=False) if path.is_file() else []
+    try:
+        lines = OmegaConf.to_container(OmegaConf.load(path), resolve=False) if path.is_file() else []
+    except Exception as error:  # noqa: BLE001 - not text, not YAML, unreadable
+        raise KdrunError(f"{path} cannot be read ({type(error).__name__}); it was damaged or edited") from None
     if not isinstance(lines, list) or not all(isinstance(line, (str, int, float)) for line in lines):
         raise KdrunError(f"{path} is not a list of overrides; it was damaged or edited")
     return [str(line) for line in lines]
@@ -164,11 +167,15 @@ def _lock(run_dir: Path) -> FileLock:
     return FileLock(str(run_dir / LOCK), mode=0o666 & ~umask())
 
 
+_held: set[Path] = set()  # the dirs this process holds: the CLI takes a run's before Hydra, its task holds it on
+
+
 @contextmanager
 def owned(run_dir: Path) -> Iterator[None]:
     """Hold `run_dir` for the life of a run; a second process gets a one-line error instead of writing into it.
-    In a job of several processes rank 0 holds it for all."""
-    if not writes():
+    In a job of several processes rank 0 holds it for all. Holding it again in the same process is a no-op."""
+    key = run_dir.resolve()
+    if not writes() or key in _held:
         yield
         return
     lock = _lock(run_dir)
@@ -177,9 +184,11 @@ def owned(run_dir: Path) -> Iterator[None]:
     except Timeout:
         raise RunDirInUse(f"{run_dir} is in use by another kdrun process; wait for it to end, "
                          "or start a new run elsewhere") from None
+    _held.add(key)
     try:
         yield
     finally:
+        _held.discard(key)
         lock.release()
 
 

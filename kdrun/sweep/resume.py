@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import signal
 import subprocess
 import sys
@@ -26,6 +27,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from kdrun.core.errors import KdrunError
+from kdrun.run.outdir import SWEEP_JOB
 from kdrun.run.replay import Consent, check_replayable
 from kdrun.run.resume import check_same_config, launch_dir
 from kdrun.run.rundir import (HYDRA, LAST, MULTIRUN, SUMMARY, check_not_in_use, failed_for_good, forget_unfinished,
@@ -35,8 +37,17 @@ STACKED_LAUNCHER = "StackedLauncher"  # the class name of hydra/launcher=stacked
 # What finishing a job of a sweep takes; FAILS_AGAIN: it failed for its own settings (a diverging loss), and
 # running it again the same way would too, so a resume leaves it (and says so) instead of looping on it.
 FINISHED, CONTINUE, RESTART, FAILS_AGAIN = "finished", "continue", "restart", "fails again"
-# Hydra overrides a resumed stacked sweep sets itself (the sweep dir, multirun mode, the launcher's resume flag).
-OWN_HYDRA_OVERRIDES = ("hydra.sweep.dir=", "hydra.mode=", "hydra.launcher.resume=")
+# Hydra settings a resumed sweep sets itself, whatever its multirun.yaml says: the sweep dir (the one being
+# resumed), multirun mode, the launcher's resume flag. kdrun's CLI recorded the first two when it started.
+OWN_SETTINGS = ("hydra.sweep.dir", "hydra.mode", "hydra.launcher.resume")
+
+
+def own_settings(hydra_overrides: list[str]) -> list[str]:
+    """A sweep's saved Hydra overrides without those its resume sets itself (with or without a +/++ prefix)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(hydra_overrides)
+    return [o.input_line for o in parsed if o.key_or_group not in OWN_SETTINGS]
 
 
 def is_sweep_dir(path: Path) -> bool:
@@ -44,8 +55,22 @@ def is_sweep_dir(path: Path) -> bool:
 
 
 def saved_sweep(sweep_dir: Path) -> dict[str, Any]:
-    saved = OmegaConf.to_container(OmegaConf.load(sweep_dir / MULTIRUN), resolve=False)
+    """The sweep's multirun.yaml as plain data (a file that is no YAML mapping is one line)."""
+    try:
+        saved = OmegaConf.to_container(OmegaConf.load(sweep_dir / MULTIRUN), resolve=False)
+    except Exception as error:  # noqa: BLE001 - not text, not YAML, unreadable
+        raise KdrunError(f"{sweep_dir / MULTIRUN} cannot be read ({type(error).__name__})") from None
     return saved if isinstance(saved, dict) else {}
+
+
+def check_shape(sweep_dir: Path, hydra: Any) -> None:
+    """multirun.yaml holds what Hydra writes there: a damaged or edited one is one line, not a KeyError."""
+    shaped = (isinstance(hydra, dict) and isinstance(hydra.get("sweeper"), dict) and isinstance(hydra.get("sweep"), dict)
+              and isinstance(hydra.get("overrides"), dict)
+              and all(isinstance(hydra["overrides"].get(k), list) for k in ("task", "hydra")))
+    if not shaped:
+        raise KdrunError(f"{sweep_dir / MULTIRUN} lacks the sweep's settings (hydra.sweeper, hydra.sweep, "
+                         "hydra.overrides); it was damaged or edited, so the sweep cannot be resumed")
 
 
 def is_stacked_sweep(sweep_dir: Path) -> bool:
@@ -74,6 +99,7 @@ def sweep_jobs(sweep_dir: Path, config_name: str, consent: Consent) -> list[tupl
     if saved.get("command") != config_name:
         raise KdrunError(f"{sweep_dir} is a '{saved.get('command')}' sweep, not '{config_name}'; "
                          f"resume it with its own command")
+    check_shape(sweep_dir, hydra)
     sweeper = hydra.get("sweeper", {})
     if not str(sweeper.get("_target_", "")).endswith("BasicSweeper"):
         raise KdrunError(f"{sweep_dir} was swept by {sweeper.get('_target_')}; only grid sweeps (the basic sweeper) "
@@ -82,7 +108,8 @@ def sweep_jobs(sweep_dir: Path, config_name: str, consent: Consent) -> list[tupl
         raise KdrunError(f"{sweep_dir} names its jobs by hydra.sweep.subdir={hydra['sweep'].get('subdir')}, "
                          "not by job number; it cannot be resumed")
     params = [f"{k}={v}" for k, v in (sweeper.get("params") or {}).items()]
-    check_replayable(sweep_dir, [*params, *hydra["overrides"]["task"], *hydra["overrides"]["hydra"]], consent)
+    check_replayable(sweep_dir, [*params, *hydra["overrides"]["task"], *own_settings(hydra["overrides"]["hydra"])],
+                     consent)
     overrides = OverridesParser.create().parse_overrides([*params, *hydra["overrides"]["task"]])
     jobs = BasicSweeper.split_arguments(overrides, None)[0]
     return [(sweep_dir / str(number), job) for number, job in enumerate(jobs)]
@@ -100,11 +127,12 @@ def job_command(name: str, job_dir: Path, overrides: list[str], consent: Consent
     return [name, *overrides, f"hydra.run.dir={job_dir}"]
 
 
-def run_child(argv: list[str], cwd: Path) -> int:
+def run_child(argv: list[str], cwd: Path, job_dir: Path) -> int:
     """`kdrun ARGV` in `cwd`, and wait for it. A SIGTERM or SIGINT sent to this process is passed on, once, to
     the child (in a session of its own, so a terminal's Ctrl-C does not reach it twice), which checkpoints and
     exits: no child trains on alone."""
-    child = subprocess.Popen([sys.executable, "-m", "kdrun", *argv], cwd=cwd, start_new_session=True)
+    child = subprocess.Popen([sys.executable, "-m", "kdrun", *argv], cwd=cwd, start_new_session=True,
+                             env={**os.environ, SWEEP_JOB: str(job_dir)})  # the one run dir allowed in a sweep dir
     forward = {signum: signal.signal(signum, lambda number, frame: child.send_signal(number))
                for signum in (signal.SIGTERM, signal.SIGINT)}
     try:
@@ -134,8 +162,8 @@ def stacked_resume_overrides(config_name: str, sweep_dir: Path, consent: Consent
     finished jobs left alone, the others continued or restarted, in stacked groups as before."""
     checked_jobs(sweep_dir, config_name, consent)
     overrides = saved_sweep(sweep_dir)["hydra"]["overrides"]
-    hydra = [o for o in overrides["hydra"] if not o.startswith(OWN_HYDRA_OVERRIDES)]
-    return ["-m", *overrides["task"], *hydra, f"hydra.sweep.dir={sweep_dir}", "hydra.launcher.resume=true"]
+    return ["-m", *overrides["task"], *own_settings(overrides["hydra"]), f"hydra.sweep.dir={sweep_dir}",
+            "hydra.launcher.resume=true"]
 
 
 def resume_sweep(name: str, config_name: str, sweep_dir: Path, consent: Consent) -> int:
@@ -147,7 +175,7 @@ def resume_sweep(name: str, config_name: str, sweep_dir: Path, consent: Consent)
     todo = [(job_dir, argv) for job_dir, argv in todo if argv is not None]
     for job_dir, argv in todo:
         print(f"kdrun: job {job_dir.name}: kdrun {' '.join(argv)}", flush=True)
-        code = run_child(argv, launch_dir(sweep_dir / MULTIRUN))
+        code = run_child(argv, launch_dir(sweep_dir / MULTIRUN), job_dir)
         if code in (130, 143):  # stopped by the user: the rest can wait for the next resume
             return code
     unfinished = summarise_sweep(sweep_dir)
