@@ -488,3 +488,15 @@ def test_report_never_blocks_on_a_fifo_summary(tmp_path):
     os.mkfifo(tmp_path / "run" / "summary.json")
     result = kdrun(tmp_path, "report", "run")
     assert "not a regular file" in result.stdout + result.stderr
+
+
+def test_a_random_state_from_another_kind_of_device_is_one_line():
+    import torch
+
+    from kdrun.core.errors import KdrunError
+    from kdrun.train.state import capture_rng, restore_rng
+
+    rng = capture_rng(torch.Generator(), torch.Generator())
+    rng["augment"] = torch.zeros(16, dtype=torch.uint8)  # a CUDA generator's state is 16 bytes, a CPU one's 5056
+    with pytest.raises(KdrunError, match="saved by a run on another kind of device"):
+        restore_rng(rng, torch.Generator(), torch.Generator())

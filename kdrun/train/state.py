@@ -22,7 +22,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from kdrun.core.errors import KdrunError
+from kdrun.core.errors import KdrunError, first_line
 from kdrun.core.files import write_atomic, writes
 from kdrun.models.checkpoint import load_payload
 
@@ -55,8 +55,12 @@ def restore_rng(rng: dict[str, Any], order: torch.Generator, augment: torch.Gene
     torch.set_rng_state(rng["torch"])
     if rng["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(rng["cuda"])
-    order.set_state(rng["order"])
-    augment.set_state(rng["augment"])
+    try:
+        order.set_state(rng["order"])
+        augment.set_state(rng["augment"])
+    except RuntimeError as error:  # a CPU generator's state given to a CUDA one, or the reverse
+        raise KdrunError(f"last.pt was saved by a run on another kind of device ({first_line(error)}); resume it on "
+                         "the device it started on (e.g. hide the GPUs with CUDA_VISIBLE_DEVICES= for a CPU run)") from None
 
 
 def plain_scheduler_state(state: dict[str, Any]) -> dict[str, Any]:
