@@ -71,11 +71,18 @@ FLAGS_WITH_VALUE = ("--cfg", "-c", "--package", "-p", "--config-path", "-cp", "-
 REFUSED_FLAGS = ("--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd", "--experimental-rerun")
 
 
+# The flags of Hydra's command line that kdrun passes on.
+KNOWN_FLAGS = ("-m", "--multirun", "-r", "--run", "--cfg", "-c", "--resolve", "--package", "-p", "--hydra-help",
+               "--version", *INFO_FLAGS)
+
+
 def check_words(args: list[str]) -> None:
     """A bare word (`kdrun distill epochs 3`) is a KEY=VALUE missing its `=`: say so, not Hydra's grammar."""
     for flag in (a for a in args if a.split("=", 1)[0] in REFUSED_FLAGS):
         raise KdrunError(f"{flag.split('=', 1)[0]} is not for kdrun: the command picks its config (conf/); "
                          "choose presets with experiment=NAME and values with KEY=VALUE")
+    for flag in (a for a in args if a.startswith("-") and a.split("=", 1)[0] not in KNOWN_FLAGS):
+        raise KdrunError(f"unknown flag '{flag}'; kdrun takes KEY=VALUE overrides and -m, --cfg job, --help")
     for arg in (a for a in args if a.startswith("=")):
         raise KdrunError(f"'{arg}' has no key: write KEY=VALUE, e.g. T{arg}")
     for i, arg in enumerate(args):

@@ -423,6 +423,7 @@ def test_settings_that_break_training_are_named(workdir, args, words):
     (["hydra.run.dir=x/" + "a" * 300], "File name too long"),
     (["-cn", "train_student"], "-cn is not for kdrun"),
     (["=3"], "'=3' has no key"),
+    (["--bogus"], "unknown flag '--bogus'"),
     (["T=" + "1" * 5000], "cannot parse overrides"),
 ])
 def test_beyond_the_examples_every_path_and_word_is_checked(finished, args, words):
