@@ -133,7 +133,7 @@ def _as_config_error(overrides: list[str]) -> Iterator[None]:
         raise ConfigError(_one_line(error)) from None
     except (OverflowError, ValueError) as error:  # a 400-digit number for a float key; Python's digit limit
         if not isinstance(error, OverflowError) and "digits" not in str(error):
-            raise
+            raise ConfigError(f"cannot compose the config: {str(error).splitlines()[0]}") from None
         huge = [o.split("=", 1)[0] for o in overrides if len(o.split("=", 1)[-1]) > 308]
         raise ConfigError(f"{huge[0] if huge else 'a value'} is too large ({str(error).splitlines()[0]}); "
                           "use a value below 1e308") from None
