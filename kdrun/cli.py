@@ -17,7 +17,7 @@ from kdrun.core.errors import KdrunError
 from kdrun.core.files import follow_rank
 from kdrun.core.jobenv import under_torchrun
 from kdrun.run.failure import fail
-from kdrun.run.rundir import HYDRA, MULTIRUN
+from kdrun.run.rundir import HYDRA, MULTIRUN, owned
 
 
 @dataclass(frozen=True)
@@ -62,9 +62,8 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-# Hydra flags followed by a value that is no override (`--cfg job`, `-cn NAME`).
-FLAGS_WITH_VALUE = ("--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn",
-                    "--config-dir", "-cd", "--experimental-rerun", "--info", "-i", *COMPLETION_FLAGS)
+# Hydra flags followed by a value that is no override (`--cfg job`, `--info defaults`).
+FLAGS_WITH_VALUE = ("--cfg", "-c", "--package", "-p", "--info", "-i", *COMPLETION_FLAGS)
 
 
 # Hydra flags that would pick another config or replay a pickled one: kdrun picks the config by its command.
@@ -115,7 +114,6 @@ def run_command(argv: list[str]) -> int:
     from kdrun.run.preflight import check_overrides
     from kdrun.run.presets import expand_presets
     from kdrun.run.resume import is_resume
-    from kdrun.run.rundir import owned
 
     register_schemas()
     if under_torchrun():  # rank 0 alone checks, holds and writes the run dir (kdrun.run.rundir)
@@ -166,7 +164,6 @@ def resumed(name: str, command: Command, rest: list[str], held: ExitStack) -> li
     exit code of a sweep resumed job by job. A sweep has one resumer at a time (its lock, held in `held`)."""
     from kdrun.run.replay import split_consent
     from kdrun.run.resume import launch_dir, resume_overrides, resume_target
-    from kdrun.run.rundir import owned
     from kdrun.sweep.resume import (is_stacked_sweep, is_sweep_dir, resume_sweep, stacked_resume_overrides,
                                     sweep_jobs)
 

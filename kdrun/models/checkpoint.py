@@ -143,17 +143,21 @@ def read_weights(path: Path) -> Weights:
                      "(a dict of tensors)")
 
 
+def _count(value: Any) -> bool:
+    """An integer >= 1 (a bool is an int to Python, not to a checkpoint)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
 # kdrun's own format, field by field: what each must be, in words for the one-line error.
 FIELDS = {
     "arch": (lambda v: isinstance(v, str) and bool(v), "a model name"),
     "arch_kwargs": (lambda v: isinstance(v, dict), "a dict of the model's options"),
-    "num_classes": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1, "an integer >= 1"),
-    "input_shape": (lambda v: isinstance(v, (list, tuple)) and len(v) >= 1
-                    and all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in v),
+    "num_classes": (_count, "an integer >= 1"),
+    "input_shape": (lambda v: isinstance(v, (list, tuple)) and len(v) >= 1 and all(map(_count, v)),
                     "a list of positive integers"),
     "dataset": (lambda v: isinstance(v, str), "a dataset name"),
     "metrics": (lambda v: isinstance(v, dict), "a dict"),
-    "state_dict": (lambda v: _is_state_dict(v), "a dict of tensors"),
+    "state_dict": (lambda v: _is_state_dict(v), "a dict of tensors"),  # defined below
 }
 
 

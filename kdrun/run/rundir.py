@@ -71,14 +71,13 @@ def write_failure(run_dir: Path, message: str, rerun_fixes: bool = True) -> None
     write_status(run_dir, "failed", error=message, **({} if rerun_fixes else {"rerun_fixes": False}))
 
 
-def failed_for_good(run_dir: Path) -> str | None:
-    """The error of a job that failed for its own settings (a rerun would fail the same way), else None."""
+def failed_for_good(run_dir: Path) -> bool:
+    """Whether the job failed for its own settings: a rerun would fail the same way."""
     try:
         status = json.loads((run_dir / STATUS).read_text())
     except (OSError, ValueError):
-        return None
-    failed = isinstance(status, dict) and status.get("status") == "failed" and status.get("rerun_fixes") is False
-    return str(status.get("error", "")) if failed else None
+        return False
+    return isinstance(status, dict) and status.get("status") == "failed" and status.get("rerun_fixes") is False
 
 
 def write_resolved(hydra_dir: Path, config: Any) -> None:

@@ -6,11 +6,13 @@ job of a sweep) and holds the job's run dir (`kdrun.run.rundir.owned`) while it 
 
 How a job ends, the interface a launcher relies on (the basic, joblib and submitit launchers,
 and any launcher that runs jobs of a sweep its own way):
-- finished: `summary.json` in its run dir; the return value is the final test accuracy.
+- finished: `summary.json` in its run dir; the return value is `kdrun.run.rundir.objective`
+  (the best validation accuracy with a validation split, else the final test accuracy).
 - failed (a bad value, NaN loss, full disk, out of memory, a missing file, sys.exit() or any
   other error in user code or kdrun, whose traceback goes to the run's log file):
-  `status.json` `{"status": "failed", "error": <one line>}` and that line on stderr. A single run exits 2; a job of a sweep returns NaN, so the launcher goes on
-  with the other jobs, and `kdrun.sweep.callbacks.ReportCallback` lists it and exits 2 at the end.
+  `status.json` `{"status": "failed", "error": <one line>}` and that line on stderr. A single
+  run exits 2; a job of a sweep returns NaN, so the launcher goes on with the other jobs, and
+  `kdrun.sweep.callbacks.ReportCallback` lists it and exits 2 at the end.
 - interrupted (SIGINT/SIGTERM): it stops after its current step, checkpoints `last.pt`,
   `status.json` says `interrupted` and how to resume, and the process exits 130/143.
 A job's state is read back with `kdrun.run.rundir.run_state(run_dir)`; `kdrun <command>

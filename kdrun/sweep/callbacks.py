@@ -53,10 +53,9 @@ def summarise_sweep(sweep_dir: Path) -> list[Path]:
 def end_of_incomplete_sweep(sweep_dir: Path, command: str, unfinished: list[Path]) -> int:
     from kdrun.run.failure import fail
     from kdrun.run.resume import resume_command
-
     from kdrun.run.rundir import failed_for_good
 
-    settled = [p.name for p in unfinished if failed_for_good(p) is not None]
+    settled = [p.name for p in unfinished if failed_for_good(p)]
     rest = [p.name for p in unfinished if p.name not in settled]
     said = [f"{len(unfinished)} job(s) of this sweep did not finish (see the notes above)"]
     if settled:

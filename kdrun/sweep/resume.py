@@ -84,7 +84,7 @@ def job_step(job_dir: Path) -> str:
     RESTART (afresh)."""
     if (job_dir / SUMMARY).exists():
         return FINISHED
-    if failed_for_good(job_dir) is not None:
+    if failed_for_good(job_dir):
         return FAILS_AGAIN
     return CONTINUE if (job_dir / LAST).is_file() else RESTART
 
