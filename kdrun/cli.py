@@ -37,6 +37,8 @@ COMMANDS = {
                                "class relationships, calibration (plots + JSON)"),
     "report": Command(None, "summarise finished runs/sweeps: table, CSV, Markdown, plots",
                       module="kdrun.commands.report"),
+    "reproduce": Command(None, "run a published row (preset + method) over its seeds; compare with the paper",
+                         module="kdrun.commands.reproduce"),
 }
 
 # Hydra flags that start no run (the overrides are still checked: Hydra would print a traceback for them).

@@ -24,6 +24,7 @@ from conftest import HANG_GUARD, kdrun
 
 from kdrun.cli import COMMANDS
 from kdrun.core.errors import KdrunError
+from kdrun.report.published import published_row
 from kdrun.run.config import SCHEMAS, register_schemas
 from kdrun.run.preflight import check_overrides
 from kdrun.run.presets import expand_presets
@@ -132,7 +133,9 @@ def _check(shown: Shown) -> None:
         return
     assert name in COMMANDS, f"{shown.page}: `{shown.text}`: unknown command '{name}'; kdrun has {', '.join(COMMANDS)}"
     command = COMMANDS[name]
-    if command.config_name is None:  # `kdrun report PATH...`: paths, not overrides
+    if command.config_name is None:  # `kdrun report PATH...`: paths, not overrides; `kdrun reproduce ROW`: a row
+        if name == "reproduce" and len(words) > 1:
+            published_row(words[1])
         return
     overrides = _overrides(words[1:])
     if any(o.startswith("resume=") for o in overrides):  # the run dir's own overrides are used; the path is an example

@@ -31,6 +31,7 @@ PUBLISHED = {
     "wrn_16_1": 0.18, "wrn_16_2": 0.70, "wrn_40_1": 0.57, "wrn_40_2": 2.26,
     "vgg8": 3.96, "vgg11": None, "vgg13": 9.46, "vgg16": None, "vgg19": None,
     "mobilenetv2": 0.81, "shufflenetv1": 0.95, "shufflenetv2": 1.36,
+    "resnet50": None,  # RepDistiller's resnetv2.py ResNet50: no published count; its frozen state_dict below holds
 }
 ZOO = list(PUBLISHED)
 VGG_CONVS = {"vgg8": (1, 1, 1, 1, 1), "vgg11": (1, 1, 2, 2, 2), "vgg13": (2, 2, 2, 2, 2), "vgg16": (2, 2, 3, 3, 3),
@@ -227,7 +228,7 @@ def test_configs_name_every_zoo_model_and_teachers_carry_the_crd_recipe():
     for name in ZOO:
         config = OmegaConf.merge(OmegaConf.structured(ModelConfig), OmegaConf.load(students[name]))
         assert (config.name, dict(config.kwargs)) == (name, {})
-    for name in ("resnet32x4", "wrn_40_2", "resnet56", "vgg13", "resnet110"):
+    for name in ("resnet32x4", "wrn_40_2", "resnet56", "vgg13", "resnet110", "resnet50"):
         path = config_dir() / "teacher" / f"{name}.yaml"
         teacher = OmegaConf.merge(OmegaConf.structured(TeacherConfig), OmegaConf.load(path))
         assert teacher.name == name

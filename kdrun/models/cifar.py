@@ -111,6 +111,56 @@ register_variants(CifarResNet, {f"resnet{depth}": (depth, (16, 16, 32, 64)) for 
 register_variants(CifarResNet, {f"resnet{depth}x4": (depth, (32, 64, 128, 256)) for depth in (8, 32)})
 
 
+# --- ResNet-50 for CIFAR (RepDistiller resnetv2.py): ImageNet's 4 bottleneck stages, a 3x3 stride-1 stem ---------
+
+
+class Bottleneck(nn.Module):
+    """1x1 reduce, 3x3 (strided), 1x1 expand x4, plus the input (a 1x1 conv-bn `shortcut` where the shape changes)."""
+
+    expansion = 4
+
+    def __init__(self, cin: int, planes: int, stride: int) -> None:
+        super().__init__()
+        cout = planes * self.expansion
+        self.conv1, self.bn1 = conv1x1(cin, planes), nn.BatchNorm2d(planes)
+        self.conv2, self.bn2 = conv3x3(planes, planes, stride), nn.BatchNorm2d(planes)
+        self.conv3, self.bn3 = conv1x1(planes, cout), nn.BatchNorm2d(cout)
+        self.shortcut = (nn.Sequential(conv1x1(cin, cout, stride), nn.BatchNorm2d(cout))
+                         if stride != 1 or cin != cout else nn.Sequential())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x))))))
+        return F.relu(self.bn3(self.conv3(out)) + self.shortcut(x))
+
+
+class CifarResNetV2(nn.Module):
+    """CRD's cross-family teacher ResNet50 (79.34% on CIFAR-100): a 64-channel 3x3 stem, `layer1..4` of
+    bottlenecks at 64/128/256/512 planes and strides 1, 2, 2, 2, and `linear`."""
+
+    stage_modules = {"stem": "relu", "stage1": "layer1", "stage2": "layer2", "stage3": "layer3", "stage4": "layer4"}
+    classifier_module = "linear"
+
+    def __init__(self, blocks: Sequence[int], num_classes: int, input_shape: tuple[int, ...]) -> None:
+        super().__init__()
+        self.conv1, self.bn1 = conv3x3(image_channels(input_shape), 64), nn.BatchNorm2d(64)
+        self.relu = nn.ReLU(inplace=True)
+        cin, layers = 64, []
+        for planes, count, stride in zip((64, 128, 256, 512), blocks, (1, 2, 2, 2)):
+            layers.append(nn.Sequential(*(Bottleneck(cin if i == 0 else planes * Bottleneck.expansion, planes,
+                                                     stride if i == 0 else 1) for i in range(count))))
+            cin = planes * Bottleneck.expansion
+        self.layer1, self.layer2, self.layer3, self.layer4 = layers
+        self.linear = nn.Linear(cin, num_classes)
+        init_like_peers(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.layer4(self.layer3(self.layer2(self.layer1(self.relu(self.bn1(self.conv1(x)))))))
+        return pooled_logits(x, self.linear)
+
+
+register_variants(CifarResNetV2, {"resnet50": ((3, 4, 6, 3),)})
+
+
 # --- Wide ResNet (Zagoruyko & Komodakis 2016): pre-activation blocks, widths x k --------------
 
 
