@@ -109,13 +109,17 @@ def test_cli_writes_table_csv_markdown_and_plots_with_the_summaries_numbers(tmp_
     code = ("import sys; from kdrun.cli import main; code = main(sys.argv[1:]); "
             "print('torch imported:', 'torch' in sys.modules); sys.exit(code)")
     run = subprocess.run([sys.executable, "-c", code, "report", str(sweep), str(baseline)], capture_output=True,
-                         text=True, env={**os.environ, "PYTHONPATH": str(WORKTREE), "COLUMNS": "200"}, timeout=HANG_GUARD)
+                         text=True, env={**os.environ, "PYTHONPATH": str(WORKTREE), "COLUMNS": "200"}, timeout=HANG_GUARD,
+                         cwd=tmp_path)
     assert run.returncode == 0, run.stderr
+    # two sweeps make a report of their own: neither sweep's own report is overwritten by the mixed one
+    [out] = (tmp_path / "outputs" / "report").iterdir()
+    assert not (sweep / "report.csv").exists() and not (baseline / "report.csv").exists()
     assert "job 8 unfinished: no summary.json" in run.stdout
     assert "torch imported: False" in run.stdout, "a report must not pay for importing torch"
     assert "kdrun report: 10 run(s) in 5 row(s)" in run.stdout
 
-    with open(sweep / "report.csv", newline="") as handle:
+    with open(out / "report.csv", newline="") as handle:
         records = list(csv.DictReader(handle))
     assert [r["role"] for r in records] == ["baseline"] + ["distill"] * 4
     assert float(records[0]["test_acc_mean"]) == pytest.approx(mean(list(BASELINE_ACC.values())))
@@ -129,7 +133,7 @@ def test_cli_writes_table_csv_markdown_and_plots_with_the_summaries_numbers(tmp_
         for key, value in want.items():
             assert float(record[key]) == pytest.approx(value, rel=1e-9), key
 
-    lines = (sweep / "report.md").read_text().splitlines()
+    lines = (out / "report.md").read_text().splitlines()
     table = [[cell.strip() for cell in line.strip("|").split("|")] for line in lines if line.startswith("|")]
     header, separator, body = table[0], table[1], table[2:]
     assert header[:6] == ["role", "model", "dataset", "T", "alpha", "seeds"] and set(separator) == {"---"}
@@ -141,7 +145,7 @@ def test_cli_writes_table_csv_markdown_and_plots_with_the_summaries_numbers(tmp_
         assert cells["teacher acc %"] == f"{100 * TEACHER_ACC:.2f}"
 
     for name in ("acc_vs_T.png", "acc_vs_latency.png"):
-        path = sweep / name
+        path = out / name
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         with Image.open(path) as image:
             image.verify()
@@ -183,6 +187,14 @@ def test_a_baseline_with_another_recipe_gives_no_gain_and_says_so(tmp_path):
     report = build_report([tmp_path])
     assert [row.gain for row in report.rows] == [None, None]
     assert any("no gain for 1 distill row(s)" in note for note in report.notes)
+
+
+@pytest.mark.parametrize("args, message", [([], "the following arguments are required: PATH"),
+                                           (["some_dir", "--bogus"], "unrecognized arguments: --bogus")])
+def test_a_wrong_report_command_line_is_one_line_with_exit_code_2(capsys, args, message):
+    assert cli(["report", *args]) == 2
+    error = capsys.readouterr().err
+    assert message in error and error.count("\n") == 1 and "usage: kdrun report PATH..." in error
 
 
 def test_no_runs_is_a_one_line_error_with_exit_code_2(tmp_path, capsys):
