@@ -136,6 +136,16 @@ def test_an_interrupted_build_resumes_where_it_stopped(tmp_path):
     assert not list(resumed.directory.glob(".*.partial")) and not list(resumed.directory.glob(".*.rows"))
 
 
+def test_the_store_key_holds_the_seed_only_when_augmentation_depends_on_it(tmp_path):
+    teacher = build_model("mlp", 10, (3, 12, 12), {"hidden": [8]})
+
+    def directory(augment: bool, seed: int) -> Path:
+        data = load_dataset("fake", "~", False, augment, {"shape": [3, 12, 12], "num_train": 40, "num_test": 8})
+        return open_store(tmp_path, "mlp", {"sha256": "test"}, teacher, data, seed, 2, CPU).directory
+
+    assert directory(False, 0) == directory(False, 1) != directory(True, 0) != directory(True, 1)
+
+
 def test_a_store_refuses_feature_methods_and_a_k_beyond_the_classes(tmp_path):
     data = in_memory()
     teacher = build_model("resnet8", data.num_classes, data.input_shape, {})

@@ -158,11 +158,12 @@ def _rows_done(partial: Path, rows_file: Path, dtype: np.dtype, n: int) -> int:
 def open_store(store: Path, teacher_name: str, teacher_source: dict[str, Any], teacher: nn.Module, data: Any,
                run_seed: int, k: int, device: torch.device) -> OutputStore:
     """The output store of this teacher (by its weights: `teacher_source`'s sha256 or published weights name),
-    training set, augmentation and seed, under `<store>/.outputs/`."""
+    training set, augmentation and seed (with augmentation), under `<store>/.outputs/`."""
     if k > data.num_classes:
         raise KdrunError(f"teacher.top_k={k} but dataset '{data.name}' has {data.num_classes} classes; "
                          f"use teacher.top_k={data.num_classes} or fewer")
+    seed = run_seed if data.augment else None  # without augmentation the inputs do not depend on it
     key = cache_key(OUTPUTS_VERSION, teacher_name, teacher_source, dataset_fingerprint(data),
-                    data.augmentation_recipe(), run_seed, k, data.num_classes)
+                    data.augmentation_recipe(), seed, k, data.num_classes)
     return OutputStore(store.expanduser().resolve() / ".outputs" / f"{teacher_name}-{key}", teacher, data,
                        run_seed, k, device)
