@@ -1,9 +1,9 @@
 """`make bench` (`python -m kdrun.bench`): what a distillation epoch and a sweep cost, measured side by side.
 
 The per-epoch scenarios (kdrun.bench.epochs) and a 4-student sweep with the teacher's outputs live
-vs stored (`--pairs stored`, kdrun.bench.stored; alone: `python -m kdrun.bench --pairs stored`); with --sweep, the README's 24-job sweep run
-serial / joblib / stacked (kdrun.bench.sweep); with --trust, latency stability, threads under load,
-cold start and help time (kdrun.bench.trust). Results print as tables of ratios and are kept in
+vs stored (`--pairs stored`, kdrun.bench.stored; alone: `python -m kdrun.bench --pairs stored`);
+with --sweep, the README's 24-job sweep run serial / joblib / stacked (kdrun.bench.sweep); with
+--trust, latency stability, threads under load, cold start and help time (kdrun.bench.trust). Results print as tables of ratios and are kept in
 outputs/bench/<time>.json.
 """
 

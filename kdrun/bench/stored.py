@@ -91,9 +91,10 @@ def show_stored(result: dict) -> None:
     n, flops = result["train_samples"], result["flops"]
     table = Table(title=f"{result['teacher']} ({flops['teacher'] / 1e6:.0f} MFLOPs) -> {result['student']} "
                         f"({flops['student'] / 1e6:.0f} MFLOPs), {result['students']} students x {result['epochs']} "
-                        f"epochs on a {result['dataset']}, {n} images ({result['device']}, {result['workers']} workers, "
-                        f"{result['threads']} threads)")
-    for column in ("teacher outputs", "s/epoch", "ratio to live", "sweep s", "teacher samples", "passes/(sample, epoch)"):
+                        f"epochs on a {result['dataset']}, {n} images ({result['device']}, "
+                        f"{result['workers']} workers, {result['threads']} threads)")
+    columns = ("teacher outputs", "s/epoch", "ratio to live", "sweep s", "teacher samples", "passes/(sample, epoch)")
+    for column in columns:
         table.add_column(column, justify="left" if column == "teacher outputs" else "right")
     live = result["live_epoch_seconds"]
     for mode, label, epoch in (("live", "live (every batch, every student)", live),

@@ -27,7 +27,8 @@ def crop_flip(x: torch.Tensor, generator: torch.Generator, padding: int, flip: b
     return _crop(x, top, left, mirrored, padding, fill)
 
 
-def replayed_crop_flip(x: torch.Tensor, seeds: torch.Tensor, padding: int, flip: bool, fill: Fill = 0.0) -> torch.Tensor:
+def replayed_crop_flip(x: torch.Tensor, seeds: torch.Tensor, padding: int, flip: bool,
+                       fill: Fill = 0.0) -> torch.Tensor:
     """`crop_flip` whose window and mirror for each sample come from that sample's own seed (`sample_seeds`)
     instead of a shared generator: the same seed gives the same crop in any batch, order or process, so
     a stored teacher output for (sample, epoch) belongs to exactly the crop the student sees."""

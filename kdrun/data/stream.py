@@ -9,8 +9,8 @@ evaluation Resize(size * 256/224) + CenterCrop(size), both normalised with Image
 Seeded, resumable and replayable: each sample's random crop and flip are drawn from a seed that
 depends only on the run's seed, the epoch and the sample's index. So augmentation does not depend
 on the number of workers or ranks, an interrupted epoch continues with exactly the batches it
-would have had, and a teacher-output store can draw any sample's crop again (`replayed_batches`). The batch order is the engine's
-(`EpochPlan`); the workers live as long as the run (`persistent_workers`).
+would have had, and a teacher-output store can draw any sample's crop again (`replayed_batches`).
+The batch order is the engine's (`EpochPlan`); the workers live as long as the run (`persistent_workers`).
 """
 
 from __future__ import annotations
@@ -194,7 +194,8 @@ class StreamingData:
         batches = []
         for step in range(plan.first_step, len(plan.sizes)):
             start = plan.offset(step)
-            batch = [(order[p], sample_seed(plan.seed, plan.epoch, order[p])) for p in range(start, start + plan.sizes[step])]
+            chosen = order[start:start + plan.sizes[step]]
+            batch = [(index, sample_seed(plan.seed, plan.epoch, index)) for index in chosen]
             batches.append(ctx.shard(batch))
         for batch, (inputs, labels) in zip(batches, self._stream("train", batches, device)):
             yield torch.tensor([index for index, _ in batch], device=device), inputs, labels

@@ -140,8 +140,11 @@ class OutputStore:
 
     def _read(self, path: Path) -> TopK:
         records = np.load(path, mmap_mode="r")
-        move = lambda field, kind: torch.from_numpy(np.ascontiguousarray(records[field])).to(self.device, kind)  # noqa: E731
-        return TopK(move("values", torch.float32), move("indices", torch.long), move("tail", torch.float32),
+
+        def field(name: str, dtype: torch.dtype) -> torch.Tensor:
+            return torch.from_numpy(np.ascontiguousarray(records[name])).to(self.device, dtype)
+
+        return TopK(field("values", torch.float32), field("indices", torch.long), field("tail", torch.float32),
                     self.data.num_classes)
 
 

@@ -78,7 +78,7 @@ class TeacherTargets:
         self.stored, self.epoch_outputs = stored, None
         if stored is not None and stages:
             raise KdrunError(f"teacher.outputs=store keeps the teacher's logits only, but this method reads its "
-                             f"features ({', '.join(stages)}); use teacher.outputs=live or a logit method (kd, dkd, ...)")
+                             f"features ({', '.join(stages)}); use teacher.outputs=live or a logit method (kd, dkd)")
         if data.static_inputs and not stages and stored is None:
             self.cache = logits if logits is not None else predict(teacher, data.x_train)
             if not torch.isfinite(self.cache).all():
