@@ -4,6 +4,7 @@ an interrupted build resuming, and a sweep through the CLI running the teacher o
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -134,6 +135,16 @@ def test_an_interrupted_build_resumes_where_it_stopped(tmp_path):
     fresh = store(tmp_path / "b", teacher, data).epoch(1)
     assert torch.equal(outputs.indices, fresh.indices) and torch.equal(outputs.values, fresh.values)
     assert not list(resumed.directory.glob(".*.partial")) and not list(resumed.directory.glob(".*.rows"))
+
+
+def test_parallel_jobs_build_an_epoch_once(tmp_path):
+    data = in_memory()
+    teacher = build_model("resnet8", data.num_classes, data.input_shape, {}).eval()
+    jobs = [store(tmp_path, teacher, data) for _ in range(2)]
+    with ThreadPoolExecutor(2) as pool:  # each job its own lock handle, as two processes would have
+        first, second = pool.map(lambda job: job.epoch(1), jobs)
+    assert sorted(job.forwarded for job in jobs) == [0, data.train_size]
+    assert torch.equal(first.values, second.values) and torch.equal(first.indices, second.indices)
 
 
 def test_the_store_key_holds_the_seed_only_when_augmentation_depends_on_it(tmp_path):
