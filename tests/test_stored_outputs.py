@@ -178,3 +178,13 @@ def test_a_sweep_through_the_cli_runs_the_teacher_once_per_sample_and_epoch(work
     outputs = [summary(run)["teacher"]["outputs"] for run in run_dirs(workdir, "distill")]
     assert [o["mode"] for o in outputs] == ["store", "store"] and outputs[0]["top_k"] == 3
     assert sorted(o["samples_run_through_teacher"] for o in outputs) == [0, 2 * 64]
+
+
+def test_the_stored_bench_counts_one_teacher_pass_per_sample_and_epoch_for_the_sweep():
+    from kdrun.bench.stored import run_stored_bench
+
+    result = run_stored_bench("cpu", epochs=2, workers=0, images=10)
+    assert result["passes_per_sample_epoch"] == {"live": 4.0, "store": 1.0}
+    assert result["teacher_samples"]["store"] == 2 * result["train_samples"] == 20
+    assert result["flops"]["teacher"] >= 4 * result["flops"]["student"]
+    assert 0 < result["stored_epoch_seconds"] and 0 < result["live_epoch_seconds"]
