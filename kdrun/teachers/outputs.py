@@ -98,6 +98,8 @@ class OutputStore:
         return self.directory / f"epoch-{epoch if self.per_epoch else 0:04d}.npy"
 
     def epoch(self, epoch: int) -> TopK:
+        """The outputs for `epoch` on the training device: read, or built first (by this job, or by another
+        job while this one waited for the lock)."""
         path = self.path(epoch)
         if not path.exists():
             self._build_once(path, epoch)
@@ -116,6 +118,8 @@ class OutputStore:
     def _build(self, path: Path, epoch: int) -> None:
         partial, rows_file = path.with_name(f".{path.name}.partial"), path.with_name(f".{path.name}.rows")
         n, dtype = self.data.train_size, record_dtype(self.k)
+        for stale in self.directory.glob(f".{rows_file.name}.*.tmp"):  # a count being written when a job was killed
+            stale.unlink(missing_ok=True)
         done = _rows_done(partial, rows_file, dtype, n)
         log.info("Teacher outputs for epoch %d: running the teacher on %d of %d samples (%s)", epoch, n - done, n,
                  f"resuming an interrupted build at sample {done}" if done else "a new build")
