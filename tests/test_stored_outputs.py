@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import kdrun, run_dirs, summary
+from omegaconf import OmegaConf
 
 from kdrun.core.errors import KdrunError
 from kdrun.data import EpochPlan, batch_sizes, load_dataset
@@ -18,6 +19,9 @@ from kdrun.data.synthetic import write_image_folder
 from kdrun.methods.base import MethodContext, build_method
 from kdrun.methods.losses import KDLoss
 from kdrun.models import build_model
+from kdrun.run.config import register_schemas
+from kdrun.run.preflight import compose_plain
+from kdrun.sweep.groups import plan
 from kdrun.teachers.outputs import OutputStore, open_store, top_k
 from kdrun.train.engine import fit
 from kdrun.train.recipe import Recipe
@@ -188,3 +192,11 @@ def test_the_stored_bench_counts_one_teacher_pass_per_sample_and_epoch_for_the_s
     assert result["teacher_samples"]["store"] == 2 * result["train_samples"] == 20
     assert result["flops"]["teacher"] >= 4 * result["flops"]["student"]
     assert 0 < result["stored_epoch_seconds"] and 0 < result["live_epoch_seconds"]
+
+
+def test_a_stacked_sweep_runs_store_jobs_alone():
+    register_schemas()
+    configs = [OmegaConf.create(compose_plain("distill", ["dataset=fake", "teacher.outputs=store", f"seed={seed}"]))
+               for seed in (0, 1)]
+    groups = plan(configs, max_group_size=8)
+    assert [g.jobs for g in groups] == [[0], [1]] and "teacher.outputs=store" in groups[0].alone_because
