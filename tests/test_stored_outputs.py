@@ -185,9 +185,10 @@ def test_a_sweep_through_the_cli_runs_the_teacher_once_per_sample_and_epoch(work
 
 
 def test_the_stored_bench_counts_one_teacher_pass_per_sample_and_epoch_for_the_sweep():
-    from kdrun.bench.stored import run_stored_bench
+    from kdrun.bench.stored import run_stored_bench, show_stored
 
     result = run_stored_bench("cpu", epochs=2, workers=0, images=10)
+    show_stored(result)
     assert result["passes_per_sample_epoch"] == {"live": 4.0, "store": 1.0}
     assert result["teacher_samples"]["store"] == 2 * result["train_samples"] == 20
     assert result["flops"]["teacher"] >= 4 * result["flops"]["student"]

@@ -12,6 +12,7 @@ whole sweep's seconds, and the samples the teacher ran on: the goal is one pass 
 
 from __future__ import annotations
 
+import os
 import statistics
 import tempfile
 import time
@@ -44,6 +45,7 @@ def _counted(model: torch.nn.Module) -> list[int]:
 
 def run_stored_bench(device_name: str, epochs: int, workers: int, images: int) -> dict:
     spec, device = STORED, resolve_device(device_name)
+    load_before = os.getloadavg()[0]
     set_threads(0)  # the threads that fit the machine's load: oversubscribed convolutions run several times slower
     with tempfile.TemporaryDirectory() as folder:
         root = Path(folder)
@@ -79,6 +81,7 @@ def run_stored_bench(device_name: str, epochs: int, workers: int, images: int) -
             "train_samples": data.train_size, "epochs": epochs, "students": spec["students"], "top_k": spec["top_k"],
             "batch_size": recipe.batch_size, "workers": data.workers, "device": str(device),
             "threads": torch.get_num_threads(), "flops": flops,
+            "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],  # other jobs on the machine
             "live_epoch_seconds": live_epoch, "stored_epoch_seconds": stored_epoch,
             "building_epoch_seconds": statistics.median(seconds["store"][0]),
             "epoch_ratio": stored_epoch / live_epoch, "sweep_seconds": sweep_seconds,
@@ -92,7 +95,8 @@ def show_stored(result: dict) -> None:
     table = Table(title=f"{result['teacher']} ({flops['teacher'] / 1e6:.0f} MFLOPs) -> {result['student']} "
                         f"({flops['student'] / 1e6:.0f} MFLOPs), {result['students']} students x {result['epochs']} "
                         f"epochs on a {result['dataset']}, {n} images ({result['device']}, "
-                        f"{result['workers']} workers, {result['threads']} threads)")
+                        f"{result['workers']} workers, {result['threads']} threads, load average "
+                        f"{result['load_average'][0]:g} -> {result['load_average'][1]:g})")
     columns = ("teacher outputs", "s/epoch", "ratio to live", "sweep s", "teacher samples", "passes/(sample, epoch)")
     for column in columns:
         table.add_column(column, justify="left" if column == "teacher outputs" else "right")
