@@ -110,6 +110,9 @@ BEFORE_ANY_RUN = [
     ("+KEY the schema lacks", ["train-student", "+bogus=1"], "unknown key 'bogus' for this command"),
     ("++KEY the schema lacks", ["distill", "++bogus=1"], "unknown key 'bogus' for this command"),
     ("+KEY nested", ["train-student", "+optim.bogus=1"], "unknown key 'optim.bogus' for this command; valid keys under 'optim'"),
+    ("unknown teacher outputs", ["distill", "teacher.outputs=cached"], "teacher.outputs must be one of live, store "
+     "(got 'cached')"),
+    ("top-k of none", ["distill", "teacher.top_k=0"], "teacher.top_k must be >= 1 (got 0)"),
     ("T = inf", ["distill", "T=1e309"], "T must be a finite number (got inf)"),
     ("lr = nan", ["train-student", "optim.lr=nan"], "optim.lr must be a finite number (got nan)"),
     ("alpha = nan in a sweep", ["distill", "-m", "alpha=0.5,nan"], "alpha must be a finite number (got nan)"),

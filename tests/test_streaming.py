@@ -48,7 +48,7 @@ def test_an_image_folder_is_streamed_with_its_classes_and_the_eval_transform(fol
     assert first[0][0].shape == (6, 3, 16, 16) and -3 < first[0][0].mean() < 3  # normalised
 
 
-def test_augmentation_is_seeded_by_position_whatever_the_workers_and_a_resumed_epoch_matches(folder):
+def test_augmentation_is_seeded_by_sample_whatever_the_workers_and_a_resumed_epoch_matches(folder):
     in_main = epoch_batches(streamed(folder, workers=0), epoch=1)
     assert [len(b) for b in in_main] == [10, 10, 4]
     assert all(torch.equal(a, b) for a, b in zip(in_main, epoch_batches(streamed(folder, workers=2), epoch=1)))

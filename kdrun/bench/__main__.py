@@ -1,8 +1,9 @@
 """`make bench` (`python -m kdrun.bench`): what a distillation epoch and a sweep cost, measured side by side.
 
-The per-epoch scenarios (kdrun.bench.epochs); with --sweep, the README's 24-job sweep run
-serial / joblib / stacked (kdrun.bench.sweep); with --trust, latency stability, threads under load,
-cold start and help time (kdrun.bench.trust). Results print as tables of ratios and are kept in
+The per-epoch scenarios (kdrun.bench.epochs) and a 4-student sweep with the teacher's outputs live
+vs stored (`--pairs stored`, kdrun.bench.stored; alone: `python -m kdrun.bench --pairs stored`);
+with --sweep, the README's 24-job sweep run serial / joblib / stacked (kdrun.bench.sweep); with
+--trust, latency stability, threads under load, cold start and help time (kdrun.bench.trust). Results print as tables of ratios and are kept in
 outputs/bench/<time>.json.
 """
 
@@ -13,17 +14,20 @@ from datetime import datetime
 from pathlib import Path
 
 from kdrun.bench.epochs import PAIRS, STREAMING, run_bench, run_streaming_bench, show, show_streaming, write_record
+from kdrun.bench.stored import STORED, run_stored_bench, show_stored
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m kdrun.bench", description=__doc__.splitlines()[0])
-    parser.add_argument("--pairs", nargs="+", default=["mnist1d", "cifar", "streaming"], choices=[*PAIRS, "streaming"])
+    parser.add_argument("--pairs", nargs="+", default=["mnist1d", "cifar", "streaming", "stored"],
+                        choices=[*PAIRS, "streaming", "stored"])
     parser.add_argument("--device", default="auto")
     parser.add_argument("--epochs", type=int, default=3, help="epochs per run of a scenario; the first is a warm-up")
     parser.add_argument("--rounds", type=int, default=3, help="round-robin passes over the scenarios")
     parser.add_argument("--compile", action="store_true", help="add a torch.compile scenario (slow to compile)")
     parser.add_argument("--workers", type=int, default=STREAMING["workers"], help="DataLoader workers (streaming)")
     parser.add_argument("--images", type=int, default=STREAMING["images"], help="training images (streaming)")
+    parser.add_argument("--stored-images", type=int, default=STORED["images"], help="training images (stored)")
     parser.add_argument("--sweep", action="store_true",
                         help="also the 24-job MNIST-1D sweep serial / joblib / stacked (minutes)")
     parser.add_argument("--sweep-epochs", type=int, default=100, help="epochs per job of --sweep (README: 100)")
@@ -34,6 +38,10 @@ def main(argv: list[str] | None = None) -> int:
     stamp = f"{datetime.now():%Y-%m-%d_%H-%M-%S_%f}"
     results = []
     for pair in args.pairs:
+        if pair == "stored":
+            results.append(run_stored_bench(args.device, max(2, args.epochs), args.workers, args.stored_images))
+            show_stored(results[-1])
+            continue
         if pair == "streaming":
             results.append(run_streaming_bench(args.device, max(2, args.epochs), max(1, args.rounds), args.workers,
                                                args.images))

@@ -13,11 +13,14 @@ from kdrun.commands.resumable import stop_hook
 from kdrun.commands.setup import Setup, log, setup
 from kdrun.commands.train_student import train_student
 from kdrun.core.console import epoch_progress, show_results
+from kdrun.core.distributed import context
+from kdrun.core.errors import KdrunError
 from kdrun.methods.base import Method, MethodContext, build_method
 from kdrun.methods.params import parse_params, resolved_alpha
 from kdrun.run.rundir import objective, write_summary
 from kdrun.teachers.facts import TeacherFacts, teacher_facts
 from kdrun.teachers.knowledge import ProbeSet, TeacherStats, gradient_probe, probe_subset, teacher_stats
+from kdrun.teachers.outputs import OutputStore, open_store
 from kdrun.teachers.store import Teacher, obtain_teacher
 
 
@@ -43,6 +46,26 @@ def prepare_teacher(cfg: DictConfig, env: Setup) -> tuple[Teacher, TeacherFacts]
         teacher = obtain_teacher(cfg.teacher, cfg.dataset, env.data, env.device, plain_config(cfg), progress,
                                  epoch=cfg.teacher_epoch, fit_hooks=stop_hook())
     return teacher, teacher_facts(teacher.model, teacher.checkpoint, Path(cfg.teacher.store), env.data, env.device)
+
+
+def output_store(cfg: DictConfig, env: Setup, teacher: Teacher) -> Optional[OutputStore]:
+    """The teacher's stored outputs for this data, augmentation and seed (`teacher.outputs=store`), else None."""
+    if cfg.teacher.outputs != "store":
+        return None
+    if context().distributed:
+        raise KdrunError("teacher.outputs=store runs in one process for now; use teacher.outputs=live under torchrun")
+    store = open_store(Path(cfg.teacher.store), cfg.teacher.name, teacher.source, teacher.model, env.data,
+                       cfg.seed, cfg.teacher.top_k, env.device)
+    log.info("teacher outputs: top-%d logits per (sample, epoch) from %s", cfg.teacher.top_k, store.directory)
+    return store
+
+
+def outputs_summary(cfg: DictConfig, store: Optional[OutputStore]) -> dict[str, Any]:
+    """How this run got its teacher's outputs; with a store, where, and how many samples it ran the teacher on."""
+    if store is None:
+        return {"mode": "live"}
+    return {"mode": "store", "top_k": cfg.teacher.top_k, "store": str(store.directory),
+            "samples_run_through_teacher": store.forwarded}
 
 
 def job_stats(cfg: DictConfig, env: Setup, facts: TeacherFacts) -> TeacherStats:
@@ -78,7 +101,7 @@ def job_loss(cfg: DictConfig, env: Setup, stats: TeacherStats, teacher: torch.nn
 
 def finish(cfg: DictConfig, env: Setup, run_dir: Path, teacher: Teacher, facts: TeacherFacts, stats: TeacherStats,
            loss: Method, student: torch.nn.Module, result: dict[str, Any],
-           cost: Optional[dict[str, Any]] = None) -> float:
+           cost: Optional[dict[str, Any]] = None, store: Optional[OutputStore] = None) -> float:
     """summary.json (written last) and the results table for a trained student. `cost`: the pair's latency
     measured for a whole stacked group (kdrun.record.pair_cost); else it is measured now."""
     cost = cost or pair_cost(cfg, env, teacher.model, student)
@@ -94,7 +117,8 @@ def finish(cfg: DictConfig, env: Setup, run_dir: Path, teacher: Teacher, facts: 
                            "checkpoint_sha256": teacher.source.get("sha256"), "weights": cfg.teacher.weights,
                            "epoch": cfg.teacher_epoch,
                            "label_smoothing": cfg.teacher.train.label_smoothing,
-                           "train_nontarget_mass_at_T": stats.epsilon},
+                           "train_nontarget_mass_at_T": stats.epsilon,
+                           "outputs": outputs_summary(cfg, store)},
                "speedup": speedup["batch1"], "speedup_interval": speedup["batch1_interval"],
                "speedup_at_batch": speedup["batch"], "speedup_at_batch_interval": speedup["batch_interval"]}
     write_summary(run_dir, summary)
@@ -120,7 +144,8 @@ def run(cfg: DictConfig, run_dir: Path) -> float:
         built.append(job_loss(cfg, env, stats, teacher.model, student))
         return built[0]
 
+    store = output_store(cfg, env, teacher)
     student, result = train_student(cfg, env, run_dir, teacher.model, make_loss=make_loss,
-                                    teacher_logits=facts.train_logits,
+                                    teacher_logits=facts.train_logits, teacher_outputs=store,
                                     epoch_hooks=epoch_hooks(cfg, env, facts.train_logits))
-    return finish(cfg, env, run_dir, teacher, facts, stats, built[0], student, result)
+    return finish(cfg, env, run_dir, teacher, facts, stats, built[0], student, result, store=store)

@@ -66,12 +66,13 @@ def save_student(cfg: DictConfig, run_dir: Path, student: torch.nn.Module, data:
 
 def train_student(cfg: DictConfig, env: Setup, run_dir: Path, teacher: torch.nn.Module | None = None,
                   make_loss: Callable[[torch.nn.Module], Any] = lambda student: cross_entropy,
-                  teacher_logits: torch.Tensor | None = None,
+                  teacher_logits: torch.Tensor | None = None, teacher_outputs: Any = None,
                   epoch_hooks: Callable[[torch.nn.Module], list[EpochHook]] | None = None,
                   ) -> tuple[torch.nn.Module, dict[str, Any]]:
     """Seed, build, train (with a teacher if given) and checkpoint the student; the same recipe either way.
 
     `make_loss(student)` builds the loss (a method may size its connectors from the student);
+    `teacher_outputs`: the teacher's stored outputs (kdrun.teachers.outputs), read instead of running it;
     `epoch_hooks(student)` gives per-epoch extras (e.g. the gradient probe) run before the epoch is recorded.
     """
     data = env.data
@@ -84,7 +85,7 @@ def train_student(cfg: DictConfig, env: Setup, run_dir: Path, teacher: torch.nn.
     hooks.append(lambda row: loss.start_epoch(int(row["epoch"]) + 1))
     with epoch_progress(cfg.progress, "student") as progress:
         history = fit(student, data, recipe_from_optim(cfg.optim, cfg.epochs, cfg.seed, cfg.compile), env.device,
-                      loss=loss, teacher=teacher, teacher_logits=teacher_logits,
+                      loss=loss, teacher=teacher, teacher_logits=teacher_logits, teacher_outputs=teacher_outputs,
                       on_epoch=chain(*hooks, epoch_recorder(run_dir, "student", cfg.logger)), progress=progress,
                       **resumable)
     resumable["checkpoint"].flush()  # the last last.pt is on disk (or its error raised) before the summary

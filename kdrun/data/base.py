@@ -28,7 +28,7 @@ DATASETS = Registry("dataset")
 register_dataset = DATASETS.register
 
 Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
-# A training batch for this rank: sample indices (None when streaming), inputs, labels.
+# A training batch for this rank: sample indices, inputs, labels.
 Batch = tuple[Optional[torch.Tensor], torch.Tensor, torch.Tensor]
 EVAL_BATCH = 1024
 
@@ -71,6 +71,7 @@ class TensorData:
     augment: Optional[Augment] = None
     x_val: Optional[torch.Tensor] = None
     y_val: Optional[torch.Tensor] = None
+    replayable: bool = False  # each sample's augmentation drawn from (run seed, epoch, index): see `with_replay`
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -97,9 +98,34 @@ class TensorData:
         for step in range(plan.first_step, len(plan.sizes)):
             index = batches[step]
             inputs = self.x_train[index]
-            if self.augment is not None:
+            if self.augment is not None and self.replayable:
+                inputs = self.augment.replay(inputs, index, plan.seed, plan.epoch)
+            elif self.augment is not None:
                 inputs = self.augment(inputs, augment_rng)
             yield ctx.shard(index), ctx.shard(inputs), ctx.shard(self.y_train[index])
+
+    def with_replay(self) -> "TensorData":
+        """This data with each sample's augmentation drawn from its own seed (run seed, epoch, index) instead of
+        the loop's generator, so a teacher-output store can draw the same crop again (`replayed_inputs`)."""
+        if self.augment is not None and not hasattr(self.augment, "replay"):
+            raise KdrunError(f"dataset '{self.name}' has an augmentation that cannot be replayed per sample; "
+                             "use teacher.outputs=live")
+        return replace(self, replayable=True)
+
+    def replayed_inputs(self, run_seed: int, epoch: int, index: torch.Tensor) -> torch.Tensor:
+        """The training inputs `index` exactly as a replayable run seeded `run_seed` shows them in `epoch`."""
+        inputs = self.x_train[index]
+        return inputs if self.augment is None else self.augment.replay(inputs, index, run_seed, epoch)
+
+    def replayed_batches(self, run_seed: int, epoch: int, chunks: list[list[int]],
+                         device: torch.device) -> Iterator[torch.Tensor]:
+        """`replayed_inputs` for each chunk of sample indices."""
+        for chunk in chunks:
+            yield self.replayed_inputs(run_seed, epoch, torch.tensor(chunk, device=self.x_train.device))
+
+    def augmentation_recipe(self) -> str:
+        """What the training augmentation is, in words that change when it does (a store key)."""
+        return repr(self.augment) if self.augment is not None else "none"
 
     def test_batches(self, device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         ctx = context()

@@ -6,11 +6,11 @@
 Nothing is loaded whole. Training uses the standard RandomResizedCrop + horizontal flip,
 evaluation Resize(size * 256/224) + CenterCrop(size), both normalised with ImageNet's mean/std.
 
-Seeded and resumable: each sample's random crop and flip are drawn from a seed that depends
-only on the run's seed, the epoch and the sample's position in the epoch's order. So
-augmentation does not depend on the number of workers or ranks, and an interrupted epoch
-continues with exactly the batches it would have had. The batch order is the engine's
-(`EpochPlan`); the workers live as long as the run (`persistent_workers`).
+Seeded, resumable and replayable: each sample's random crop and flip are drawn from a seed that
+depends only on the run's seed, the epoch and the sample's index. So augmentation does not depend
+on the number of workers or ranks, an interrupted epoch continues with exactly the batches it
+would have had, and a teacher-output store can draw any sample's crop again (`replayed_batches`).
+The batch order is the engine's (`EpochPlan`); the workers live as long as the run (`persistent_workers`).
 """
 
 from __future__ import annotations
@@ -36,9 +36,9 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 REFERENCE_SAMPLES = 2048  # training images (un-augmented) behind teacher statistics and the gradient probe
 
 
-def sample_seed(run_seed: int, epoch: int, position: int) -> int:
-    """The seed of one sample's random transform: a function of where it is, not of who loads it."""
-    return ((run_seed * 1_000_003 + epoch) * 10_000_000_019 + position) % (2 ** 63)
+def sample_seed(run_seed: int, epoch: int, index: int) -> int:
+    """The seed of one sample's random transform: a function of which sample and epoch, not of who loads it."""
+    return ((run_seed * 1_000_003 + epoch) * 10_000_000_019 + index) % (2 ** 63)
 
 
 def transforms(image_size: int, augment: bool) -> tuple[Any, Any]:
@@ -194,10 +194,35 @@ class StreamingData:
         batches = []
         for step in range(plan.first_step, len(plan.sizes)):
             start = plan.offset(step)
-            batch = [(order[p], sample_seed(plan.seed, plan.epoch, p)) for p in range(start, start + plan.sizes[step])]
+            chosen = order[start:start + plan.sizes[step]]
+            batch = [(index, sample_seed(plan.seed, plan.epoch, index)) for index in chosen]
             batches.append(ctx.shard(batch))
-        for inputs, labels in self._stream("train", batches, device):
-            yield None, inputs, labels
+        for batch, (inputs, labels) in zip(batches, self._stream("train", batches, device)):
+            yield torch.tensor([index for index, _ in batch], device=device), inputs, labels
+
+    def with_replay(self) -> "StreamingData":
+        """Already replayable: every sample's crop comes from (run seed, epoch, index)."""
+        return self
+
+    def replayed_batches(self, run_seed: int, epoch: int, chunks: list[list[int]],
+                         device: torch.device) -> Iterator[torch.Tensor]:
+        """The training inputs of each chunk of sample indices exactly as a run seeded `run_seed` shows them
+        in `epoch` (through the training loader's workers: call it between epochs, not during one)."""
+        batches = [[(index, sample_seed(run_seed, epoch, index)) for index in chunk] for chunk in chunks]
+        for inputs, _ in self._stream("train", batches, device):
+            yield inputs
+
+    def augmentation_recipe(self) -> str:
+        """The training transform in torchvision's words (sizes, scales, flip): a store key changes with it."""
+        return repr(self.train.transform)
+
+    def train_fingerprint(self) -> str:
+        """What the training images are, in 16 hex digits: each file's path, size and modification time."""
+        digest = hashlib.sha256(repr(self.train.folder.classes).encode())
+        for path, label in self.train.folder.samples:
+            info = os.stat(path)
+            digest.update(f"{path}:{label}:{info.st_size}:{info.st_mtime_ns}\n".encode())
+        return digest.hexdigest()[:16]
 
     def test_batches(self, device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         mine = context().shard([(index, 0) for index in range(self.test_size)])

@@ -80,6 +80,10 @@ class TeacherConfig(ModelConfig):
     weights: Optional[str] = None
     store: str = "outputs/teachers"
     train_if_missing: bool = True
+    # distill: `live` runs the teacher on every batch (or caches its logits when inputs never change); `store`
+    # keeps its top-k logits per (sample, epoch) beside the store, replaying each crop (kdrun/teachers/outputs.py).
+    outputs: str = "live"
+    top_k: int = 10  # teacher.outputs=store: logits kept per sample (the rest as one remaining mass)
 
 
 @dataclass

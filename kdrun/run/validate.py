@@ -27,6 +27,9 @@ LOGGERS = ("none", "tensorboard")
 SCHEDULES = ("cosine", "multistep", "constant")
 
 
+TEACHER_OUTPUTS = ("live", "store")
+
+
 def _check(ok: bool, message: str) -> None:
     if not ok:
         raise ConfigError(message)
@@ -140,6 +143,9 @@ def _validate_teacher(cfg: Any) -> None:
                f"(got {epoch}); it picks a snapshot of the teacher's own training")
         _check(not cfg.teacher.checkpoint and not cfg.teacher.weights, "teacher_epoch needs the teacher store; it "
                "cannot pick an epoch of an explicit teacher.checkpoint or teacher.weights (drop one of the two)")
+    _check(cfg.teacher.outputs in TEACHER_OUTPUTS, f"teacher.outputs must be one of {', '.join(TEACHER_OUTPUTS)} "
+           f"(got '{cfg.teacher.outputs}'); store keeps the teacher's top-k logits per (sample, epoch)")
+    _check(cfg.teacher.top_k >= 1, f"teacher.top_k must be >= 1 (got {cfg.teacher.top_k}); try teacher.top_k=10")
     _check(not (cfg.teacher.checkpoint and cfg.teacher.weights), "teacher.checkpoint and teacher.weights both "
            "give the teacher's weights; drop one of the two")
     _check(cfg.command != "train_teacher" or not (cfg.teacher.checkpoint or cfg.teacher.weights),

@@ -46,6 +46,8 @@ def refusal(cfg: DictConfig) -> Optional[str]:
         return f"logger={cfg.logger} writes one event file per training loop"
     if cfg.dataset.augment:
         return "random augmentation: the teacher must see each job's own augmented batch"
+    if "teacher" in cfg and cfg.teacher.get("outputs") == "store":
+        return "teacher.outputs=store: each job reads the stored teacher outputs in its own loop"
     if "loss" in cfg and cfg.loss.name not in STACKABLE_LOSSES:
         return f"loss={cfg.loss.name}: stacked training supports loss={' and loss='.join(STACKABLE_LOSSES)}"
     if "loss" in cfg and cfg.loss.get("logit_std"):

@@ -4,8 +4,9 @@ It never reads Hydra state, so tests and other tools can call it directly. Batch
 from the dataset (`train_batches`: indexed from tensors already on the device, or streamed by
 DataLoader workers). The frozen teacher's logits come from a cache computed once when the
 training inputs are the same every epoch; otherwise the teacher sees the same augmented batch
-as the student ("consistent teaching", Beyer et al. 2022). The loop keeps running sums on the
-device and syncs with the host once per epoch.
+as the student ("consistent teaching", Beyer et al. 2022), or its stored outputs for that
+augmented batch are read (`teacher_outputs`, kdrun.teachers.outputs). The loop keeps running sums
+on the device and syncs with the host once per epoch.
 
 On several processes (torchrun, SLURM; see kdrun/core/distributed.py) the student is wrapped in
 DistributedDataParallel and each rank trains on its strided share of every global batch. Each
@@ -50,6 +51,13 @@ class StepProgress(Protocol):
     def advance(self) -> None: ...
 
 
+class StoredOutputs(Protocol):
+    """A teacher-output store (kdrun.teachers.outputs): one epoch's outputs, whose `logits(index)` are the
+    teacher's (rebuilt) logits for those training samples as the replayed augmentation shows them."""
+
+    def epoch(self, epoch: int) -> Any: ...
+
+
 class TeacherTargets:
     """The frozen teacher's logits (and named stage features) for a training batch: cached or live.
 
@@ -59,20 +67,32 @@ class TeacherTargets:
     """
 
     def __init__(self, teacher: nn.Module, data: Any, logits: Optional[torch.Tensor] = None,
-                 stages: tuple[str, ...] = ()) -> None:
+                 stages: tuple[str, ...] = (), stored: Optional[StoredOutputs] = None) -> None:
         """`logits`: the teacher's logits for `data.x_train` if already known (e.g. from the sweep's cache);
-        `stages`: the named stages whose features the method reads (then the teacher always runs live)."""
+        `stages`: the named stages whose features the method reads (then the teacher always runs live);
+        `stored`: a teacher-output store (`teacher.outputs=store`), read epoch by epoch instead of the teacher."""
         self.teacher = teacher.eval().requires_grad_(False)
         self.stages = list(stages)
         self.cache = None
         self.nonfinite: Any = False  # whether any logits it gave were NaN or inf (a device flag: no host sync)
-        if data.static_inputs and not stages:
+        self.stored, self.epoch_outputs = stored, None
+        if stored is not None and stages:
+            raise KdrunError(f"teacher.outputs=store keeps the teacher's logits only, but this method reads its "
+                             f"features ({', '.join(stages)}); use teacher.outputs=live or a logit method (kd, dkd)")
+        if data.static_inputs and not stages and stored is None:
             self.cache = logits if logits is not None else predict(teacher, data.x_train)
             if not torch.isfinite(self.cache).all():
                 raise KdrunError(f"the teacher outputs NaN or inf for {int((~torch.isfinite(self.cache)).any(1).sum())} "
                                  "training examples; its weights are damaged or diverged: check teacher.checkpoint")
 
+    def start_epoch(self, epoch: int) -> None:
+        """Before an epoch's first step: that epoch's stored outputs (built now if no job has)."""
+        if self.stored is not None:
+            self.epoch_outputs = self.stored.epoch(epoch)
+
     def __call__(self, index: torch.Tensor, inputs: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        if self.epoch_outputs is not None:
+            return self.epoch_outputs.logits(index), {}
         if self.cache is not None:
             return self.cache[index], {}
         if not self.stages:
@@ -182,6 +202,7 @@ def student_step(forward: Callable, model: nn.Module, stages: tuple[str, ...], i
 def fit(model: nn.Module, data: Any, recipe: Recipe, device: torch.device, *,
         loss: Any = cross_entropy, teacher: Optional[nn.Module] = None,
         teacher_logits: Optional[torch.Tensor] = None,
+        teacher_outputs: Optional[StoredOutputs] = None,
         on_epoch: Optional[Callable[[dict[str, float]], None]] = None,
         progress: Optional[StepProgress] = None,
         state: Optional[dict[str, Any]] = None,
@@ -191,7 +212,8 @@ def fit(model: nn.Module, data: Any, recipe: Recipe, device: torch.device, *,
         stop: Optional[Callable[[], bool]] = None) -> list[dict[str, float]]:
     """Train `model` on `data` (a `TensorData` already on `device`, or a `StreamingData`) by `loss` (a Method,
     or a plain logit loss), with the frozen teacher's logits and features if given (`teacher_logits`: its
-    logits for the un-augmented training set, when already computed).
+    logits for the un-augmented training set, when already computed; `teacher_outputs`: a store of its
+    outputs per (sample, epoch), read instead of running it, the augmentation replayed to match).
 
     Returns one metrics dict per epoch: epoch, train_loss, test_acc, lr, seconds (+ ce, kd with a teacher;
     + val_acc with a validation split).
@@ -208,7 +230,9 @@ def fit(model: nn.Module, data: Any, recipe: Recipe, device: torch.device, *,
     if ctx.distributed and any(True for _ in method.parameters()):
         raise KdrunError("this method has trainable parts, which torchrun does not synchronise across processes "
                          "yet; run it in one process")
-    targets = (TeacherTargets(teacher, data, teacher_logits, method.teacher_stages)
+    if teacher_outputs is not None:  # each sample's crop drawn again from (seed, epoch, index), as the store's
+        data = data.with_replay()
+    targets = (TeacherTargets(teacher, data, teacher_logits, method.teacher_stages, teacher_outputs)
                if teacher is not None and method.needs_teacher else None)
     optimizer, scheduler = make_optimizer(model, recipe, extra=method.parameters())
     schedule = CheckpointSchedule(checkpoint_every, checkpoint_min_seconds)
@@ -227,6 +251,8 @@ def fit(model: nn.Module, data: Any, recipe: Recipe, device: torch.device, *,
         perm, first, sums, bad_step = _epoch_start(partial, loop.order, n, device)
         partial = None
         plan = EpochPlan(epoch, perm, sizes, first, recipe.seed)
+        if targets:
+            targets.start_epoch(epoch)
         if progress:
             progress.start_epoch(epoch, steps)
             for _ in range(first):
