@@ -37,6 +37,8 @@ COMMANDS = {
                                "class relationships, calibration (plots + JSON)"),
     "report": Command(None, "summarise finished runs/sweeps: table, CSV, Markdown, plots",
                       module="kdrun.commands.report"),
+    "export": Command(None, "a finished run's student as ONNX + INT8, checked and timed under ONNX Runtime",
+                      module="kdrun.commands.export"),
 }
 
 # Hydra flags that start no run (the overrides are still checked: Hydra would print a traceback for them).

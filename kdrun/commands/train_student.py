@@ -20,6 +20,7 @@ from kdrun.commands.record import (
     plain_config,
     run_header,
 )
+from kdrun.commands.export import deploy_notes, export_block
 from kdrun.commands.resumable import training_hooks
 from kdrun.commands.setup import Setup, build_student, setup
 from kdrun.core.console import epoch_progress, show_results
@@ -45,9 +46,11 @@ def finish(cfg: DictConfig, env: Setup, run_dir: Path, student: torch.nn.Module,
     stacked group; else the student is measured now."""
     cost = cost or model_cost(student, env.data, cfg, env.device)
     summary = {**run_header(cfg, run_dir, env), "model": cfg.student.name, **result, **cost}
+    if cfg.export:
+        summary["deploy"] = export_block(cfg, run_dir, env.data, student)
     write_summary(run_dir, summary)
     show_results([{"role": "student (hard labels)", "model": cfg.student.name, **summary}],
-                 title="kdrun train-student", notes=[f"run dir: {run_dir}"])
+                 title="kdrun train-student", notes=[*deploy_notes(summary), f"run dir: {run_dir}"])
     return objective(summary)
 
 

@@ -102,7 +102,7 @@ def deploy(run_dir: Path, student: nn.Module, student_arch: str, data: Any, sett
             folder, student, data, student_arch, "student", settings.tolerance, check_inputs)
         if settings.int8:
             int8 = folder / file_name("student", "int8")
-            calibration = calibration_batches(data.x_train, settings.calibration_batches,
+            calibration = calibration_batches(data.teacher_reference(torch.device("cpu"))[0], settings.calibration_batches,
                                               settings.protocol.batch_size, settings.seed)
             recipe = quantize_int8(folder / file_name("student", "fp32"), int8, calibration, INPUT_NAME)
             sessions["student_int8"] = Session(int8)

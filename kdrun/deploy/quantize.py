@@ -5,7 +5,8 @@ and ONNX Runtime runs it, so quantizing the ONNX graph itself is what the deploy
 second export of a quantized PyTorch graph, whose int8 ops the ONNX exporter may or may not map), and
 PT2E's quantizers have moved out of torch into torchao, one more dependency. Settings: QDQ format
 (ONNX Runtime fuses QuantizeLinear/DequantizeLinear pairs into int8 kernels on CPU), weights int8
-per output channel, activations uint8 per tensor, ranges by min/max over the calibration batches.
+per output channel, activations uint8 per tensor, ranges by min/max over the calibration batches; the
+float graph first goes through ORT's `quant_pre_process` (shape inference and fusions, as its docs advise).
 """
 
 from __future__ import annotations
@@ -24,9 +25,9 @@ SETTINGS = {"method": "onnxruntime.quantization.quantize_static", "format": "QDQ
 
 
 def calibration_batches(x_train: torch.Tensor, batches: int, batch_size: int, seed: int = 0) -> list[np.ndarray]:
-    """`batches` batches of training inputs (a seeded random choice, no augmentation) as float32 arrays."""
+    """`batches` batches of un-augmented training inputs (a seeded random choice) as float32 arrays."""
     order = torch.randperm(len(x_train), generator=torch.Generator().manual_seed(seed))[:batches * batch_size]
-    chosen = x_train.detach().cpu()[order.to(x_train.device).cpu()].float()
+    chosen = x_train.detach().cpu()[order].float()
     return [chunk.contiguous().numpy() for chunk in chosen.split(batch_size)]
 
 
@@ -41,12 +42,17 @@ def quantize_int8(fp32: Path, int8: Path, batches: list[np.ndarray], input_name:
         def get_next(self) -> dict[str, np.ndarray] | None:
             return next(self.feed, None)
 
+    prepared = int8.with_name(f".{int8.stem}.prepared.onnx")  # shape inference + graph fusions, as ORT advises
     try:
-        quantization.quantize_static(str(fp32), str(int8), Reader(), quant_format=quantization.QuantFormat.QDQ,
+        shape_inference = require("onnxruntime.quantization.shape_inference")
+        shape_inference.quant_pre_process(str(fp32), str(prepared))
+        quantization.quantize_static(str(prepared), str(int8), Reader(), quant_format=quantization.QuantFormat.QDQ,
                                      per_channel=True, activation_type=quantization.QuantType.QUInt8,
                                      weight_type=quantization.QuantType.QInt8,
                                      calibrate_method=quantization.CalibrationMethod.MinMax)
     except Exception as error:  # noqa: BLE001 - onnxruntime's quantizer raises plain and private errors alike
         raise KdrunError(f"INT8 quantization of {fp32.name} failed ({first_line(error, 160)}); "
                          "set deploy.int8=false to export the float model alone") from None
+    finally:
+        prepared.unlink(missing_ok=True)
     return {**SETTINGS, "calibration_batches": len(batches), "calibration_examples": sum(len(b) for b in batches)}

@@ -99,6 +99,18 @@ class LatencyConfig:
 
 
 @dataclass
+class DeployConfig:
+    """What `export=true` (or `kdrun export RUN_DIR`) writes into the run's export/ folder (kdrun/deploy/):
+    the student as ONNX, checked against PyTorch to `tolerance`, its INT8 twin calibrated on
+    `calibration_batches` training batches of the latency batch size, and the teacher's ONNX for timing."""
+
+    int8: bool = True
+    calibration_batches: int = 8
+    tolerance: float = 1e-4
+    teacher: bool = True
+
+
+@dataclass
 class RunConfig:
     """Keys every command shares."""
 
@@ -135,6 +147,8 @@ class TrainStudentConfig(RunConfig):
     compile: bool = False  # torch.compile the student's training step (worth it on CUDA for long runs)
     student: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    export: bool = False  # at the end: ONNX + INT8 + ONNX Runtime accuracy and latency (needs kdrun[deploy])
+    deploy: DeployConfig = field(default_factory=DeployConfig)
 
 
 @dataclass

@@ -96,6 +96,8 @@ def validate(cfg: Any) -> None:
         _check(cfg.alpha is None or 0 <= cfg.alpha <= 1, f"alpha must be in [0, 1] (got {cfg.alpha}); it weights the KD term, try alpha=0.9")
     if "loss" in cfg:
         _validate_loss(cfg.loss)
+    if "deploy" in cfg:
+        _validate_deploy(cfg.deploy)
     if "probe_examples" in cfg:
         _check(cfg.probe_examples >= 2, f"probe_examples must be >= 2 (got {cfg.probe_examples}); try probe_examples=512")
     if "temperatures" in cfg:
@@ -115,6 +117,13 @@ def _validate_latency(latency: Any) -> None:
            f"latency.max_seconds (got {latency.min_seconds} and {latency.max_seconds})")
     _check(latency.max_seconds > 0, f"latency.max_seconds must be > 0 (got {latency.max_seconds}); try 3")
     _check(latency.max_spread > 0, f"latency.max_spread must be > 0 (got {latency.max_spread}); try 0.5")
+
+
+def _validate_deploy(deploy: Any) -> None:
+    _check(deploy.calibration_batches >= 1, "deploy.calibration_batches must be >= 1 (got "
+           f"{deploy.calibration_batches}): INT8 ranges come from training batches; try 8, or deploy.int8=false")
+    _check(0 < deploy.tolerance < 1, f"deploy.tolerance must be in (0, 1) (got {deploy.tolerance}); the check is "
+           "ONNX Runtime vs PyTorch logits in float32, try 1e-4")
 
 
 def _validate_dataset(dataset: Any) -> None:
