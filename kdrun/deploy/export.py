@@ -70,15 +70,24 @@ def _chain(error: BaseException) -> list[BaseException]:
 
 
 def _module_of(program: torch.export.ExportedProgram, op: str) -> str:
-    """The module path and class of the first graph node that calls `op`, e.g. "module 'head' (Cholesky)"."""
-    for node in program.graph.nodes:
+    """The module path and class of the first graph node that calls `op`, e.g. "module 'head' (Cholesky)".
+    The exporter decomposes the graph first (linalg_cholesky becomes linalg_cholesky_ex): so do we, to find it."""
+    for graph in (program.graph, lambda: program.run_decompositions().graph):
+        found = _caller(graph() if callable(graph) else graph, op)
+        if found:
+            return found
+    return "the model's own forward"
+
+
+def _caller(graph: torch.fx.Graph, op: str) -> str | None:
+    for node in graph.nodes:
         if node.op == "call_function" and str(node.target).startswith(op):
             stack = node.meta.get("nn_module_stack") or {}
             if stack:
                 path, kind = list(stack.values())[-1]
                 name = getattr(kind, "__name__", str(kind).rsplit(".", 1)[-1])
                 return f"module '{path or 'the model'}' ({name})"
-    return "the model's own forward"
+    return None
 
 
 def metadata_of(onnx_bytes_or_path: Any) -> dict[str, Any]:
