@@ -140,3 +140,34 @@ def test_kdrun_export_without_a_finished_student_is_one_line(tmp_path):
     assert result.returncode == 2 and result.stderr.count("\n") == 1
     assert "holds no finished student (no summary.json)" in result.stderr
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == []
+
+
+def test_evaluate_scores_a_checkpoint_and_its_onnx_file_alike(tmp_path, monkeypatch, capsys):
+    from kdrun.commands.evaluate import main
+    from kdrun.deploy.metadata import model_metadata
+    from kdrun.models.checkpoint import save_checkpoint
+
+    monkeypatch.chdir(tmp_path)
+    data = load_dataset("fake", str(tmp_path), False, False, {"shape": [1, 40]})  # as conf/dataset/fake.yaml
+    model = build_model("mlp", 10, (1, 40), {"hidden": [16]}).eval()
+    save_checkpoint(tmp_path / "checkpoint.pt", model, arch="mlp", arch_kwargs={"hidden": [16]}, num_classes=10,
+                    input_shape=(1, 40), dataset="fake", config={}, metrics={})
+    (tmp_path / "model.onnx").write_bytes(to_onnx(model, (1, 40), model_metadata(data, "mlp", "student")))
+    assert main([str(tmp_path / "checkpoint.pt"), "--out", "eval_pt", "--threads", "1"]) == 0  # the recorded dataset
+    assert main([str(tmp_path / "model.onnx"), "dataset=fake", "--out", "eval_onnx", "--threads", "1"]) == 0
+    from_pt, from_onnx = (json.loads((tmp_path / d / "summary.json").read_text()) for d in ("eval_pt", "eval_onnx"))
+    expected = (model(data.x_test).argmax(1) == data.y_test).float().mean().item()
+    assert from_pt["test_acc"] == pytest.approx(expected) and from_onnx["test_acc"] == pytest.approx(expected)
+    assert from_pt["confusion_matrix"] == from_onnx["confusion_matrix"]
+    assert sum(map(sum, from_pt["confusion_matrix"])) == data.test_size
+    assert set(from_pt["per_class_acc"]) == {str(i) for i in range(10)} and "top5_acc" in from_pt
+    assert (tmp_path / "eval_onnx" / "confusion_matrix.png").read_bytes()[:4] == b"\x89PNG"
+    assert from_onnx["format"] == "onnx" and from_onnx["latency"]["batch1_ms_median"] > 0
+
+
+def test_evaluate_an_onnx_file_that_does_not_fit_the_dataset_is_one_line(tmp_path):
+    (tmp_path / "model.onnx").write_bytes(to_onnx(build_model("mlp", 10, (1, 40), {"hidden": [8]}), (1, 40), {}))
+    result = kdrun(tmp_path, "evaluate", str(tmp_path / "model.onnx"), "dataset=fake", "dataset.kwargs.shape=[3,8,8]")
+    assert result.returncode == 2 and result.stderr.count("\n") == 1
+    assert "takes inputs of shape [batch, 1, 40] but dataset 'fake' gives [batch, 3, 8, 8]" in result.stderr
+    assert not (tmp_path / "outputs").exists()
