@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from conftest import FAST, kdrun, run_dirs
+from kdrun.cli import main as cli
 from kdrun.core.errors import KdrunError
 from kdrun.data import load_dataset
 from kdrun.deploy.bundle import DeploySettings, deploy
@@ -127,6 +128,14 @@ def test_export_true_ends_a_run_with_a_deploy_block_and_kdrun_export_redoes_it(t
     assert block["ort_threads"] == 1 and block["models"]["student_int8"]["latency"]["batch_size"] == 16
     assert {p.name for p in (run / "export").iterdir()} == {"student.onnx", "student.int8.onnx", "deploy.json"}
 
+    from kdrun.report import make_report
+    make_report([run], tmp_path / "report")
+    row = (tmp_path / "report" / "report.csv").read_text().splitlines()
+    columns = dict(zip(row[0].split(","), row[1].split(",")))
+    assert float(columns["ort_int8_batch1_ms"]) == block["models"]["student_int8"]["latency"]["batch1_ms_median"]
+    assert float(columns["int8_test_acc"]) == block["models"]["student_int8"]["test_acc"]
+    assert (tmp_path / "report" / "acc_vs_deployed_latency.png").is_file()
+
     from kdrun.commands.export import main
     assert main([str(run), "--no-int8"]) == 0
     again = json.loads((run / "summary.json").read_text())
@@ -134,11 +143,11 @@ def test_export_true_ends_a_run_with_a_deploy_block_and_kdrun_export_redoes_it(t
     assert not (run / "export" / "student.int8.onnx").exists()
 
 
-def test_kdrun_export_without_a_finished_student_is_one_line(tmp_path):
+def test_kdrun_export_without_a_finished_student_is_one_line(tmp_path, capsys):
     (tmp_path / "run").mkdir()
-    result = kdrun(tmp_path, "export", str(tmp_path / "run"))
-    assert result.returncode == 2 and result.stderr.count("\n") == 1
-    assert "holds no finished student (no summary.json)" in result.stderr
+    assert cli(["export", str(tmp_path / "run")]) == 2
+    stderr = capsys.readouterr().err
+    assert stderr.count("\n") == 1 and "holds no finished student (no summary.json)" in stderr
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == []
 
 
@@ -165,9 +174,18 @@ def test_evaluate_scores_a_checkpoint_and_its_onnx_file_alike(tmp_path, monkeypa
     assert from_onnx["format"] == "onnx" and from_onnx["latency"]["batch1_ms_median"] > 0
 
 
-def test_evaluate_an_onnx_file_that_does_not_fit_the_dataset_is_one_line(tmp_path):
+def test_evaluate_an_onnx_file_that_does_not_fit_the_dataset_is_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
     (tmp_path / "model.onnx").write_bytes(to_onnx(build_model("mlp", 10, (1, 40), {"hidden": [8]}), (1, 40), {}))
-    result = kdrun(tmp_path, "evaluate", str(tmp_path / "model.onnx"), "dataset=fake", "dataset.kwargs.shape=[3,8,8]")
-    assert result.returncode == 2 and result.stderr.count("\n") == 1
-    assert "takes inputs of shape [batch, 1, 40] but dataset 'fake' gives [batch, 3, 8, 8]" in result.stderr
+    assert cli(["evaluate", str(tmp_path / "model.onnx"), "dataset=fake", "dataset.kwargs.shape=[3,8,8]"]) == 2
+    stderr = capsys.readouterr().err
+    assert stderr.count("\n") == 1
+    assert "takes inputs of shape [batch, 1, 40] but dataset 'fake' gives [batch, 3, 8, 8]" in stderr
     assert not (tmp_path / "outputs").exists()
+
+
+def test_the_pareto_front_keeps_the_points_nothing_beats_on_both_latency_and_accuracy():
+    from kdrun.report.plots import pareto_front
+
+    points = [(1.0, 0.6), (2.0, 0.9), (1.5, 0.5), (3.0, 0.9), (0.5, 0.3), (2.5, 0.95), (1.0, 0.55)]
+    assert pareto_front(points) == [(0.5, 0.3), (1.0, 0.6), (2.0, 0.9), (2.5, 0.95)]

@@ -23,7 +23,9 @@ FIXED = ("role", "model", "dataset")  # columns of every row; they also separate
 # "at best val": the epoch picked on the validation split (dataset.val_split), the honest number;
 # "best (test-picked)": the max over epochs of test accuracy, as published tables report it.
 HEADERS = ("final acc %", "acc at best val %", "best acc % (test-picked)", "gain (pp)", "teacher acc %", "batch-1 ms",
-           "speedup [95% interval]")
+           "speedup [95% interval]", "ORT ms fp32/int8", "INT8 acc %", "deployed speedup")
+# Where a run's `deploy` block (export=true, kdrun export) keeps the student's ONNX Runtime numbers.
+DEPLOYED = ("deploy", "models")
 
 
 @dataclass
