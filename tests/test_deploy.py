@@ -189,3 +189,19 @@ def test_the_pareto_front_keeps_the_points_nothing_beats_on_both_latency_and_acc
 
     points = [(1.0, 0.6), (2.0, 0.9), (1.5, 0.5), (3.0, 0.9), (0.5, 0.3), (2.5, 0.95), (1.0, 0.55)]
     assert pareto_front(points) == [(0.5, 0.3), (1.0, 0.6), (2.0, 0.9), (2.5, 0.95)]
+
+
+def test_a_failed_export_at_the_end_of_a_run_is_recorded_and_the_run_keeps_its_files(tmp_path, caplog):
+    from omegaconf import OmegaConf
+
+    from kdrun.commands.export import deploy_notes, export_block
+    from kdrun.run.config import ModelConfig, TrainStudentConfig
+
+    cfg = OmegaConf.structured(TrainStudentConfig(student=ModelConfig(name="custom")))
+    cfg.optim.batch_size = 8
+    data = load_dataset("fake", str(tmp_path), False, False, {"shape": [4, 4]})
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 16), nn.Unflatten(1, (4, 4)), _Cholesky())
+    block = export_block(cfg, tmp_path, data, model)
+    assert "no conversion for op aten.linalg_cholesky_ex" in block["error"]
+    assert "kdrun export" in caplog.text and list(tmp_path.iterdir()) == []
+    assert deploy_notes({"deploy": block})[0].startswith("export failed (the run finished)")

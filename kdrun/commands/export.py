@@ -20,7 +20,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from kdrun.commands.record import latency_protocol
-from kdrun.core.errors import KdrunError
+from kdrun.core.errors import KdrunError, first_line
 from kdrun.core.runtime import set_threads
 from kdrun.data import load_dataset
 from kdrun.deploy.bundle import DeploySettings, deploy
@@ -47,9 +47,10 @@ def export_block(cfg: DictConfig, run_dir: Path, data: Any, student: torch.nn.Mo
     try:
         block = deploy(run_dir, student, cfg.student.name, data, settings(cfg), use_teacher,
                        cfg.teacher.name if use_teacher is not None else None)
-    except KdrunError as error:
-        log.warning("export failed, the run itself finished: %s (after fixing it: kdrun export %s)", error, run_dir)
-        return {"error": str(error)}
+    except Exception as error:  # noqa: BLE001 - whatever breaks the export, the trained student is kept
+        message = str(error) if isinstance(error, KdrunError) else f"{type(error).__name__}: {first_line(error)}"
+        log.warning("export failed, the run itself finished: %s (after fixing it: kdrun export %s)", message, run_dir)
+        return {"error": message}
     log.info("export: %s", deploy_line(block))
     return block
 
