@@ -12,7 +12,7 @@ from kdrun.commands.export import deploy_notes, export_block
 from kdrun.commands.record import EpochHook, pair_cost, plain_config, run_header
 from kdrun.commands.resumable import stop_hook
 from kdrun.commands.setup import Setup, log, setup
-from kdrun.commands.train_student import train_student
+from kdrun.commands.train_student import exports, train_student
 from kdrun.core.console import epoch_progress, show_results
 from kdrun.methods.base import Method, MethodContext, build_method
 from kdrun.methods.params import parse_params, resolved_alpha
@@ -98,7 +98,7 @@ def finish(cfg: DictConfig, env: Setup, run_dir: Path, teacher: Teacher, facts: 
                            "train_nontarget_mass_at_T": stats.epsilon},
                "speedup": speedup["batch1"], "speedup_interval": speedup["batch1_interval"],
                "speedup_at_batch": speedup["batch"], "speedup_at_batch_interval": speedup["batch_interval"]}
-    if cfg.export:
+    if exports(cfg):
         summary["deploy"] = export_block(cfg, run_dir, env.data, student, teacher.model)
     write_summary(run_dir, summary)
     low, high = speedup["batch1_interval"]

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from kdrun.core.errors import KdrunError, first_line
-from kdrun.deploy.extra import require
+from kdrun.deploy.extra import quiet, require
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
@@ -29,8 +29,9 @@ def to_onnx(model: nn.Module, input_shape: tuple[int, ...], metadata: dict[str, 
     sample = torch.randn(2, *input_shape)
     program = _exported(model, sample)
     try:
-        onnx_program = torch.onnx.export(program, (sample,), dynamo=True, verbose=False,
-                                         input_names=[INPUT_NAME], output_names=[OUTPUT_NAME])
+        with quiet():
+            onnx_program = torch.onnx.export(program, (sample,), dynamo=True, verbose=False,
+                                             input_names=[INPUT_NAME], output_names=[OUTPUT_NAME])
     except Exception as error:  # noqa: BLE001 - the exporter raises several private types
         raise _conversion_error(error, program, model) from None
     proto = onnx_program.model_proto

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from kdrun.core.errors import KdrunError, first_line
-from kdrun.deploy.extra import require
+from kdrun.deploy.extra import quiet, require
 
 SETTINGS = {"method": "onnxruntime.quantization.quantize_static", "format": "QDQ", "weights": "int8 per channel",
             "activations": "uint8 per tensor", "calibration": "MinMax"}
@@ -45,11 +45,13 @@ def quantize_int8(fp32: Path, int8: Path, batches: list[np.ndarray], input_name:
     prepared = int8.with_name(f".{int8.stem}.prepared.onnx")  # shape inference + graph fusions, as ORT advises
     try:
         shape_inference = require("onnxruntime.quantization.shape_inference")
-        shape_inference.quant_pre_process(str(fp32), str(prepared))
-        quantization.quantize_static(str(prepared), str(int8), Reader(), quant_format=quantization.QuantFormat.QDQ,
-                                     per_channel=True, activation_type=quantization.QuantType.QUInt8,
-                                     weight_type=quantization.QuantType.QInt8,
-                                     calibrate_method=quantization.CalibrationMethod.MinMax)
+        with quiet():
+            shape_inference.quant_pre_process(str(fp32), str(prepared))
+            quantization.quantize_static(str(prepared), str(int8), Reader(),
+                                         quant_format=quantization.QuantFormat.QDQ,
+                                         per_channel=True, activation_type=quantization.QuantType.QUInt8,
+                                         weight_type=quantization.QuantType.QInt8,
+                                         calibrate_method=quantization.CalibrationMethod.MinMax)
     except Exception as error:  # noqa: BLE001 - onnxruntime's quantizer raises plain and private errors alike
         raise KdrunError(f"INT8 quantization of {fp32.name} failed ({first_line(error, 160)}); "
                          "set deploy.int8=false to export the float model alone") from None

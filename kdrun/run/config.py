@@ -60,6 +60,15 @@ class ModelConfig:
 
 
 @dataclass
+class StudentConfig(ModelConfig):
+    """A student: a model, and whether it trains as the INT8 model it will be deployed as (`quant: qat`,
+    fake-quantized for its last `qat_epochs` epochs, 0 meaning all; kdrun/deploy/fake_quant.py)."""
+
+    quant: str = "none"
+    qat_epochs: int = 0
+
+
+@dataclass
 class TeacherTraining:
     """The recipe that produced a teacher; part of its identity in the teacher store."""
 
@@ -145,7 +154,7 @@ class TrainStudentConfig(RunConfig):
 
     command: str = "train_student"
     compile: bool = False  # torch.compile the student's training step (worth it on CUDA for long runs)
-    student: ModelConfig = field(default_factory=ModelConfig)
+    student: StudentConfig = field(default_factory=StudentConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     export: bool = False  # at the end: ONNX + INT8 + ONNX Runtime accuracy and latency (needs kdrun[deploy])
     deploy: DeployConfig = field(default_factory=DeployConfig)

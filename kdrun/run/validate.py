@@ -98,6 +98,7 @@ def validate(cfg: Any) -> None:
         _validate_loss(cfg.loss)
     if "deploy" in cfg:
         _validate_deploy(cfg.deploy)
+        _validate_quant(cfg)
     if "probe_examples" in cfg:
         _check(cfg.probe_examples >= 2, f"probe_examples must be >= 2 (got {cfg.probe_examples}); try probe_examples=512")
     if "temperatures" in cfg:
@@ -124,6 +125,19 @@ def _validate_deploy(deploy: Any) -> None:
            f"{deploy.calibration_batches}): INT8 ranges come from training batches; try 8, or deploy.int8=false")
     _check(0 < deploy.tolerance < 1, f"deploy.tolerance must be in (0, 1) (got {deploy.tolerance}); the check is "
            "ONNX Runtime vs PyTorch logits in float32, try 1e-4")
+
+
+QUANT_MODES = ("none", "qat")
+
+
+def _validate_quant(cfg: Any) -> None:
+    student = cfg.student
+    _check(student.quant in QUANT_MODES, f"student.quant must be one of {', '.join(QUANT_MODES)} (got "
+           f"'{student.quant}'); qat trains the student fake-quantized to INT8")
+    _check(0 <= student.qat_epochs <= cfg.epochs, f"student.qat_epochs must be in [0, epochs={cfg.epochs}], 0 "
+           f"meaning all of them (got {student.qat_epochs})")
+    _check(student.quant != "qat" or cfg.deploy.int8, "student.quant=qat trains the student for INT8 and exports "
+           "it: leave deploy.int8=true")
 
 
 def _validate_dataset(dataset: Any) -> None:
