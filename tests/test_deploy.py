@@ -115,18 +115,21 @@ class _Cholesky(nn.Module):
         return torch.linalg.cholesky(x @ x.transpose(-1, -2) + torch.eye(x.shape[-1])).flatten(1)[:, :10]
 
 
-def test_export_true_ends_a_run_with_a_deploy_block_and_kdrun_export_redoes_it(tmp_path):
-    fast = [arg for arg in FAST if not arg.startswith("teacher.")]
-    result = kdrun(tmp_path, "train-student", *fast, "epochs=1", "student.kwargs.hidden=[16]", "export=true",
-                   "deploy.calibration_batches=2")
+def test_qat_distillation_runs_end_to_end_exports_and_kdrun_export_redoes_it(tmp_path):
+    result = kdrun(tmp_path, "distill", *FAST, "epochs=2", "student.kwargs.hidden=[16]", "student.quant=qat",
+                   "student.qat_epochs=1", "deploy.calibration_batches=2")  # QAT implies the export
     assert result.returncode == 0, result.stderr
-    run = run_dirs(tmp_path, "train_student")[0]
+    run = run_dirs(tmp_path, "distill")[0]
     summary = json.loads((run / "summary.json").read_text())
+    assert summary["quant"]["mode"] == "qat" and summary["quant"]["first_epoch"] == 2
+    assert "fake-quantized to INT8 from epoch 2" in (run / "distill.log").read_text()
     block = summary["deploy"]
-    assert set(block["models"]) == {"student_fp32", "student_int8"}
-    assert block["models"]["student_fp32"]["max_abs_diff_vs_torch"] <= 1e-4
+    assert set(block["models"]) == {"teacher_fp32", "student_fp32", "student_int8"}
+    assert block["speedup_over"] == "teacher_fp32" and set(block["speedups"]) == {"student_fp32", "student_int8"}
+    assert all(m["max_abs_diff_vs_torch"] <= 1e-4 for k, m in block["models"].items() if k != "student_int8")
     assert block["ort_threads"] == 1 and block["models"]["student_int8"]["latency"]["batch_size"] == 16
-    assert {p.name for p in (run / "export").iterdir()} == {"student.onnx", "student.int8.onnx", "deploy.json"}
+    assert {p.name for p in (run / "export").iterdir()} == {"student.onnx", "student.int8.onnx", "teacher.onnx",
+                                                            "deploy.json"}
 
     from kdrun.report import make_report
     make_report([run], tmp_path / "report")
@@ -139,7 +142,8 @@ def test_export_true_ends_a_run_with_a_deploy_block_and_kdrun_export_redoes_it(t
     from kdrun.commands.export import main
     assert main([str(run), "--no-int8"]) == 0
     again = json.loads((run / "summary.json").read_text())
-    assert set(again["deploy"]["models"]) == {"student_fp32"} and again["test_acc"] == summary["test_acc"]
+    assert set(again["deploy"]["models"]) == {"teacher_fp32", "student_fp32"}
+    assert again["test_acc"] == summary["test_acc"] and again["quant"] == summary["quant"]
     assert not (run / "export" / "student.int8.onnx").exists()
 
 
@@ -205,3 +209,21 @@ def test_a_failed_export_at_the_end_of_a_run_is_recorded_and_the_run_keeps_its_f
     assert "no conversion for op aten.linalg_cholesky_ex" in block["error"]
     assert "kdrun export" in caplog.text and list(tmp_path.iterdir()) == []
     assert deploy_notes({"deploy": block})[0].startswith("export failed (the run finished)")
+
+
+def test_fake_quantization_keeps_the_parameters_and_comes_off_exactly():
+    from kdrun.deploy import fake_quant
+
+    torch.manual_seed(0)
+    model = build_model("cnn1d", 10, (1, 40), {"channels": 8})
+    x, keys = torch.randn(16, 1, 40), list(model.state_dict())
+    plain = model(x)
+    assert fake_quant.attach(model) == 4 and fake_quant.attach(model) == 0  # 3 convs + the head; once
+    quantized = model(x)
+    assert list(model.state_dict()) == keys and 0 < (quantized - plain).abs().max() < 0.1
+    quantized.square().sum().backward()  # straight-through: every weight still gets a gradient
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+    weight = fake_quant.fake_quantize_weight(model[10].weight)  # the Linear head
+    assert all(len(row.unique()) <= 255 for row in weight)
+    fake_quant.detach(model)
+    assert not fake_quant.is_attached(model) and torch.equal(model(x), plain)
