@@ -27,8 +27,7 @@ def exported(tmp_path, model, shape, name="model.onnx", metadata=None):
     return Session(path)
 
 
-@pytest.mark.parametrize("arch, shape, kwargs", [
-    ("cnn1d", (1, 40), {"channels": 8}),  # the MNIST-1D CNN
+@pytest.mark.parametrize("arch, shape, kwargs", [  # the MNIST-1D CNN: in the INT8 test below
     ("mlp", (1, 40), {"hidden": [32, 32]}),
     ("resnet8x4", (3, 32, 32), {}),
     ("timm_test_resnet", (3, 32, 32), {}),  # timm's smallest real architecture (kdrun[timm])
@@ -199,9 +198,9 @@ def test_a_failed_export_at_the_end_of_a_run_is_recorded_and_the_run_keeps_its_f
     from omegaconf import OmegaConf
 
     from kdrun.commands.export import deploy_notes, export_block
-    from kdrun.run.config import ModelConfig, TrainStudentConfig
+    from kdrun.run.config import StudentConfig, TrainStudentConfig
 
-    cfg = OmegaConf.structured(TrainStudentConfig(student=ModelConfig(name="custom")))
+    cfg = OmegaConf.structured(TrainStudentConfig(student=StudentConfig(name="custom")))
     cfg.optim.batch_size = 8
     data = load_dataset("fake", str(tmp_path), False, False, {"shape": [4, 4]})
     model = nn.Sequential(nn.Flatten(), nn.Linear(16, 16), nn.Unflatten(1, (4, 4)), _Cholesky())

@@ -31,7 +31,7 @@ from kdrun.models import build_model
 from kdrun.models.checkpoint import load_weights, read_weights
 from kdrun.run.config import DatasetConfig, config_dir
 from kdrun.run.rundir import CHECKPOINT, owned, write_summary
-from kdrun.run.validate import _validate_dataset
+from kdrun.run.validate import validate_dataset
 
 CONFUSION_PNG = "confusion_matrix.png"
 
@@ -52,13 +52,16 @@ def parser() -> argparse.ArgumentParser:
 
 def dataset_config(overrides: list[str], recorded: str | None) -> Any:
     """conf/dataset/NAME.yaml under the typed schema, with the `dataset.*` overrides on top."""
-    pairs = [o.split("=", 1) for o in overrides]
-    for key, *value in pairs:
-        if not value or not (key == "dataset" or key.startswith("dataset.")):
-            raise KdrunError(f"'{'='.join([key, *value])}' is not a dataset override; write dataset=NAME or "
-                             "dataset.KEY=VALUE, e.g. dataset=mnist1d dataset.data_dir=~/data")
-    chosen = dict((k, v) for k, (v,) in ((k, v) for k, *v in pairs) if k == "dataset")
-    name = chosen.get("dataset") or recorded
+    name, options = recorded, []
+    for override in overrides:
+        key, equals, value = override.partition("=")
+        if not equals or not (key == "dataset" or key.startswith("dataset.")):
+            raise KdrunError(f"'{override}' is not a dataset override; write dataset=NAME or dataset.KEY=VALUE, "
+                             "e.g. dataset=mnist1d dataset.data_dir=~/data")
+        if key == "dataset":
+            name = value
+        else:
+            options.append(f"{key.removeprefix('dataset.')}={value}")
     if name is None:
         raise KdrunError("the model records no dataset; pass dataset=NAME (and dataset.data_dir=DIR)")
     path = config_dir() / "dataset" / f"{name}.yaml"
@@ -66,12 +69,10 @@ def dataset_config(overrides: list[str], recorded: str | None) -> Any:
         known = ", ".join(sorted(p.stem for p in path.parent.glob("*.yaml")))
         raise KdrunError(f"unknown dataset '{name}'; choose one of: {known}")
     try:
-        cfg = OmegaConf.merge(OmegaConf.structured(DatasetConfig), OmegaConf.load(path),
-                              OmegaConf.from_dotlist([f"{k.removeprefix('dataset.')}={v}"
-                                                      for k, (v,) in ((k, v) for k, *v in pairs) if k != "dataset"]))
+        cfg = OmegaConf.merge(OmegaConf.structured(DatasetConfig), OmegaConf.load(path), OmegaConf.from_dotlist(options))
     except OmegaConfBaseException as error:
         raise KdrunError(f"bad dataset override: {str(error).splitlines()[0]}") from None
-    _validate_dataset(cfg)
+    validate_dataset(cfg)
     return cfg
 
 

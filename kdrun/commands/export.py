@@ -26,6 +26,7 @@ from kdrun.data import load_dataset
 from kdrun.deploy.bundle import DeploySettings, deploy
 from kdrun.models import build_model
 from kdrun.models.checkpoint import load_weights, read_weights
+from kdrun.run.config import DeployConfig
 from kdrun.run.rundir import CHECKPOINT, SUMMARY, owned, saved_config, write_summary
 from kdrun.teachers.store import load_teacher
 
@@ -116,6 +117,8 @@ def main(argv: list[str]) -> int:
     summary = finished_student(run_dir)
     with owned(run_dir):
         cfg = OmegaConf.load(saved_config(run_dir))
+        if "deploy" not in cfg:  # a run from before kdrun exported: the defaults
+            cfg.deploy = OmegaConf.structured(DeployConfig)
         if args.no_int8:
             cfg.deploy.int8 = False
         if args.calibration_batches is not None:

@@ -14,6 +14,7 @@ would gain over the teacher.
 
 from __future__ import annotations
 
+import copy
 import os
 import shutil
 import tempfile
@@ -73,7 +74,9 @@ def staging(run_dir: Path) -> Iterator[Path]:
 
 def export_model(folder: Path, model: nn.Module, data: Any, arch: str, role: str, tolerance: float,
                  check_inputs: torch.Tensor) -> tuple[Session, dict[str, Any]]:
-    """`role`.onnx in `folder`, checked against PyTorch; its session and its record."""
+    """`role`.onnx in `folder`, checked against PyTorch; its session and its record. The run's own model is left
+    where it is (device, mode): a CPU copy is exported."""
+    model = copy.deepcopy(model).cpu().float().eval()
     onnx_bytes = to_onnx(model, data.input_shape, model_metadata(data, arch, role))
     path = folder / file_name(role, "fp32")
     write_atomic(path, lambda handle: handle.write(onnx_bytes))

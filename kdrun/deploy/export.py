@@ -23,7 +23,8 @@ METADATA_PREFIX = "kdrun."
 
 
 def to_onnx(model: nn.Module, input_shape: tuple[int, ...], metadata: dict[str, Any]) -> bytes:
-    """The serialized ONNX model of `model` (CPU, float32, eval mode) with `metadata` in its metadata_props."""
+    """The serialized ONNX model of `model` with `metadata` in its metadata_props; `model` is moved to the CPU
+    in float32 and eval mode (pass a copy to keep yours as it is)."""
     require("onnxscript")  # torch.onnx's exporter is built on it
     model = model.cpu().float().eval()
     sample = torch.randn(2, *input_shape)

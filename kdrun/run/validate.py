@@ -83,7 +83,7 @@ def validate(cfg: Any) -> None:
            f"(got {cfg.checkpoint_min_seconds})")
     _check(0 <= cfg.threads <= MAX_THREADS, f"threads must be in [0, {MAX_THREADS}], 0 meaning torch's default "
            f"(got {cfg.threads})")
-    _validate_dataset(cfg.dataset)
+    validate_dataset(cfg.dataset)
     if "teacher" in cfg:
         _validate_teacher(cfg)
         _validate_model(cfg.teacher, "teacher")
@@ -140,7 +140,7 @@ def _validate_quant(cfg: Any) -> None:
            "it: leave deploy.int8=true")
 
 
-def _validate_dataset(dataset: Any) -> None:
+def validate_dataset(dataset: Any) -> None:
     _check(0 <= dataset.val_split < 1, f"dataset.val_split must be in [0, 1) (got {dataset.val_split}); "
            "it is the fraction of the training set held out for model selection, try dataset.val_split=0.1")
     _check(0 <= dataset.label_noise < 1, f"dataset.label_noise must be in [0, 1) (got {dataset.label_noise}); "
