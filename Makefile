@@ -34,9 +34,10 @@ docs: install
 	$(BIN)/mkdocs build --strict --site-dir site
 
 # The README's 24-job sweep serial / joblib / stacked (about 6 minutes on 2 cores) and the trust rows (latency
-# stability, threads under load, cold start, help: about 4 minutes) are part of it; `make bench BENCH_ARGS=`
+# stability, threads under load, cold start, help: about 4 minutes) and eager vs ONNX Runtime fp32 vs INT8
+# (--deploy, under a minute) are part of it; `make bench BENCH_ARGS=`
 # runs the per-epoch scenarios alone.
-BENCH_ARGS ?= --sweep --trust
+BENCH_ARGS ?= --sweep --trust --deploy
 bench: install
 	$(BIN)/python -m kdrun.bench $(BENCH_ARGS)
 

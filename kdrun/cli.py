@@ -39,6 +39,10 @@ COMMANDS = {
                       module="kdrun.commands.report"),
     "reproduce": Command(None, "run a published row (preset + method) over its seeds; compare with the paper",
                          module="kdrun.commands.reproduce"),
+    "export": Command(None, "a finished run's student as ONNX + INT8, checked and timed under ONNX Runtime",
+                      module="kdrun.commands.export"),
+    "evaluate": Command(None, "score a checkpoint or ONNX file on a dataset: accuracy, per class, confusion, latency",
+                        module="kdrun.commands.evaluate"),
 }
 
 # Hydra flags that start no run (the overrides are still checked: Hydra would print a traceback for them).

@@ -43,3 +43,15 @@ def test_gpu_check_runs_every_step_at_toy_sizes_on_the_cpu(tmp_path):
         assert {"kd, cached teacher logits", "kd, teacher run every batch"} <= set(pair["scenarios"])
         assert all(t["epoch_seconds"] > 0 for t in pair["scenarios"].values())
     assert result["streaming"]["scenarios"] and "skipped" in result["ddp"]
+
+
+def test_deploy_bench_times_eager_against_onnx_runtime_fp32_and_int8(capsys):
+    from kdrun.bench.deployed import run_deploy_bench, show_deploy
+    from kdrun.measure.latency import Protocol
+
+    result = run_deploy_bench(["demo student (mlp)"], Protocol(batch_size=8, min_reps=3, min_seconds=0.0, max_seconds=0.2))
+    [row] = result["models"].values()
+    assert list(row["latency"]) == ["eager", "ort_fp32", "ort_int8"] and set(row["speedups"]) == {"ort_fp32", "ort_int8"}
+    assert all(latency["reps"] >= 3 and latency["batch_size"] == 8 for latency in row["latency"].values())
+    show_deploy(result)
+    assert "ratio to eager" in capsys.readouterr().out

@@ -3,7 +3,9 @@
 The per-epoch scenarios (kdrun.bench.epochs) and a 4-student sweep with the teacher's outputs live
 vs stored (`--pairs stored`, kdrun.bench.stored; alone: `python -m kdrun.bench --pairs stored`);
 with --sweep, the README's 24-job sweep run serial / joblib / stacked (kdrun.bench.sweep); with
---trust, latency stability, threads under load, cold start and help time (kdrun.bench.trust). Results print as tables of ratios and are kept in
+--trust, latency stability, threads under load, cold start and help time (kdrun.bench.trust); with
+--deploy, eager PyTorch vs ONNX Runtime fp32 vs INT8 (kdrun.bench.deployed). Results print as tables of
+ratios and are kept in
 outputs/bench/<time>.json.
 """
 
@@ -34,6 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sweep-args", nargs="*", default=[], help="extra overrides for --sweep's kdrun commands")
     parser.add_argument("--trust", action="store_true", help="also latency stability, threads under load, cold "
                         "start and help time (kdrun.bench.trust; minutes)")
+    parser.add_argument("--deploy", action="store_true", help="also eager PyTorch vs ONNX Runtime fp32 vs INT8 "
+                        "latency of the demo student and resnet8x4 (kdrun.bench.deployed; needs kdrun[deploy])")
     args = parser.parse_args(argv)
     stamp = f"{datetime.now():%Y-%m-%d_%H-%M-%S_%f}"
     results = []
@@ -60,6 +64,11 @@ def main(argv: list[str] | None = None) -> int:
 
         record["trust"] = run_trust_bench(Path("outputs/bench") / f"trust-{stamp}")
         show_trust(record["trust"])
+    if args.deploy:
+        from kdrun.bench.deployed import run_deploy_bench, show_deploy
+
+        record["deploy"] = run_deploy_bench()
+        show_deploy(record["deploy"])
     write_record(record, stamp)
     return 0
 

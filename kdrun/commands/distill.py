@@ -8,10 +8,11 @@ from typing import Any, Callable, Optional
 import torch
 from omegaconf import DictConfig
 
+from kdrun.commands.export import deploy_notes, export_block
 from kdrun.commands.record import EpochHook, pair_cost, plain_config, run_header
 from kdrun.commands.resumable import stop_hook
 from kdrun.commands.setup import Setup, log, setup
-from kdrun.commands.train_student import train_student
+from kdrun.commands.train_student import exports, train_student
 from kdrun.core.console import epoch_progress, show_results
 from kdrun.core.distributed import context
 from kdrun.core.errors import KdrunError
@@ -121,6 +122,8 @@ def finish(cfg: DictConfig, env: Setup, run_dir: Path, teacher: Teacher, facts: 
                            "outputs": outputs_summary(cfg, store)},
                "speedup": speedup["batch1"], "speedup_interval": speedup["batch1_interval"],
                "speedup_at_batch": speedup["batch"], "speedup_at_batch_interval": speedup["batch_interval"]}
+    if exports(cfg):
+        summary["deploy"] = export_block(cfg, run_dir, env.data, student, teacher.model)
     write_summary(run_dir, summary)
     low, high = speedup["batch1_interval"]
     show_results([{"role": "teacher", "model": cfg.teacher.name, **summary["teacher"]},
@@ -130,7 +133,7 @@ def finish(cfg: DictConfig, env: Setup, run_dir: Path, teacher: Teacher, facts: 
                                                f"(this measurement's 95% interval {low:.2f}-{high:.2f}x; "
                                                "separate runs vary more)"
                                                + (" [contended]" if summary["latency"]["contended"] else ""),
-                                               f"teacher checkpoint: {teacher.checkpoint}", f"run dir: {run_dir}"])
+                                               *deploy_notes(summary), f"teacher checkpoint: {teacher.checkpoint}", f"run dir: {run_dir}"])
     return objective(summary)
 
 

@@ -20,10 +20,12 @@ from kdrun.commands.record import (
     plain_config,
     run_header,
 )
+from kdrun.commands.export import deploy_notes, export_block
 from kdrun.commands.resumable import training_hooks
-from kdrun.commands.setup import Setup, build_student, setup
+from kdrun.commands.setup import Setup, build_student, log, setup
 from kdrun.core.console import epoch_progress, show_results
 from kdrun.data.base import TensorData
+from kdrun.deploy import fake_quant
 from kdrun.methods.base import Method, as_method
 from kdrun.methods.losses import cross_entropy
 from kdrun.models.checkpoint import save_checkpoint
@@ -45,9 +47,11 @@ def finish(cfg: DictConfig, env: Setup, run_dir: Path, student: torch.nn.Module,
     stacked group; else the student is measured now."""
     cost = cost or model_cost(student, env.data, cfg, env.device)
     summary = {**run_header(cfg, run_dir, env), "model": cfg.student.name, **result, **cost}
+    if exports(cfg):
+        summary["deploy"] = export_block(cfg, run_dir, env.data, student)
     write_summary(run_dir, summary)
     show_results([{"role": "student (hard labels)", "model": cfg.student.name, **summary}],
-                 title="kdrun train-student", notes=[f"run dir: {run_dir}"])
+                 title="kdrun train-student", notes=[*deploy_notes(summary), f"run dir: {run_dir}"])
     return objective(summary)
 
 
@@ -83,10 +87,45 @@ def train_student(cfg: DictConfig, env: Setup, run_dir: Path, teacher: torch.nn.
     # A method that follows the epoch (DKD's and ReviewKD's warm-up), also across a resume.
     loss.start_epoch(resumable["state"]["epoch"] + 1 if resumable["state"] else 1)
     hooks.append(lambda row: loss.start_epoch(int(row["epoch"]) + 1))
+    hooks.append(quantization_aware(cfg, student, resumable["state"]["epoch"] + 1 if resumable["state"] else 1))
     with epoch_progress(cfg.progress, "student") as progress:
         history = fit(student, data, recipe_from_optim(cfg.optim, cfg.epochs, cfg.seed, cfg.compile), env.device,
                       loss=loss, teacher=teacher, teacher_logits=teacher_logits, teacher_outputs=teacher_outputs,
                       on_epoch=chain(*hooks, epoch_recorder(run_dir, "student", cfg.logger)), progress=progress,
                       **resumable)
     resumable["checkpoint"].flush()  # the last last.pt is on disk (or its error raised) before the summary
-    return student, save_student(cfg, run_dir, student, data, history, loss)
+    fake_quant.detach(student)  # the float weights QAT trained: checkpoint, eager latency and export take it plain
+    result = save_student(cfg, run_dir, student, data, history, loss)
+    return student, {**result, **qat_summary(cfg)}
+
+
+def qat_first_epoch(cfg: DictConfig) -> int | None:
+    """The first fake-quantized epoch of a `student.quant=qat` run (qat_epochs 0: all), None without QAT."""
+    if cfg.student.get("quant", "none") != "qat":
+        return None
+    return cfg.epochs - cfg.student.qat_epochs + 1 if cfg.student.qat_epochs else 1
+
+
+def quantization_aware(cfg: DictConfig, student: torch.nn.Module, first_epoch: int) -> EpochHook:
+    """Fake-quantize the student (kdrun.deploy.fake_quant) from its first QAT epoch on, also across a resume;
+    the teacher stays in full precision. An epoch hook: it runs after each epoch for the next."""
+    start = qat_first_epoch(cfg)
+
+    def switch(epoch: int) -> None:
+        if start is not None and epoch >= start and not fake_quant.is_attached(student):
+            log.info("QAT: the student's %d Linear/Conv layers fake-quantized to INT8 from epoch %d",
+                     fake_quant.attach(student), epoch)
+
+    switch(first_epoch)
+    return lambda row: switch(int(row["epoch"]) + 1)
+
+
+def qat_summary(cfg: DictConfig) -> dict[str, Any]:
+    start = qat_first_epoch(cfg)
+    return {} if start is None else {"quant": {"mode": "qat", "first_epoch": start, "epochs": cfg.epochs - start + 1,
+                                               "scheme": fake_quant.SCHEME}}
+
+
+def exports(cfg: DictConfig) -> bool:
+    """export=true, or a QAT student (trained for INT8, so the run exports it)."""
+    return bool(cfg.export) or qat_first_epoch(cfg) is not None

@@ -71,7 +71,7 @@ def _timer(device: torch.device) -> Callable[[Callable[[], object]], float]:
     return host_time
 
 
-def interleaved_times(models: list[nn.Module], inputs: torch.Tensor, protocol: Protocol,
+def interleaved_times(models: list[Callable[[torch.Tensor], Any]], inputs: torch.Tensor, protocol: Protocol,
                       runnable: list[int] | None = None) -> list[list[float]]:
     """Milliseconds per forward of `inputs`, one list per model, timed in rounds (each model once per round).
     `runnable` collects the machine's runnable-task count every `RUNNABLE_EVERY` rounds (contention)."""
@@ -147,7 +147,7 @@ def conditions(device: torch.device) -> dict[str, Any]:
             "torch": torch.__version__, "cpu": cpu_model(), "machine_cpus": os.cpu_count() or 1}
 
 
-def _at_batch(models: list[nn.Module], shape: tuple[int, ...], batch: int, device: torch.device,
+def _at_batch(models: list[Callable[[torch.Tensor], Any]], shape: tuple[int, ...], batch: int, device: torch.device,
               protocol: Protocol, runnable: list[int]) -> tuple[list[dict[str, Any]], list[list[float]]]:
     times = interleaved_times(models, torch.randn(batch, *shape, device=device), protocol, runnable)
     return [summarise(t) for t in times], times
@@ -156,8 +156,16 @@ def _at_batch(models: list[nn.Module], shape: tuple[int, ...], batch: int, devic
 def measure_models(models: dict[str, nn.Module], input_shape: tuple[int, ...], device: torch.device,
                    protocol: Protocol) -> dict[str, Any]:
     """Each model's `latency` block (batch 1 and `protocol.batch_size`, interleaved), and for two models
-    (first the reference, e.g. the teacher) `speedup`: the reference's time over the other's, with its interval."""
-    names, modules = list(models), [m.to(device).eval() for m in models.values()]
+    (first the reference, e.g. the teacher) `speedup`: the reference's time over the other's, with its interval
+    (for more models, `speedups`: one such block per model after the first)."""
+    return measure_forwards({name: m.to(device).eval() for name, m in models.items()}, input_shape, device, protocol)
+
+
+def measure_forwards(forwards: dict[str, Callable[[torch.Tensor], Any]], input_shape: tuple[int, ...],
+                     device: torch.device, protocol: Protocol) -> dict[str, Any]:
+    """`measure_models` for any callables of a batch (ONNX Runtime sessions, kdrun.deploy.runtime): the same
+    protocol, so eager and deployed times are read alike."""
+    names, modules = list(forwards), list(forwards.values())
     load_before, runnable = load_average(), []
     one, one_times = _at_batch(modules, input_shape, 1, device, protocol, runnable)
     big, big_times = _at_batch(modules, input_shape, protocol.batch_size, device, protocol, runnable)
@@ -179,11 +187,15 @@ def measure_models(models: dict[str, nn.Module], input_shape: tuple[int, ...], d
             "reps": one[i]["reps"], "batch_size": protocol.batch_size,
             "batch_ms_median": big[i]["median"], "batch_ms_iqr": big[i]["iqr"],
             "throughput_per_s": protocol.batch_size / (big[i]["median"] / 1000), **shared}
+    speedups = {name: {"batch1": one[0]["median"] / one[i]["median"],
+                       "batch1_interval": ratio_interval(one_times[0], one_times[i]),
+                       "batch": big[0]["median"] / big[i]["median"],
+                       "batch_interval": ratio_interval(big_times[0], big_times[i])}
+                for i, name in enumerate(names) if i > 0}
     if len(modules) == 2:
-        result["speedup"] = {"batch1": one[0]["median"] / one[1]["median"],
-                             "batch1_interval": ratio_interval(one_times[0], one_times[1]),
-                             "batch": big[0]["median"] / big[1]["median"],
-                             "batch_interval": ratio_interval(big_times[0], big_times[1])}
+        result["speedup"] = speedups[names[1]]
+    elif len(modules) > 2:  # every other model against the first
+        result["speedups"] = speedups
     return result
 
 

@@ -113,6 +113,61 @@ def plot_acc_vs_latency(rows: list[Row], path: Path) -> Path:
     return save(figure, axes, path)
 
 
+DEPLOYED_STYLES = {"teacher_fp32": ("s", "C0"), "student_fp32": ("o", "C2"), "student_int8": ("^", "C3")}
+
+
+def deployed_points(rows: list[Row]) -> list[tuple[str, str, float, float]]:
+    """(model kind, label, ONNX Runtime batch-1 ms, mean test accuracy) of every exported model of every row."""
+    points = {}
+    for row in rows:
+        for kind in DEPLOYED_STYLES:
+            ms = row.median("deploy", "models", kind, "latency", "batch1_ms_median")
+            acc = row.mean("deploy", "models", kind, "test_acc")
+            if ms is not None and acc is not None:
+                teacher = kind == "teacher_fp32"
+                who = f"teacher {row.values('teacher', 'model')[0]}" if teacher else row.label()
+                key = (kind, tuple(row.values("teacher", "checkpoint")) if teacher else row.label())  # a teacher once
+                points[key] = (kind, f"{who} {kind.split('_')[1]}", ms, acc)
+    return list(points.values())
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The (latency, accuracy) points no other point beats on both (faster or as fast, and more accurate), by latency."""
+    front: list[tuple[float, float]] = []
+    for ms, acc in sorted(points, key=lambda p: (p[0], -p[1])):
+        if not front or acc > front[-1][1]:
+            front.append((ms, acc))
+    return front
+
+
+def plot_acc_vs_deployed_latency(rows: list[Row], path: Path) -> Path | None:
+    """Accuracy against ONNX Runtime batch-1 latency of every exported model (fp32 and INT8 students, teachers),
+    the Pareto front marked; None when no run exported."""
+    points = deployed_points(rows)
+    if not points:
+        return None
+    figure, axes = new_axes()
+    labelled = set()
+    for kind, label, ms, acc in points:
+        marker, colour = DEPLOYED_STYLES[kind]
+        axes.plot(ms, 100 * acc, marker=marker, color=colour, linestyle="none",
+                  label=None if kind in labelled else kind.replace("_", " "))
+        labelled.add(kind)
+        axes.annotate(label, (ms, 100 * acc), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    front = pareto_front([(ms, acc) for _, _, ms, acc in points])
+    axes.step([ms for ms, _ in front], [100 * acc for _, acc in front], where="post", color="black", alpha=0.5,
+              linewidth=1, label="Pareto front")
+    axes.plot([ms for ms, _ in front], [100 * acc for _, acc in front], "o", markersize=12, markerfacecolor="none",
+              color="black", alpha=0.5)
+    axes.set_xscale("log")
+    axes.xaxis.set_major_locator(LogLocator(subs=(1, 2, 5)))
+    axes.margins(x=0.2)
+    plain_numbers(axes)
+    axes.set(xlabel="ONNX Runtime batch-1 latency (ms, median over runs)", ylabel="test accuracy under ONNX Runtime (%)",
+             title="Accuracy vs deployed latency (Pareto front circled)")
+    return save(figure, axes, path)
+
+
 def plot_acc_by_setting(report: Report, path: Path) -> Path | None:
     """One point per student row (mean ± std over seeds), labelled by its swept values: the picture for
     sweeps over keys other than T (loss=..., dataset.label_noise=...). None when only T/alpha were swept."""

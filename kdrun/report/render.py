@@ -13,7 +13,7 @@ from rich.table import Table
 from kdrun.core.errors import KdrunError
 from kdrun.core.files import write_atomic
 from kdrun.report.rows import build_report
-from kdrun.report.runs import FIXED, HEADERS, Report, Row, Stat
+from kdrun.report.runs import DEPLOYED, FIXED, HEADERS, Report, Row, Stat
 
 
 def _pct(stat: Stat | None) -> str:
@@ -37,7 +37,24 @@ def cells(report: Report, row: Row) -> list[str]:
             _pct(row.stat("test_acc")), _pct(row.maybe_stat("test_acc_at_best_val")), _pct(row.stat("best_test_acc")),
             _fmt(row.gain, "{:+.2f}", 100),
             _fmt(row.mean("teacher", "test_acc"), "{:.2f}", 100),
-            _fmt(row.median("latency", "batch1_ms_median"), "{:.3f}"), speedup_cell(row)]
+            _fmt(row.median("latency", "batch1_ms_median"), "{:.3f}"), speedup_cell(row), *deployed_cells(row)]
+
+
+def deployed_cells(row: Row) -> list[str]:
+    """ONNX Runtime batch-1 ms of the fp32 and INT8 student, INT8 accuracy, the best deployed speedup over the
+    teacher (runs that exported; empty otherwise)."""
+    fp32 = row.median(*DEPLOYED, "student_fp32", "latency", "batch1_ms_median")
+    int8 = row.median(*DEPLOYED, "student_int8", "latency", "batch1_ms_median")
+    times = "/".join(_fmt(ms, "{:.3f}") or "-" for ms in (fp32, int8)) if fp32 is not None else ""
+    int8_acc = row.mean(*DEPLOYED, "student_int8", "test_acc")
+    return [times, _fmt(int8_acc, "{:.2f}", 100), _fmt(deployed_speedup(row), "{:.1f}x")]
+
+
+def deployed_speedup(row: Row) -> float | None:
+    """The median over runs of the teacher's ONNX Runtime batch-1 time over the fastest student's (fp32 or INT8)."""
+    gains = [max(s["batch1"] for s in run.summary["deploy"]["speedups"].values()) for run in row.runs
+             if isinstance(run.summary.get("deploy"), dict) and run.summary["deploy"].get("speedup_over") == "teacher_fp32"]
+    return sorted(gains)[len(gains) // 2] if gains else None
 
 
 def speedup_cell(row: Row) -> str:
@@ -61,7 +78,10 @@ def record(report: Report, row: Row) -> dict[str, Any]:
             "best_test_acc_std": best.std, "gain": row.gain, "teacher_test_acc": row.mean("teacher", "test_acc"),
             "batch1_ms": row.median("latency", "batch1_ms_median"), "speedup": row.median("speedup"),
             "speedup_low": (row.speedup_interval() or (None, None))[0],
-            "speedup_high": (row.speedup_interval() or (None, None))[1], "latency_contended": row.contended()}
+            "speedup_high": (row.speedup_interval() or (None, None))[1], "latency_contended": row.contended(),
+            "ort_fp32_batch1_ms": row.median(*DEPLOYED, "student_fp32", "latency", "batch1_ms_median"),
+            "ort_int8_batch1_ms": row.median(*DEPLOYED, "student_int8", "latency", "batch1_ms_median"),
+            "int8_test_acc": row.mean(*DEPLOYED, "student_int8", "test_acc"), "deployed_speedup": deployed_speedup(row)}
 
 
 def shown(report: Report) -> tuple[list[str], list[list[str]]]:
@@ -111,6 +131,7 @@ def make_report(paths: list[Path], out: Path | None = None) -> Report:
     """Build the report and write report.csv, report.md and the plots; the files are listed in it."""
     from kdrun.report.plots import (  # matplotlib: only when plotting
         plot_acc_by_setting,
+        plot_acc_vs_deployed_latency,
         plot_acc_vs_latency,
         plot_acc_vs_t,
     )
@@ -122,6 +143,7 @@ def make_report(paths: list[Path], out: Path | None = None) -> Report:
         report.files = [write_csv(report, target / "report.csv"), write_markdown(report, target / "report.md")]
         report.files += [p for p in (plot_acc_vs_t(report.rows, target / "acc_vs_T.png"),
                                      plot_acc_vs_latency(report.rows, target / "acc_vs_latency.png"),
+                                     plot_acc_vs_deployed_latency(report.rows, target / "acc_vs_deployed_latency.png"),
                                      plot_acc_by_setting(report, target / "acc_by_setting.png")) if p]
     except OSError as error:
         raise KdrunError(f"cannot write the report to {target} ({error.strerror or error}); "

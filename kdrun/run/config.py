@@ -60,6 +60,15 @@ class ModelConfig:
 
 
 @dataclass
+class StudentConfig(ModelConfig):
+    """A student: a model, and whether it trains as the INT8 model it will be deployed as (`quant: qat`,
+    fake-quantized for its last `qat_epochs` epochs, 0 meaning all; kdrun/deploy/fake_quant.py)."""
+
+    quant: str = "none"
+    qat_epochs: int = 0
+
+
+@dataclass
 class TeacherTraining:
     """The recipe that produced a teacher; part of its identity in the teacher store."""
 
@@ -103,6 +112,18 @@ class LatencyConfig:
 
 
 @dataclass
+class DeployConfig:
+    """What `export=true` (or `kdrun export RUN_DIR`) writes into the run's export/ folder (kdrun/deploy/):
+    the student as ONNX, checked against PyTorch to `tolerance`, its INT8 twin calibrated on
+    `calibration_batches` training batches of the latency batch size, and the teacher's ONNX for timing."""
+
+    int8: bool = True
+    calibration_batches: int = 8
+    tolerance: float = 1e-4
+    teacher: bool = True
+
+
+@dataclass
 class RunConfig:
     """Keys every command shares."""
 
@@ -137,8 +158,10 @@ class TrainStudentConfig(RunConfig):
 
     command: str = "train_student"
     compile: bool = False  # torch.compile the student's training step (worth it on CUDA for long runs)
-    student: ModelConfig = field(default_factory=ModelConfig)
+    student: StudentConfig = field(default_factory=StudentConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    export: bool = False  # at the end: ONNX + INT8 + ONNX Runtime accuracy and latency (needs kdrun[deploy])
+    deploy: DeployConfig = field(default_factory=DeployConfig)
 
 
 @dataclass

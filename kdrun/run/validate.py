@@ -86,7 +86,7 @@ def validate(cfg: Any) -> None:
            f"(got {cfg.checkpoint_min_seconds})")
     _check(0 <= cfg.threads <= MAX_THREADS, f"threads must be in [0, {MAX_THREADS}], 0 meaning torch's default "
            f"(got {cfg.threads})")
-    _validate_dataset(cfg.dataset)
+    validate_dataset(cfg.dataset)
     if "teacher" in cfg:
         _validate_teacher(cfg)
         _validate_model(cfg.teacher, "teacher")
@@ -99,6 +99,9 @@ def validate(cfg: Any) -> None:
         _check(cfg.alpha is None or 0 <= cfg.alpha <= 1, f"alpha must be in [0, 1] (got {cfg.alpha}); it weights the KD term, try alpha=0.9")
     if "loss" in cfg:
         _validate_loss(cfg.loss)
+    if "deploy" in cfg:
+        _validate_deploy(cfg.deploy)
+        _validate_quant(cfg)
     if "probe_examples" in cfg:
         _check(cfg.probe_examples >= 2, f"probe_examples must be >= 2 (got {cfg.probe_examples}); try probe_examples=512")
     if "temperatures" in cfg:
@@ -120,7 +123,27 @@ def _validate_latency(latency: Any) -> None:
     _check(latency.max_spread > 0, f"latency.max_spread must be > 0 (got {latency.max_spread}); try 0.5")
 
 
-def _validate_dataset(dataset: Any) -> None:
+def _validate_deploy(deploy: Any) -> None:
+    _check(deploy.calibration_batches >= 1, "deploy.calibration_batches must be >= 1 (got "
+           f"{deploy.calibration_batches}): INT8 ranges come from training batches; try 8, or deploy.int8=false")
+    _check(0 < deploy.tolerance < 1, f"deploy.tolerance must be in (0, 1) (got {deploy.tolerance}); the check is "
+           "ONNX Runtime vs PyTorch logits in float32, try 1e-4")
+
+
+QUANT_MODES = ("none", "qat")
+
+
+def _validate_quant(cfg: Any) -> None:
+    student = cfg.student
+    _check(student.quant in QUANT_MODES, f"student.quant must be one of {', '.join(QUANT_MODES)} (got "
+           f"'{student.quant}'); qat trains the student fake-quantized to INT8")
+    _check(0 <= student.qat_epochs <= cfg.epochs, f"student.qat_epochs must be in [0, epochs={cfg.epochs}], 0 "
+           f"meaning all of them (got {student.qat_epochs})")
+    _check(student.quant != "qat" or cfg.deploy.int8, "student.quant=qat trains the student for INT8 and exports "
+           "it: leave deploy.int8=true")
+
+
+def validate_dataset(dataset: Any) -> None:
     _check(0 <= dataset.val_split < 1, f"dataset.val_split must be in [0, 1) (got {dataset.val_split}); "
            "it is the fraction of the training set held out for model selection, try dataset.val_split=0.1")
     _check(0 <= dataset.label_noise < 1, f"dataset.label_noise must be in [0, 1) (got {dataset.label_noise}); "

@@ -54,6 +54,8 @@ def refusal(cfg: DictConfig) -> Optional[str]:
         return "loss.logit_std=true: the stacked KD loss has no logit standardization"
     if cfg.dataset.get("val_split"):
         return "dataset.val_split: the stacked loop does not evaluate a validation split"
+    if cfg.student.get("quant", "none") != "none":
+        return f"student.quant={cfg.student.quant}: the stacked model has no fake-quantized layers"
     if cfg.student.kwargs.get("dropout"):
         return "dropout: each job would need its own random masks"
     name = cfg.student.name
