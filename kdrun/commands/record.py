@@ -1,4 +1,4 @@
-"""What a run records: each epoch (metrics.jsonl, TensorBoard, a log line), its history summed up, the
+"""What a run records: each epoch (metrics.jsonl, the trackers of `logger=`, a log line), its history summed up, the
 header every summary.json starts with, and what the models cost."""
 
 from __future__ import annotations
@@ -13,32 +13,19 @@ from omegaconf import DictConfig, OmegaConf
 
 import kdrun
 from kdrun.commands.setup import Setup
-from kdrun.core.errors import KdrunError
-from kdrun.core.files import writes
 from kdrun.measure.latency import Protocol, measure_models, profile, size
 from kdrun.run.rundir import append_metrics
+from kdrun.trackers import current as trackers
 
 log = logging.getLogger("kdrun")
 
 
-def tensorboard_writer(run_dir: Path) -> Any:
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        raise KdrunError("logger=tensorboard needs the tensorboard package: pip install 'kdrun[tensorboard]'") from None
-    return SummaryWriter(log_dir=str(run_dir / "tensorboard"))
-
-
-def epoch_recorder(run_dir: Path, label: str, logger: str = "none") -> Callable[[dict[str, float]], None]:
-    """Append each epoch to metrics.jsonl (always), TensorBoard (if asked), and log one line."""
-    writer = tensorboard_writer(run_dir) if logger == "tensorboard" and writes() else None
+def epoch_recorder(run_dir: Path, label: str) -> Callable[[dict[str, float]], None]:
+    """Append each epoch to metrics.jsonl (always), the run's trackers (`logger=`), and log one line."""
 
     def record(row: dict[str, float]) -> None:
         append_metrics(run_dir, row)
-        if writer is not None:
-            for key, value in row.items():
-                writer.add_scalar(f"{label}/{key}", value, row["epoch"])
-            writer.flush()
+        trackers().log_epoch(label, row)
         log.info("%s epoch %d: loss %.4f, test acc %.2f%% (%.1fs)", label, row["epoch"], row["train_loss"],
                  100 * row["test_acc"], row["seconds"])
 

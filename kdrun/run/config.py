@@ -99,6 +99,18 @@ class LatencyConfig:
 
 
 @dataclass
+class TrackerConfig:
+    """Where `logger=mlflow` / `logger=wandb` log (kdrun.trackers). A run alone logs to `project` (the MLflow
+    experiment, the W&B project); a sweep's jobs share one group, named after the sweep unless `group` is set."""
+
+    project: str = "kdrun"
+    group: Optional[str] = None
+    dir: str = "outputs"  # local stores: <dir>/mlflow.db and <dir>/mlartifacts/ (MLflow), <dir>/wandb/ (W&B)
+    mlflow_uri: Optional[str] = None  # any MLflow tracking URI (http://host:5000, sqlite:///x.db); None: the local store
+    wandb_mode: str = "offline"  # offline (no network; `wandb sync` later), online, or disabled
+
+
+@dataclass
 class RunConfig:
     """Keys every command shares."""
 
@@ -108,7 +120,9 @@ class RunConfig:
     device: str = "auto"
     threads: int = 0
     progress: bool = True
-    logger: str = "none"
+    # Where epochs and results go besides the run dir: none, tensorboard, mlflow, wandb, or several: [tensorboard,mlflow]
+    logger: Any = "none"
+    tracker: TrackerConfig = field(default_factory=TrackerConfig)
     # Write last.pt (everything needed to continue) every N epochs and at the last; 0: never.
     checkpoint_every: int = 1
     # ...but skip a due write while the previous one is younger than this (short epochs); the last epoch always.

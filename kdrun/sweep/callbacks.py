@@ -31,6 +31,7 @@ class ReportCallback(Callback):
         if not sweep_dir.is_dir():  # a sweep with no jobs
             return
         unfinished = summarise_sweep(sweep_dir)
+        track_report(config, sweep_dir, unfinished)
         if unfinished:
             sys.exit(end_of_incomplete_sweep(sweep_dir, config.command, unfinished))
 
@@ -48,6 +49,22 @@ def summarise_sweep(sweep_dir: Path) -> list[Path]:
     except Exception as error:  # noqa: BLE001 - the runs are on disk; say how to retry
         print(f"kdrun: report failed ({type(error).__name__}: {error}); retry with `kdrun report {sweep_dir}`")
     return find_runs([sweep_dir])[1]
+
+
+def track_report(config: DictConfig, sweep_dir: Path, unfinished: list[Path]) -> None:
+    """With `logger=mlflow`/`wandb`: the report's table and plots go to the sweep's group as its `report` run."""
+    from kdrun.run.tracking import track_sweep_report
+    from kdrun.trackers import tracker_names
+
+    if "logger" not in config or not tracker_names(config.logger):
+        return
+    from kdrun.report.runs import find_runs
+
+    finished = find_runs([sweep_dir])[0]
+    try:
+        track_sweep_report(config, sweep_dir, len(finished) + len(unfinished), len(unfinished))
+    except Exception as error:  # noqa: BLE001 - the report is on disk already; say it and go on
+        print(f"kdrun: the sweep's report was not logged ({type(error).__name__}: {error})")
 
 
 def end_of_incomplete_sweep(sweep_dir: Path, command: str, unfinished: list[Path]) -> int:

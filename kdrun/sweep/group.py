@@ -87,7 +87,7 @@ def _member(job: Job, shared: Shared) -> Member:
         job.extras.update(loss=distill.job_loss(cfg, env, stats, shared.teacher.model, student), stats=stats)
         kd = (float(cfg.T), *distill.loss_weights(cfg)) if cfg.loss.name == "kd" else None
         probe_T = float(cfg.T) if cfg.probe else None  # the group's probe runs for all its jobs at once
-    record = epoch_recorder(job.run_dir, "student", cfg.logger)
+    record = epoch_recorder(job.run_dir, "student")
 
     def on_epoch(row: dict[str, float]) -> None:
         with logging_to(job.log_files):
