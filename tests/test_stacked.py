@@ -71,7 +71,7 @@ def test_a_stacked_job_equals_the_same_job_trained_alone(arch, optimizer):
     for (model, history), member in zip(alone, members):
         assert len(member.history) == len(history) == 2
         for expected, got in zip(history, member.history):
-            for key in ("train_loss", "ce", "kd", "test_acc", "lr"):
+            for key in ("train_loss", "ce", "kd", "test_acc", "test_top5", "lr"):
                 assert _close(expected[key], got[key]), (key, expected[key], got[key])
         for (name, expected), got in zip(model.state_dict().items(), member.model.state_dict().values()):
             assert torch.allclose(expected.float(), got.float(), rtol=TOLERANCE, atol=TOLERANCE), name

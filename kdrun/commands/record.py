@@ -33,15 +33,19 @@ def epoch_recorder(run_dir: Path, label: str) -> Callable[[dict[str, float]], No
 
 
 def history_summary(history: list[dict[str, float]]) -> dict[str, Any]:
-    """Final accuracy, the best epoch picked on the test set (`best_test_acc`, optimistic: selection on
+    """Final accuracy (top-1, and top-5 with 5 classes or more), the best epoch picked on the test set (`best_test_acc`, optimistic: selection on
     test, as published tables do), and with a validation split the honest pick: `test_acc_at_best_val`."""
     best = max(history, key=lambda row: row["test_acc"])
     summary = {"test_acc": history[-1]["test_acc"], "best_test_acc": best["test_acc"], "best_epoch": best["epoch"],
                "train_seconds": sum(row["seconds"] for row in history)}
+    if "test_top5" in history[-1]:  # 5 classes or more
+        summary["test_top5"] = history[-1]["test_top5"]
     if "val_acc" in history[0]:
         by_val = max(history, key=lambda row: row["val_acc"])  # the first of equal epochs
         summary.update(best_val_acc=by_val["val_acc"], best_val_epoch=by_val["epoch"],
                        test_acc_at_best_val=by_val["test_acc"])
+        if "test_top5" in by_val:
+            summary["test_top5_at_best_val"] = by_val["test_top5"]
     return summary
 
 

@@ -78,13 +78,15 @@ def _si(number: float) -> str:
 
 
 def results_table(rows: list[dict[str, Any]], title: str) -> Table:
-    """Rows of {role, model, test_acc, params, flops, latency}."""
+    """Rows of {role, model, test_acc, params, flops, latency} (and test_top5, where known)."""
     table = Table(title=title)
-    for column, justify in [("role", "left"), ("model", "left"), ("test acc", "right"), ("params", "right"),
-                            ("FLOPs", "right"), ("batch-1 ms (p90)", "right"), ("images/s", "right")]:
+    top5 = any("test_top5" in row for row in rows)  # 5 classes or more
+    for column, justify in [("role", "left"), ("model", "left"), ("test acc", "right"), *([("top-5", "right")] * top5),
+                            ("params", "right"), ("FLOPs", "right"), ("batch-1 ms (p90)", "right"), ("images/s", "right")]:
         table.add_column(column, justify=justify)
     for row in rows:
-        table.add_row(row["role"], row["model"], f"{100 * row['test_acc']:.2f}%", _si(row["params"]),
+        top5_cell = [f"{100 * row['test_top5']:.2f}%" if "test_top5" in row else ""] * top5
+        table.add_row(row["role"], row["model"], f"{100 * row['test_acc']:.2f}%", *top5_cell, _si(row["params"]),
                       _si(row["flops"]), _ms(row["latency"]), _si(row["latency"]["throughput_per_s"]))
     return table
 
