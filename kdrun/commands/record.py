@@ -86,6 +86,8 @@ def absolute_paths(cfg: DictConfig) -> dict[str, str]:
     paths = {"cwd": str(Path.cwd()), "data_dir": cfg.dataset.data_dir}
     if "teacher" in cfg:
         paths.update(teacher_store=cfg.teacher.store, teacher_checkpoint=cfg.teacher.checkpoint)
+    if "student" in cfg:
+        paths.update(student_init=cfg.student.get("init"))
     return {k: str(Path(v).expanduser().resolve()) for k, v in paths.items() if v}
 
 

@@ -60,6 +60,14 @@ class ModelConfig:
 
 
 @dataclass
+class StudentConfig(ModelConfig):
+    """A student: its model, and optionally the weights it starts from (`init`: a checkpoint file in a format
+    kdrun loads for teachers: kdrun's own, RepDistiller's, mdistiller's or a state_dict) instead of `seed`'s."""
+
+    init: Optional[str] = None
+
+
+@dataclass
 class TeacherTraining:
     """The recipe that produced a teacher; part of its identity in the teacher store."""
 
@@ -147,7 +155,7 @@ class TrainStudentConfig(RunConfig):
 
     command: str = "train_student"
     compile: bool = False  # torch.compile the student's training step (worth it on CUDA for long runs)
-    student: ModelConfig = field(default_factory=ModelConfig)
+    student: StudentConfig = field(default_factory=StudentConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import re
+from pathlib import Path
 from typing import Any
 
 from omegaconf import OmegaConf
@@ -102,6 +103,9 @@ def validate(cfg: Any) -> None:
         _validate_model(cfg.teacher, "teacher")
     if "student" in cfg:
         _validate_model(cfg.student, "student")
+        init = cfg.student.get("init")
+        _check(not init or Path(init).expanduser().is_file(), f"student.init={init} is not a file; pass a checkpoint "
+               "(a run's checkpoint.pt, RepDistiller's, mdistiller's or a state_dict) or drop student.init")
     if "optim" in cfg:
         _validate_optim(cfg.optim, "optim")
     if "T" in cfg:
