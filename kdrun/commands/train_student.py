@@ -20,7 +20,7 @@ from kdrun.commands.record import (
     plain_config,
     run_header,
 )
-from kdrun.commands.resumable import training_hooks
+from kdrun.commands.resumable import extension, training_hooks
 from kdrun.commands.setup import Setup, build_student, setup
 from kdrun.core.console import epoch_progress, show_results
 from kdrun.data.base import TensorData
@@ -78,6 +78,7 @@ def train_student(cfg: DictConfig, env: Setup, run_dir: Path, teacher: torch.nn.
     student = build_student(cfg, env)
     loss = as_method(make_loss(student))
     hooks = epoch_hooks(student) if epoch_hooks else []
+    extended = extension(cfg, run_dir)  # before training_hooks sets the old summary aside
     resumable = training_hooks(cfg, run_dir)
     # A method that follows the epoch (DKD's and ReviewKD's warm-up), also across a resume.
     loss.start_epoch(resumable["state"]["epoch"] + 1 if resumable["state"] else 1)
@@ -88,4 +89,4 @@ def train_student(cfg: DictConfig, env: Setup, run_dir: Path, teacher: torch.nn.
                       on_epoch=chain(*hooks, epoch_recorder(run_dir, "student")), progress=progress,
                       **resumable)
     resumable["checkpoint"].flush()  # the last last.pt is on disk (or its error raised) before the summary
-    return student, save_student(cfg, run_dir, student, data, history, loss)
+    return student, {**save_student(cfg, run_dir, student, data, history, loss), **extended}
