@@ -20,14 +20,24 @@ from kdrun.trackers import current as trackers
 log = logging.getLogger("kdrun")
 
 
+def epoch_line(label: str) -> Callable[[dict[str, float]], None]:
+    """One log line per epoch, prefixed by whose epoch it is (`teacher epoch 3: ...`)."""
+
+    def line(row: dict[str, float]) -> None:
+        log.info("%s epoch %d: loss %.4f, test acc %.2f%% (%.1fs)", label, row["epoch"], row["train_loss"],
+                 100 * row["test_acc"], row["seconds"])
+
+    return line
+
+
 def epoch_recorder(run_dir: Path, label: str) -> Callable[[dict[str, float]], None]:
     """Append each epoch to metrics.jsonl (always), the run's trackers (`logger=`), and log one line."""
+    say = epoch_line(label)
 
     def record(row: dict[str, float]) -> None:
         append_metrics(run_dir, row)
         trackers().log_epoch(label, row)
-        log.info("%s epoch %d: loss %.4f, test acc %.2f%% (%.1fs)", label, row["epoch"], row["train_loss"],
-                 100 * row["test_acc"], row["seconds"])
+        say(row)
 
     return record
 

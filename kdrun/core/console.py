@@ -36,9 +36,32 @@ class PipeSafeConsole(Console):
 console = PipeSafeConsole(width=None if sys.stdout.isatty() or "COLUMNS" in os.environ else 160)
 
 
-def log_handler(**kwargs: Any) -> RichHandler:
-    """conf/hydra/job_logging's console handler: rich, on a pipe-safe console of the terminal's width."""
-    return RichHandler(console=PipeSafeConsole(), **kwargs)
+class LineHandler(logging.StreamHandler):
+    """Off a terminal (a CI log, a SLURM output file, `| tee`): each record is one line, whatever its length
+    (rich would wrap it at 80 columns under a time column); warnings and errors say so first."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stdout)
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = " ".join(super().format(record).split("\n"))
+        return line if record.levelno < logging.WARNING else f"{record.levelname}: {line}"
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        if isinstance(sys.exc_info()[1], BrokenPipeError):  # the reader left: as PipeSafeConsole does
+            silence_stdout()
+            return
+        super().handleError(record)
+
+
+def on_terminal() -> bool:
+    return sys.stdout.isatty()
+
+
+def log_handler(**kwargs: Any) -> logging.Handler:
+    """conf/hydra/job_logging's console handler: rich on a terminal (on a pipe-safe console of its width),
+    one plain line per record elsewhere."""
+    return RichHandler(console=PipeSafeConsole(), **kwargs) if on_terminal() else LineHandler()
 
 
 class EpochProgress:
@@ -58,7 +81,8 @@ class EpochProgress:
 
 @contextmanager
 def epoch_progress(enabled: bool, label: str) -> Iterator[Optional[EpochProgress]]:
-    if not enabled:
+    """Bars on a terminal only: in a log file the epoch lines say the same once per epoch."""
+    if not enabled or not on_terminal():
         yield None
         return
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
@@ -91,8 +115,24 @@ def results_table(rows: list[dict[str, Any]], title: str) -> Table:
     return table
 
 
+_in_sweep = False  # a job of a sweep: the sweep's report is its table (kdrun.sweep.callbacks)
+
+
+def in_sweep(flag: bool = True) -> None:
+    """Jobs of a sweep show one line each; the sweep ends with its report as the one table."""
+    global _in_sweep
+    _in_sweep = flag
+
+
 def show_results(rows: list[dict[str, Any]], title: str, notes: list[str]) -> None:
-    """The table, then one line per note (paths, speedup): long paths stay copyable."""
+    """The table, then one line per note (paths, speedup): long paths stay copyable. In a sweep, one line."""
+    if _in_sweep:
+        last = rows[-1]
+        top5 = f", top-5 {100 * last['test_top5']:.2f}%" if "test_top5" in last else ""
+        where = next((note for note in notes if note.startswith("run dir:")), "")
+        console.print(f"{title}: {last['role']} {last['model']}: test acc {100 * last['test_acc']:.2f}%{top5}; "
+                      f"{where}", soft_wrap=True)
+        return
     console.print(results_table(rows, title))
     for note in notes:
         console.print(note, soft_wrap=True)

@@ -35,6 +35,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from kdrun.core.console import in_sweep
 from kdrun.core.errors import Interrupted, KdrunError, first_line
 from kdrun.core.files import writes
 from kdrun.core.jobenv import launched, usable_cpus
@@ -91,6 +92,8 @@ def run_task(cfg: DictConfig) -> float | None:
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir).resolve()
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    if multirun:  # a job of a sweep (also in a joblib or SLURM worker): one line, the report is the table
+        in_sweep()
     if cfg.threads == 0 and parallel_jobs(hydra_cfg) > 1:  # share the CPUs instead of oversubscribing them
         cfg.threads = max(1, usable_cpus()[0] // parallel_jobs(hydra_cfg))
     try:

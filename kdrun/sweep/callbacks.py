@@ -6,6 +6,7 @@ sweep has ended.
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 from typing import Any
@@ -14,12 +15,22 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 
+# Loggers whose INFO lines say nothing a person needs: the study Optuna creates, its sampler, its storage.
+QUIET = ("optuna", "hydra_plugins.hydra_optuna_sweeper")
+
+
 class ReportCallback(Callback):
     """Writes the report into the sweep dir and prints its table (a report problem is one line, never a
     traceback); then, if any job did not finish, names them and ends the sweep command with exit code 2."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        """A tuning sweeper maximises each run's return: say so when that is test accuracy (no val split)."""
+        """Jobs show one line each (the report at the end is the table), third-party INFO lines stay off the
+        console; a tuning sweeper maximises each run's return: say so when that is test accuracy (no val split)."""
+        from kdrun.core.console import in_sweep
+
+        in_sweep()
+        for chatty in QUIET:
+            logging.getLogger(chatty).setLevel(logging.WARNING)
         sweeper = str(config.hydra.sweeper.get("_target_", "")).lower()
         if "optuna" in sweeper and not config.get("dataset", {}).get("val_split"):
             print("kdrun: note: without a validation split this search maximises test accuracy, so its winner is "

@@ -1,0 +1,34 @@
+"""Off a terminal (CI logs, SLURM output files, `| tee`) the console is one line per epoch per run, unwrapped,
+and a sweep's jobs one line each before its report."""
+
+from __future__ import annotations
+
+from conftest import kdrun
+
+TINY = ["dataset=fake", "teacher.kwargs.channels=8", "teacher.train.epochs=2", "epochs=3", "threads=1",
+        "latency.min_seconds=0.01", "latency.batch_size=16"]  # progress left on: off a terminal it draws nothing
+
+
+def lines(run) -> list[str]:
+    return (run.stdout + run.stderr).splitlines()
+
+
+def test_a_3_epoch_distill_off_a_terminal_is_one_line_per_epoch_and_one_table(workdir):
+    run = kdrun(workdir, "distill", *TINY)
+    assert run.returncode == 0, run.stderr
+    said = lines(run)
+    assert [line.split(":")[0] for line in said if " epoch " in line] == \
+        ["teacher epoch 1", "teacher epoch 2", "student epoch 1", "student epoch 2", "student epoch 3"]
+    assert all("test acc" in line for line in said if " epoch " in line), "an epoch line is never wrapped"
+    assert "" not in said and len(said) <= 24, "\n".join(said)
+    assert sum(line.startswith("┏") for line in said) == 1, "one results table"
+
+
+def test_a_3_job_stacked_sweep_off_a_terminal_fits_one_screen(workdir):
+    run = kdrun(workdir, "distill", "-m", *TINY, "hydra/launcher=stacked", "T=1,2,4")
+    assert run.returncode == 0, run.stderr
+    said = lines(run)
+    assert sum("stacked group of 3 (mlp): epoch" in line for line in said) == 3
+    assert sum(line.startswith("kdrun distill: student") for line in said) == 3, "each job one line"
+    assert sum(line.startswith("teacher epoch") for line in said) == 2
+    assert "" not in said and len(said) <= 40, "\n".join(said)
