@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -44,3 +46,15 @@ def test_a_missing_student_init_is_one_line_before_any_run_dir(workdir):
     run = kdrun(workdir, "train-student", *TINY, "student.init=nowhere.pt")
     assert run.returncode != 0 and run.stderr.strip().count("\n") == 0
     assert "student.init=nowhere.pt is not a file" in run.stderr and not (workdir / "outputs").exists()
+
+
+def test_a_failed_run_says_why_in_its_own_log(workdir):
+    data = load_dataset("fake", "/unused", False, False, {})
+    torch.save(build_model("mlp", data.num_classes, data.input_shape, {"hidden": [7]}).state_dict(),
+               workdir / "narrow.pt")
+    run = kdrun(workdir, "train-student", *TINY, f"student.init={workdir / 'narrow.pt'}")
+    assert run.returncode == 2
+    [run_dir] = run_dirs(workdir, "train_student")
+    reason = json.loads((run_dir / "status.json").read_text())["error"]
+    assert "does not fit this model" in reason
+    assert f"[ERROR] run failed: {reason}" in (run_dir / "train_student.log").read_text()
