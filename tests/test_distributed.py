@@ -26,7 +26,7 @@ COMMON = ["progress=false", "latency.min_seconds=0.01", "latency.batch_size=16",
 # BatchNorm that both ranks train together when the store lacks it.
 DISTILL = ["distill", *COMMON, "dataset=fake", "dataset.kwargs.shape=[3,16,16]", "dataset.augment=true",
            "teacher=resnet56", "teacher.name=resnet8", "teacher.train.epochs=1", "teacher.train.optim.batch_size=32",
-           "epochs=2"]
+           "epochs=2", "keep_last=true"]
 SLOW = ["train-student", *COMMON, "dataset=fake", "dataset.kwargs.num_train=4000", "epochs=3"]
 
 

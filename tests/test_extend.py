@@ -16,10 +16,13 @@ def test_extending_3_to_5_epochs_equals_a_5_epoch_run_with_a_constant_schedule(w
     """A constant schedule does not depend on the length: epochs 4-5 of the extended run are a 5-epoch run's,
     bit for bit (weights, optimiser moments and random streams come from last.pt)."""
     extended, five = workdir / "outputs/extended", workdir / "outputs/five"
-    for run_dir, epochs in ((extended, 3), (five, 5)):
+    for run_dir, epochs, keep_last in ((extended, 3, "true"), (five, 5, "false")):
         run = kdrun(workdir, "train-student", *TINY, "optim.schedule=constant", f"epochs={epochs}",
-                    f"hydra.run.dir={run_dir}")
+                    f"keep_last={keep_last}", f"hydra.run.dir={run_dir}")
         assert run.returncode == 0, run.stderr
+    assert not (five / "last.pt").exists() and (five / "checkpoint.pt").exists(), "finished: last.pt removed"
+    no_state = kdrun(workdir, "train-student", f"resume={five}", "epochs=6")
+    assert no_state.returncode != 0 and f"student.init={five / 'checkpoint.pt'}" in no_state.stderr
     refused = kdrun(workdir, "train-student", f"resume={extended}", "epochs=3")
     assert refused.returncode != 0 and "has 3 epochs; epochs=3 would not extend it" in refused.stderr
     run = kdrun(workdir, "train-student", f"resume={extended}", "epochs=5")

@@ -153,7 +153,7 @@ def finished(tmp_path_factory):
     root = tmp_path_factory.mktemp("reference")
     assert kdrun(root, "train-teacher", *FAST, "dataset.kwargs.num_train=20000").returncode == 0
     for command in ("train-student", "distill"):
-        run = kdrun(root, command, *SLOW[command], f"hydra.run.dir={root / command}")
+        run = kdrun(root, command, *SLOW[command], "keep_last=true", f"hydra.run.dir={root / command}")
         assert run.returncode == 0, run.stderr
     return root
 

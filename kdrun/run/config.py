@@ -135,6 +135,9 @@ class RunConfig:
     checkpoint_every: int = 1
     # ...but skip a due write while the previous one is younger than this (short epochs); the last epoch always.
     checkpoint_min_seconds: float = 10.0
+    # Keep last.pt once the run has finished (needed to extend it later: resume=RUN_DIR epochs=N); false: removed,
+    # checkpoint.pt (the trained model) stays.
+    keep_last: bool = False
     # Set by `kdrun <command> resume=RUN_DIR` (see kdrun/run/resume.py); not for typing by hand.
     resume: Optional[str] = None
     dataset: DatasetConfig = field(default_factory=DatasetConfig)

@@ -41,7 +41,7 @@ from kdrun.core.files import writes
 from kdrun.core.jobenv import launched, usable_cpus
 from kdrun.run.failure import fail
 from kdrun.run.resume import resume_command
-from kdrun.run.rundir import LAST, SUMMARY, owned, write_resolved, write_status
+from kdrun.run.rundir import LAST, SUMMARY, owned, tidy_finished, write_resolved, write_status
 from kdrun.run.signals import report_interrupted, stop_on_signals
 from kdrun.run.tracking import tracking
 from kdrun.run.validate import validate
@@ -127,7 +127,9 @@ def run_owned(cfg: DictConfig, run_dir: Path, multirun: bool, sweep_dir: Path | 
             with collective_failures():
                 try:
                     with tracking(cfg, run_dir, sweep_dir):
-                        return importlib.import_module(f"kdrun.commands.{cfg.command}").run(cfg, run_dir)
+                        result = importlib.import_module(f"kdrun.commands.{cfg.command}").run(cfg, run_dir)
+                    tidy_finished(run_dir, cfg.keep_last)
+                    return result
                 except Interrupted as interrupted:
                     stop_interrupted(cfg, run_dir, interrupted, stop.exit_code)
                 except SystemExit as exiting:  # sys.exit() in user code (a custom model's builder): not finished

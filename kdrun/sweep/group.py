@@ -29,7 +29,7 @@ from kdrun.core.console import epoch_progress
 from kdrun.core.errors import Interrupted
 from kdrun.run.failure import fail
 from kdrun.run.resume import resume_command
-from kdrun.run.rundir import owned, write_status
+from kdrun.run.rundir import owned, tidy_finished, write_status
 from kdrun.run.signals import report_interrupted, stop_on_signals
 from kdrun.sweep.stacked import Member, fit_group
 from kdrun.train.recipe import recipe_from_optim
@@ -186,6 +186,9 @@ def close_job(job: Job, shared: Shared) -> float:
             return math.nan
         result = job.extras["result"]
         if cfg.command == "distill":
-            return distill.finish(cfg, shared.env, job.run_dir, shared.teacher, shared.facts, job.extras["stats"],
-                                  job.extras["loss"], member.model, result, cost=shared.cost)
-        return train_student.finish(cfg, shared.env, job.run_dir, member.model, result, cost=shared.cost)
+            value = distill.finish(cfg, shared.env, job.run_dir, shared.teacher, shared.facts, job.extras["stats"],
+                                   job.extras["loss"], member.model, result, cost=shared.cost)
+        else:
+            value = train_student.finish(cfg, shared.env, job.run_dir, member.model, result, cost=shared.cost)
+        tidy_finished(job.run_dir, cfg.keep_last)
+        return value
