@@ -18,10 +18,19 @@ def test_a_3_epoch_distill_off_a_terminal_is_one_line_per_epoch_and_one_table(wo
     assert run.returncode == 0, run.stderr
     said = lines(run)
     assert [line.split(":")[0] for line in said if " epoch " in line] == \
-        ["teacher epoch 1", "teacher epoch 2", "student epoch 1", "student epoch 2", "student epoch 3"]
+        ["teacher epoch 1/2", "teacher epoch 2/2", "student epoch 1/3", "student epoch 2/3", "student epoch 3/3"]
     assert all("test acc" in line for line in said if " epoch " in line), "an epoch line is never wrapped"
     assert "" not in said and len(said) <= 24, "\n".join(said)
     assert sum(line.startswith("┏") for line in said) == 1, "one results table"
+
+
+def test_a_long_run_shows_ten_epochs_on_the_console_and_every_epoch_in_its_log(workdir):
+    run = kdrun(workdir, "train-student", "dataset=fake", "epochs=25", "threads=1", "latency.min_seconds=0.01",
+                "latency.batch_size=16", "hydra.run.dir=run")
+    assert run.returncode == 0, run.stderr
+    shown = [line.split(":")[0] for line in lines(run) if " epoch " in line]
+    assert shown == [f"student epoch {e}/25" for e in (3, 6, 9, 12, 15, 18, 21, 24, 25)]
+    assert (workdir / "run" / "train_student.log").read_text().count("student epoch ") == 25
 
 
 def test_a_3_job_stacked_sweep_off_a_terminal_fits_one_screen(workdir):

@@ -41,7 +41,7 @@ def prepare_teacher(cfg: DictConfig, env: Setup) -> tuple[Teacher, TeacherFacts]
     """The teacher (stored, or trained now) and its training-set logits and cost, shared across the sweep."""
     with epoch_progress(cfg.progress, "teacher") as progress:
         teacher = obtain_teacher(cfg.teacher, cfg.dataset, env.data, env.device, plain_config(cfg), progress,
-                                 epoch_line("teacher"), epoch=cfg.teacher_epoch, fit_hooks=stop_hook())
+                                 epoch_line("teacher", cfg.teacher.train.epochs), epoch=cfg.teacher_epoch, fit_hooks=stop_hook())
     return teacher, teacher_facts(teacher.model, teacher.checkpoint, Path(cfg.teacher.store), env.data, env.device)
 
 

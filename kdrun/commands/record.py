@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 import kdrun
 from kdrun.commands.setup import Setup
+from kdrun.core.console import epoch_extra
 from kdrun.measure.latency import Protocol, measure_models, profile, size
 from kdrun.run.rundir import append_metrics
 from kdrun.trackers import current as trackers
@@ -20,19 +21,20 @@ from kdrun.trackers import current as trackers
 log = logging.getLogger("kdrun")
 
 
-def epoch_line(label: str) -> Callable[[dict[str, float]], None]:
-    """One log line per epoch, prefixed by whose epoch it is (`teacher epoch 3: ...`)."""
+def epoch_line(label: str, epochs: int) -> Callable[[dict[str, float]], None]:
+    """One log line per epoch, prefixed by whose epoch it is (`teacher epoch 3: ...`); of `epochs`, the console
+    shows ten at most (kdrun.core.console.epoch_extra)."""
 
     def line(row: dict[str, float]) -> None:
-        log.info("%s epoch %d: loss %.4f, test acc %.2f%% (%.1fs)", label, row["epoch"], row["train_loss"],
-                 100 * row["test_acc"], row["seconds"])
+        log.info("%s epoch %d/%d: loss %.4f, test acc %.2f%% (%.1fs)", label, row["epoch"], epochs,
+                 row["train_loss"], 100 * row["test_acc"], row["seconds"], extra=epoch_extra(int(row["epoch"]), epochs))
 
     return line
 
 
-def epoch_recorder(run_dir: Path, label: str) -> Callable[[dict[str, float]], None]:
+def epoch_recorder(run_dir: Path, label: str, epochs: int) -> Callable[[dict[str, float]], None]:
     """Append each epoch to metrics.jsonl (always), the run's trackers (`logger=`), and log one line."""
-    say = epoch_line(label)
+    say = epoch_line(label, epochs)
 
     def record(row: dict[str, float]) -> None:
         append_metrics(run_dir, row)

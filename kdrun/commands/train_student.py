@@ -86,7 +86,7 @@ def train_student(cfg: DictConfig, env: Setup, run_dir: Path, teacher: torch.nn.
     with epoch_progress(cfg.progress, "student") as progress:
         history = fit(student, data, recipe_from_optim(cfg.optim, cfg.epochs, cfg.seed, cfg.compile), env.device,
                       loss=loss, teacher=teacher, teacher_logits=teacher_logits,
-                      on_epoch=chain(*hooks, epoch_recorder(run_dir, "student")), progress=progress,
+                      on_epoch=chain(*hooks, epoch_recorder(run_dir, "student", cfg.epochs)), progress=progress,
                       **resumable)
     resumable["checkpoint"].flush()  # the last last.pt is on disk (or its error raised) before the summary
     return student, {**save_student(cfg, run_dir, student, data, history, loss), **extended}

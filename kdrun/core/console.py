@@ -58,10 +58,26 @@ def on_terminal() -> bool:
     return sys.stdout.isatty()
 
 
+EPOCH_LINES = 10  # epoch lines a run shows on the console at most; its log file gets every epoch
+
+
+def epoch_extra(epoch: int, epochs: int) -> dict[str, Any]:
+    """`extra=` for an epoch's log record: a long run shows every k-th epoch and its last on the console."""
+    every = -(-epochs // EPOCH_LINES)
+    return {"console": epoch == epochs or epoch % every == 0}
+
+
+def console_records(record: logging.LogRecord) -> bool:
+    """The console's filter: records marked `console: False` (epoch_extra) go to the log file only."""
+    return getattr(record, "console", True)
+
+
 def log_handler(**kwargs: Any) -> logging.Handler:
     """conf/hydra/job_logging's console handler: rich on a terminal (on a pipe-safe console of its width),
     one plain line per record elsewhere."""
-    return RichHandler(console=PipeSafeConsole(), **kwargs) if on_terminal() else LineHandler()
+    handler = RichHandler(console=PipeSafeConsole(), **kwargs) if on_terminal() else LineHandler()
+    handler.addFilter(console_records)
+    return handler
 
 
 class EpochProgress:

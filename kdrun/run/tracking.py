@@ -74,7 +74,11 @@ def track_sweep_report(cfg: DictConfig, sweep_dir: Path, jobs: int, unfinished: 
     if not names:
         return
     files = sorted(path for pattern in REPORT_FILES for path in sweep_dir.glob(pattern))
-    trackers = open_trackers(names, run_info(cfg, sweep_dir, sweep_dir, name="report"))
+    info = run_info(cfg, sweep_dir, sweep_dir, name="report")
+    # Not one job's config: the sweep's own overrides (`T=1,2,4`), which its jobs' values came from.
+    overrides = OmegaConf.select(cfg, "hydra.overrides.task", default=[])
+    info.config = {"command": cfg.command, "sweep_dir": str(sweep_dir), "overrides": list(overrides or [])}
+    trackers = open_trackers(names, info)
     try:
         trackers.finish({"jobs": jobs, "unfinished": unfinished}, files)
     finally:
