@@ -7,7 +7,6 @@ import json
 import struct
 from pathlib import Path
 
-import pytest
 
 from conftest import kdrun, metric_rows, run_dirs, summary
 
