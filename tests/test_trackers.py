@@ -7,7 +7,6 @@ import json
 import struct
 from pathlib import Path
 
-
 from conftest import kdrun, metric_rows, run_dirs, summary
 
 TINY = ["dataset=fake", "progress=false", "epochs=2", "latency.min_seconds=0.01", "latency.batch_size=16", "threads=1"]
