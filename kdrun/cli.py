@@ -169,12 +169,14 @@ def resumed(name: str, command: Command, rest: list[str], held: ExitStack) -> li
     """`resume=DIR`: the arguments that continue the run or sweep in DIR from where it was started, or the
     exit code of a sweep resumed job by job. A sweep has one resumer at a time (its lock, held in `held`)."""
     from kdrun.run.replay import split_consent
-    from kdrun.run.resume import launch_dir, resume_overrides, resume_target
+    from kdrun.run.resume import extension_epochs, launch_dir, resume_overrides, resume_target
     from kdrun.sweep.resume import (is_stacked_sweep, is_sweep_dir, resume_sweep, stacked_resume_overrides,
                                     sweep_jobs)
 
     rest, consent = split_consent(rest)
     target = resume_target(rest)
+    if is_sweep_dir(target) and extension_epochs(rest) is not None:
+        raise KdrunError(f"epochs=N extends one run, not a sweep ({target}); give one of its job dirs")
     if is_sweep_dir(target):
         sweep_jobs(target, command.config_name, consent)  # a sweep this command cannot resume: its line, no lock file
         held.enter_context(owned(target))

@@ -41,7 +41,8 @@ def job_state(job) -> dict:
 
 def test_a_failing_job_does_not_stop_the_sweep_and_resume_runs_only_unfinished_jobs(tmp_path):
     sweep = tmp_path / "sweep"
-    run = kdrun(tmp_path, "train-student", "-m", *ONE_EPOCH, "optim.lr=0.002,1e30,0.001", f"hydra.sweep.dir={sweep}")
+    run = kdrun(tmp_path, "train-student", "-m", *ONE_EPOCH, "optim.lr=0.002,1e30,0.001", f"hydra.sweep.dir={sweep}",
+                "keep_last=true")  # job 0 is made to look killed after its last checkpoint below
     assert run.returncode == 2 and "Traceback" not in run.stderr
     assert [(sweep / job / "summary.json").exists() for job in "012"] == [True, False, True]
     assert job_state(sweep / "1")["status"] == "failed" and "became nan" in job_state(sweep / "1")["error"]
@@ -122,7 +123,7 @@ def test_an_unreadable_checkpoint_is_a_permission_problem_not_a_corrupt_file(tmp
 
 def test_a_run_dir_in_use_is_refused_and_left_untouched(tmp_path):
     run_dir = tmp_path / "run"
-    assert kdrun(tmp_path, "train-student", *ONE_EPOCH, f"hydra.run.dir={run_dir}").returncode == 0
+    assert kdrun(tmp_path, "train-student", *ONE_EPOCH, "keep_last=true", f"hydra.run.dir={run_dir}").returncode == 0
     (run_dir / "summary.json").unlink()  # now it is an interrupted run, its last.pt complete
     log = (run_dir / "train_student.log").read_text()
     with owned(run_dir):  # as the live run holds it
@@ -149,7 +150,7 @@ def test_the_lock_is_held_for_the_life_of_a_run(tmp_path):
 
 def test_train_teacher_resumes_after_its_checkpoint_was_linked_into_the_store(tmp_path):
     run_dir = tmp_path / "teacher"
-    assert kdrun(tmp_path, "train-teacher", *FAST, f"hydra.run.dir={run_dir}").returncode == 0
+    assert kdrun(tmp_path, "train-teacher", *FAST, "keep_last=true", f"hydra.run.dir={run_dir}").returncode == 0
     (run_dir / "summary.json").unlink()  # killed between linking checkpoint.pt and writing the summary
     again = kdrun(tmp_path, "train-teacher", f"resume={run_dir}")
     assert again.returncode == 0, again.stderr
@@ -211,7 +212,7 @@ def test_resume_from_another_directory_uses_the_same_teacher(tmp_path):
     here, elsewhere = tmp_path / "here", tmp_path / "elsewhere"
     here.mkdir(), elsewhere.mkdir()
     run_dir = here / "run"
-    assert kdrun(here, "distill", *FAST, "epochs=1", f"hydra.run.dir={run_dir}").returncode == 0
+    assert kdrun(here, "distill", *FAST, "epochs=1", "keep_last=true", f"hydra.run.dir={run_dir}").returncode == 0
     [stored] = (here / "outputs" / "teachers").glob("*.pt")
     assert summary(run_dir)["paths"]["teacher_store"] == str(stored.parent)
     (run_dir / "summary.json").unlink()  # killed after its last checkpoint

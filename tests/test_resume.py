@@ -153,7 +153,7 @@ def finished(tmp_path_factory):
     root = tmp_path_factory.mktemp("reference")
     assert kdrun(root, "train-teacher", *FAST, "dataset.kwargs.num_train=20000").returncode == 0
     for command in ("train-student", "distill"):
-        run = kdrun(root, command, *SLOW[command], f"hydra.run.dir={root / command}")
+        run = kdrun(root, command, *SLOW[command], "keep_last=true", f"hydra.run.dir={root / command}")
         assert run.returncode == 0, run.stderr
     return root
 
@@ -225,7 +225,7 @@ def test_resume_refuses_what_it_cannot_continue(finished, done_run, tmp_path):
 
     assert "already finished" in error("train-student", f"resume={done_run}")
     assert "is a 'train_student' run, not 'distill'" in error("distill", f"resume={done_run}")
-    assert "takes no other arguments" in error("train-student", f"resume={done_run}", "epochs=9")
+    assert "takes no other arguments" in error("train-student", f"resume={done_run}", "seed=9")
     assert "is not a kdrun run directory" in error("train-student", f"resume={tmp_path}")
     (done_run / "summary.json").unlink()
     (done_run / "last.pt").unlink()

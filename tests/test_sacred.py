@@ -30,7 +30,8 @@ def finished(tmp_path_factory) -> Path:
     """A working directory with one finished run in outputs/done (and one sweep in outputs/sweep)."""
     cwd = tmp_path_factory.mktemp("sacred")
     assert kdrun(cwd, "train-student", *ONE_EPOCH, "hydra.run.dir=outputs/done").returncode == 0
-    sweep = kdrun(cwd, "train-student", "-m", *ONE_EPOCH, "seed=0,1", "hydra.sweep.dir=outputs/sweep")
+    sweep = kdrun(cwd, "train-student", "-m", *ONE_EPOCH, "seed=0,1", "hydra.sweep.dir=outputs/sweep",
+                  "keep_last=true")  # its jobs are made to look killed after their last checkpoint
     assert sweep.returncode == 0, sweep.stderr
     return cwd
 

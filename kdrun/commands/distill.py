@@ -9,7 +9,7 @@ import torch
 from omegaconf import DictConfig
 
 from kdrun.commands.export import deploy_notes, export_block
-from kdrun.commands.record import EpochHook, pair_cost, plain_config, run_header
+from kdrun.commands.record import EpochHook, epoch_line, pair_cost, plain_config, run_header
 from kdrun.commands.resumable import stop_hook
 from kdrun.commands.setup import Setup, log, setup
 from kdrun.commands.train_student import exports, train_student
@@ -45,7 +45,7 @@ def prepare_teacher(cfg: DictConfig, env: Setup) -> tuple[Teacher, TeacherFacts]
     """The teacher (stored, or trained now) and its training-set logits and cost, shared across the sweep."""
     with epoch_progress(cfg.progress, "teacher") as progress:
         teacher = obtain_teacher(cfg.teacher, cfg.dataset, env.data, env.device, plain_config(cfg), progress,
-                                 epoch=cfg.teacher_epoch, fit_hooks=stop_hook())
+                                 epoch_line("teacher", cfg.teacher.train.epochs), epoch=cfg.teacher_epoch, fit_hooks=stop_hook())
     return teacher, teacher_facts(teacher.model, teacher.checkpoint, Path(cfg.teacher.store), env.data, env.device)
 
 

@@ -1,4 +1,4 @@
-"""What a run records: each epoch (metrics.jsonl, TensorBoard, a log line), its history summed up, the
+"""What a run records: each epoch (metrics.jsonl, the trackers of `logger=`, a log line), its history summed up, the
 header every summary.json starts with, and what the models cost."""
 
 from __future__ import annotations
@@ -13,48 +13,51 @@ from omegaconf import DictConfig, OmegaConf
 
 import kdrun
 from kdrun.commands.setup import Setup
-from kdrun.core.errors import KdrunError
-from kdrun.core.files import writes
+from kdrun.core.console import epoch_extra
 from kdrun.measure.latency import Protocol, measure_models, profile, size
 from kdrun.run.rundir import append_metrics
+from kdrun.trackers import current as trackers
 
 log = logging.getLogger("kdrun")
 
 
-def tensorboard_writer(run_dir: Path) -> Any:
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        raise KdrunError("logger=tensorboard needs the tensorboard package: pip install 'kdrun[tensorboard]'") from None
-    return SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+def epoch_line(label: str, epochs: int) -> Callable[[dict[str, float]], None]:
+    """One log line per epoch, prefixed by whose epoch it is (`teacher epoch 3: ...`); of `epochs`, the console
+    shows ten at most (kdrun.core.console.epoch_extra)."""
+
+    def line(row: dict[str, float]) -> None:
+        log.info("%s epoch %d/%d: loss %.4f, test acc %.2f%% (%.1fs)", label, row["epoch"], epochs,
+                 row["train_loss"], 100 * row["test_acc"], row["seconds"], extra=epoch_extra(int(row["epoch"]), epochs))
+
+    return line
 
 
-def epoch_recorder(run_dir: Path, label: str, logger: str = "none") -> Callable[[dict[str, float]], None]:
-    """Append each epoch to metrics.jsonl (always), TensorBoard (if asked), and log one line."""
-    writer = tensorboard_writer(run_dir) if logger == "tensorboard" and writes() else None
+def epoch_recorder(run_dir: Path, label: str, epochs: int) -> Callable[[dict[str, float]], None]:
+    """Append each epoch to metrics.jsonl (always), the run's trackers (`logger=`), and log one line."""
+    say = epoch_line(label, epochs)
 
     def record(row: dict[str, float]) -> None:
         append_metrics(run_dir, row)
-        if writer is not None:
-            for key, value in row.items():
-                writer.add_scalar(f"{label}/{key}", value, row["epoch"])
-            writer.flush()
-        log.info("%s epoch %d: loss %.4f, test acc %.2f%% (%.1fs)", label, row["epoch"], row["train_loss"],
-                 100 * row["test_acc"], row["seconds"])
+        trackers().log_epoch(label, row)
+        say(row)
 
     return record
 
 
 def history_summary(history: list[dict[str, float]]) -> dict[str, Any]:
-    """Final accuracy, the best epoch picked on the test set (`best_test_acc`, optimistic: selection on
+    """Final accuracy (top-1, and top-5 with 5 classes or more), the best epoch picked on the test set (`best_test_acc`, optimistic: selection on
     test, as published tables do), and with a validation split the honest pick: `test_acc_at_best_val`."""
     best = max(history, key=lambda row: row["test_acc"])
     summary = {"test_acc": history[-1]["test_acc"], "best_test_acc": best["test_acc"], "best_epoch": best["epoch"],
                "train_seconds": sum(row["seconds"] for row in history)}
+    if "test_top5" in history[-1]:  # 5 classes or more
+        summary["test_top5"] = history[-1]["test_top5"]
     if "val_acc" in history[0]:
         by_val = max(history, key=lambda row: row["val_acc"])  # the first of equal epochs
         summary.update(best_val_acc=by_val["val_acc"], best_val_epoch=by_val["epoch"],
                        test_acc_at_best_val=by_val["test_acc"])
+        if "test_top5" in by_val:
+            summary["test_top5_at_best_val"] = by_val["test_top5"]
     return summary
 
 
@@ -95,6 +98,8 @@ def absolute_paths(cfg: DictConfig) -> dict[str, str]:
     paths = {"cwd": str(Path.cwd()), "data_dir": cfg.dataset.data_dir}
     if "teacher" in cfg:
         paths.update(teacher_store=cfg.teacher.store, teacher_checkpoint=cfg.teacher.checkpoint)
+    if "student" in cfg:
+        paths.update(student_init=cfg.student.get("init"))
     return {k: str(Path(v).expanduser().resolve()) for k, v in paths.items() if v}
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -10,8 +11,9 @@ from omegaconf import DictConfig
 
 from kdrun.core.distributed import context
 from kdrun.core.errors import KdrunError
+from kdrun.core.files import writes
 from kdrun.run.resume import resume_command
-from kdrun.run.rundir import LAST, delete_status, rewrite_metrics
+from kdrun.run.rundir import LAST, SUMMARY, delete_status, rewrite_metrics
 from kdrun.run.signals import active
 from kdrun.train.state import StateWriter, load_state
 
@@ -31,11 +33,29 @@ def check_world_size(state: dict[str, Any], path: Path, command: str) -> None:
                          f"{saved}: {resume_command(command, path.parent, saved)}")
 
 
+def extension(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    """For summary.json, when `resume=RUN_DIR epochs=N` trains a finished run on: how long it was and how its
+    schedule went on (read before the run's old summary.json is set aside); else nothing."""
+    try:
+        before = json.loads((run_dir / SUMMARY).read_text())["epochs"] if cfg.resume else None
+    except (OSError, ValueError, KeyError):
+        return {}
+    if before is None or before >= cfg.epochs:
+        return {}
+    schedule = cfg.optim.schedule
+    how = (f"cosine recomputed for {cfg.epochs} epochs from epoch {before + 1} (epochs 1-{before} followed the "
+           f"{before}-epoch cosine)" if schedule == "cosine" else f"{schedule}: as a {cfg.epochs}-epoch run's")
+    log.info("Extending %s from %d to %d epochs; schedule: %s", run_dir, before, cfg.epochs, how)
+    return {"extended": {"from_epochs": before, "to_epochs": cfg.epochs, "schedule": how}}
+
+
 def training_hooks(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """`fit` keywords that make this run's training resumable: last.pt writer, resume state, stop flag."""
     path = run_dir / LAST
     state = None
     if cfg.resume:
+        if writes():
+            (run_dir / SUMMARY).unlink(missing_ok=True)  # an extended run is unfinished until its new end
         state = load_state(path)
         check_world_size(state, path, cfg.command)
         rewrite_metrics(run_dir, state["history"])  # drop rows written after the checkpoint

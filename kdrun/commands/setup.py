@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -15,6 +16,7 @@ from kdrun.core.runtime import Threads, resolve_device, seed_everything, set_thr
 from kdrun.data import TensorData, holdout, load_dataset
 from kdrun.data.noise import with_label_noise
 from kdrun.models import build_model, model_kwargs
+from kdrun.models.checkpoint import load_weights, read_weights
 
 log = logging.getLogger("kdrun")
 
@@ -63,9 +65,25 @@ def setup(cfg: DictConfig) -> Setup:
 
 
 def build_student(cfg: DictConfig, env: Setup) -> torch.nn.Module:
-    """The student's initial weights: a function of `seed` alone."""
+    """The student's initial weights: a function of `seed` alone, or the checkpoint `student.init` names."""
     seed_everything(cfg.seed)
-    return build_model(cfg.student.name, env.data.num_classes, env.data.input_shape,
-                       model_kwargs(cfg.student)).to(env.device)
+    student = build_model(cfg.student.name, env.data.num_classes, env.data.input_shape, model_kwargs(cfg.student))
+    if cfg.student.get("init"):
+        init_student(student, Path(cfg.student.init).expanduser().resolve(), cfg.student.name, env.data)
+    return student.to(env.device)
+
+
+def init_student(student: torch.nn.Module, path: Path, name: str, data: Any) -> None:
+    """Load `path` into the freshly built student, after checking that what the file records fits (model,
+    classes, input shape); a mismatch is one line naming it."""
+    weights = read_weights(path)
+    fix = f"pass a checkpoint of a {name} for dataset '{data.name}', or set student= to the file's model"
+    recorded = {"model": (weights.arch, name), "classes": (weights.num_classes, data.num_classes),
+                "input shape": (weights.input_shape and tuple(weights.input_shape), data.input_shape)}
+    for what, (in_file, here) in recorded.items():
+        if in_file is not None and in_file != here:
+            raise KdrunError(f"student.init={path} holds {what} {in_file} but this run has {here}; {fix}")
+    load_weights(student, weights.state_dict, f"student.init={path} ({weights.format} format)", fix)
+    log.info("student starts from %s (%s format, sha256 %s)", path, weights.format, weights.sha256[:12])
 
 

@@ -21,7 +21,7 @@ from kdrun.commands.record import (
     run_header,
 )
 from kdrun.commands.export import deploy_notes, export_block
-from kdrun.commands.resumable import training_hooks
+from kdrun.commands.resumable import extension, training_hooks
 from kdrun.commands.setup import Setup, build_student, log, setup
 from kdrun.core.console import epoch_progress, show_results
 from kdrun.data.base import TensorData
@@ -83,6 +83,7 @@ def train_student(cfg: DictConfig, env: Setup, run_dir: Path, teacher: torch.nn.
     student = build_student(cfg, env)
     loss = as_method(make_loss(student))
     hooks = epoch_hooks(student) if epoch_hooks else []
+    extended = extension(cfg, run_dir)  # before training_hooks sets the old summary aside
     resumable = training_hooks(cfg, run_dir)
     # A method that follows the epoch (DKD's and ReviewKD's warm-up), also across a resume.
     loss.start_epoch(resumable["state"]["epoch"] + 1 if resumable["state"] else 1)
@@ -91,12 +92,12 @@ def train_student(cfg: DictConfig, env: Setup, run_dir: Path, teacher: torch.nn.
     with epoch_progress(cfg.progress, "student") as progress:
         history = fit(student, data, recipe_from_optim(cfg.optim, cfg.epochs, cfg.seed, cfg.compile), env.device,
                       loss=loss, teacher=teacher, teacher_logits=teacher_logits, teacher_outputs=teacher_outputs,
-                      on_epoch=chain(*hooks, epoch_recorder(run_dir, "student", cfg.logger)), progress=progress,
+                      on_epoch=chain(*hooks, epoch_recorder(run_dir, "student", cfg.epochs)), progress=progress,
                       **resumable)
     resumable["checkpoint"].flush()  # the last last.pt is on disk (or its error raised) before the summary
     fake_quant.detach(student)  # the float weights QAT trained: checkpoint, eager latency and export take it plain
     result = save_student(cfg, run_dir, student, data, history, loss)
-    return student, {**result, **qat_summary(cfg)}
+    return student, {**result, **qat_summary(cfg), **extended}
 
 
 def qat_first_epoch(cfg: DictConfig) -> int | None:

@@ -35,7 +35,7 @@ def run(cfg: DictConfig, run_dir: Path) -> float:
     env = setup(cfg)
     with epoch_progress(cfg.progress, "teacher") as progress:
         teacher = obtain_teacher(cfg.teacher, cfg.dataset, env.data, env.device, plain_config(cfg), progress,
-                                 epoch_recorder(run_dir, "teacher", cfg.logger), fit_hooks=training_hooks(cfg, run_dir))
+                                 epoch_recorder(run_dir, "teacher", cfg.epochs), fit_hooks=training_hooks(cfg, run_dir))
     if not teacher.trained_now:
         log.info("Reused the stored teacher: %s (retrain by deleting it)", teacher.checkpoint)
         rewrite_metrics(run_dir, teacher.history)  # also over rows a resumed attempt wrote before it was killed

@@ -210,8 +210,10 @@ def _describe(payload: Any) -> str:
     return f"a {type(payload).__name__}"
 
 
-def load_weights(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
-    """Strict loading; a mismatch is one line naming the keys or shapes that differ (`source` says whose)."""
+def load_weights(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str,
+                 fix: str = "pick the teacher=/teacher.kwargs (and dataset) it was trained with") -> None:
+    """Strict loading; a mismatch is one line naming the keys or shapes that differ (`source` says whose, `fix`
+    what to do)."""
     state_dict = renamed_sequential_keys(model, state_dict)
     expected = model.state_dict()
     missing = [k for k in expected if k not in state_dict]
@@ -221,8 +223,7 @@ def load_weights(model: nn.Module, state_dict: dict[str, torch.Tensor], source: 
     differences = ([f"missing keys {_first(missing)}"] if missing else []) + (
         [f"unexpected keys {_first(unexpected)}"] if unexpected else []) + shapes[:2]
     if differences:
-        raise KdrunError(f"{source} does not fit this model ({type(model).__name__}): {'; '.join(differences)}; "
-                         "pick the teacher=/teacher.kwargs (and dataset) it was trained with")
+        raise KdrunError(f"{source} does not fit this model ({type(model).__name__}): {'; '.join(differences)}; {fix}")
     model.load_state_dict(state_dict)
 
 

@@ -34,7 +34,7 @@ def cells(report: Report, row: Row) -> list[str]:
     """A row as the table and Markdown show it: accuracies in %, gain in percentage points."""
     return [row.role, str(row.field("model")), str(row.field("dataset")),
             *(row.setting.get(k, "") for k in report.keys), str(len(row.runs)),
-            _pct(row.stat("test_acc")), _pct(row.maybe_stat("test_acc_at_best_val")), _pct(row.stat("best_test_acc")),
+            _pct(row.stat("test_acc")), _pct(row.maybe_stat("test_top5")), _pct(row.maybe_stat("test_acc_at_best_val")), _pct(row.stat("best_test_acc")),
             _fmt(row.gain, "{:+.2f}", 100),
             _fmt(row.mean("teacher", "test_acc"), "{:.2f}", 100),
             _fmt(row.median("latency", "batch1_ms_median"), "{:.3f}"), speedup_cell(row), *deployed_cells(row)]
@@ -69,9 +69,11 @@ def speedup_cell(row: Row) -> str:
 def record(report: Report, row: Row) -> dict[str, Any]:
     """A row for CSV: the same columns, numbers unformatted in summary.json's units (fractions, ms)."""
     test, best, honest = row.stat("test_acc"), row.stat("best_test_acc"), row.maybe_stat("test_acc_at_best_val")
+    top5 = row.maybe_stat("test_top5")
     return {"role": row.role, "model": row.field("model"), "dataset": row.field("dataset"),
             **{k: row.setting.get(k, "") for k in report.keys}, "seeds": test.n,
             "test_acc_mean": test.mean, "test_acc_std": test.std,
+            "test_top5_mean": top5.mean if top5 else None, "test_top5_std": top5.std if top5 else None,
             "test_acc_at_best_val_mean": honest.mean if honest else None,
             "test_acc_at_best_val_std": honest.std if honest else None,
             "best_test_acc_mean": best.mean,

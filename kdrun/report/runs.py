@@ -22,7 +22,7 @@ NOT_TRAINING = ("inspect_teacher", "evaluate")  # finished runs that train nothi
 FIXED = ("role", "model", "dataset")  # columns of every row; they also separate rows, so never a swept column
 # "at best val": the epoch picked on the validation split (dataset.val_split), the honest number;
 # "best (test-picked)": the max over epochs of test accuracy, as published tables report it.
-HEADERS = ("final acc %", "acc at best val %", "best acc % (test-picked)", "gain (pp)", "teacher acc %", "batch-1 ms",
+HEADERS = ("final acc %", "top-5 %", "acc at best val %", "best acc % (test-picked)", "gain (pp)", "teacher acc %", "batch-1 ms",
            "speedup [95% interval]", "ORT ms fp32/int8", "INT8 acc %", "deployed speedup")
 # Where a run's `deploy` block (export=true, kdrun export) keeps the student's ONNX Runtime numbers.
 DEPLOYED = ("deploy", "models")

@@ -61,9 +61,12 @@ class ModelConfig:
 
 @dataclass
 class StudentConfig(ModelConfig):
-    """A student: a model, and whether it trains as the INT8 model it will be deployed as (`quant: qat`,
-    fake-quantized for its last `qat_epochs` epochs, 0 meaning all; kdrun/deploy/fake_quant.py)."""
+    """A student: its model; optionally the weights it starts from (`init`: a checkpoint file in a format kdrun
+    loads for teachers: kdrun's own, RepDistiller's, mdistiller's or a state_dict) instead of `seed`'s; and whether
+    it trains as the INT8 model it will be deployed as (`quant: qat`, fake-quantized for its last `qat_epochs`
+    epochs, 0 meaning all; kdrun/deploy/fake_quant.py)."""
 
+    init: Optional[str] = None
     quant: str = "none"
     qat_epochs: int = 0
 
@@ -124,6 +127,18 @@ class DeployConfig:
 
 
 @dataclass
+class TrackerConfig:
+    """Where `logger=mlflow` / `logger=wandb` log (kdrun.trackers). A run alone logs to `project` (the MLflow
+    experiment, the W&B project); a sweep's jobs share one group, named after the sweep unless `group` is set."""
+
+    project: str = "kdrun"
+    group: Optional[str] = None
+    dir: str = "outputs"  # local stores: <dir>/mlflow.db and <dir>/mlartifacts/ (MLflow), <dir>/wandb/ (W&B)
+    mlflow_uri: Optional[str] = None  # any MLflow tracking URI (http://host:5000, sqlite:///x.db); None: the local store
+    wandb_mode: str = "offline"  # offline (no network; `wandb sync` later), online, or disabled
+
+
+@dataclass
 class RunConfig:
     """Keys every command shares."""
 
@@ -133,11 +148,16 @@ class RunConfig:
     device: str = "auto"
     threads: int = 0
     progress: bool = True
-    logger: str = "none"
+    # Where epochs and results go besides the run dir: none, tensorboard, mlflow, wandb, or several: [tensorboard,mlflow]
+    logger: Any = "none"
+    tracker: TrackerConfig = field(default_factory=TrackerConfig)
     # Write last.pt (everything needed to continue) every N epochs and at the last; 0: never.
     checkpoint_every: int = 1
     # ...but skip a due write while the previous one is younger than this (short epochs); the last epoch always.
     checkpoint_min_seconds: float = 10.0
+    # Keep last.pt once the run has finished (needed to extend it later: resume=RUN_DIR epochs=N); false: removed,
+    # checkpoint.pt (the trained model) stays.
+    keep_last: bool = False
     # Set by `kdrun <command> resume=RUN_DIR` (see kdrun/run/resume.py); not for typing by hand.
     resume: Optional[str] = None
     dataset: DatasetConfig = field(default_factory=DatasetConfig)

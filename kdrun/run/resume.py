@@ -6,6 +6,10 @@ with a `last.pt`), and the command line is rebuilt from the run's own saved over
 in the directory it started in. The composed config is compared with the saved
 `.hydra/config.yaml`, so a run whose config files changed since is refused rather than
 silently continued with other settings. No torch here: this runs in the CLI.
+
+`resume=RUN_DIR epochs=N` trains a finished (or interrupted) student on to N epochs from its
+`last.pt`; the engine stretches a cosine schedule to the new length (kdrun.train.recipe) and
+summary.json records the extension.
 """
 
 from __future__ import annotations
@@ -54,20 +58,34 @@ def launch_dir(hydra_file: Path) -> Path:
     return Path.cwd()
 
 
+EXTENDABLE = ("train_student", "distill")  # commands whose finished runs `epochs=N` extends
+
+
+def extension_epochs(args: list[str]) -> int | None:
+    """`epochs=N` given with resume=RUN_DIR: continue the run to N epochs (None: resume as it was)."""
+    given = [a.split("=", 1)[1] for a in args if a.startswith("epochs=")]
+    if not given:
+        return None
+    if len(given) > 1 or not given[0].isdigit() or int(given[0]) < 1:
+        raise KdrunError(f"resume=RUN_DIR epochs=N takes one whole number of epochs (got {', '.join(given)})")
+    return int(given[0])
+
+
 def resume_target(args: list[str]) -> Path:
     chosen = [a for a in args if a.startswith("resume=")]
-    others = [a for a in args if not a.startswith("resume=")]
+    others = [a for a in args if not a.startswith(("resume=", "epochs="))]
     if len(chosen) > 1 or others:
-        raise KdrunError(f"resume=RUN_DIR takes no other arguments but trust_code=true and the code it names "
-                         f"(got {' '.join(others or chosen)}); the run continues with its own saved config")
+        raise KdrunError(f"resume=RUN_DIR takes no other arguments but epochs=N, trust_code=true and the code it "
+                         f"names (got {' '.join(others or chosen)}); the run continues with its own saved config")
     value = chosen[0].split("=", 1)[1]
     if not value:
         raise KdrunError("resume= needs the run directory, e.g. resume=outputs/distill/<time>")
     return Path(value).expanduser().resolve()
 
 
-def check_run_dir(run_dir: Path, config_name: str) -> dict[str, Any]:
-    """The run's saved config, or a one-line error saying why this dir cannot be resumed."""
+def check_run_dir(run_dir: Path, config_name: str, epochs: int | None = None) -> dict[str, Any]:
+    """The run's saved config, or a one-line error saying why this dir cannot be resumed (or, with `epochs`,
+    extended to that many epochs)."""
     saved = run_dir / HYDRA / "config.yaml"
     if not saved.is_file():
         raise KdrunError(f"{run_dir} is not a kdrun run directory (no .hydra/config.yaml); pass the directory "
@@ -81,13 +99,30 @@ def check_run_dir(run_dir: Path, config_name: str) -> dict[str, Any]:
     if command != config_name:
         raise KdrunError(f"{run_dir} is a '{command}' run, not '{config_name}'; resume it with "
                          f"`{resume_command(str(command), run_dir)}`")
-    if (run_dir / SUMMARY).exists():
-        raise KdrunError(f"{run_dir} already finished (it has {SUMMARY}); nothing to resume, start a new run")
+    if epochs is not None:
+        check_extension(run_dir, config, epochs)
+    elif (run_dir / SUMMARY).exists():
+        raise KdrunError(f"{run_dir} already finished (it has {SUMMARY}); nothing to resume: add epochs=N to train "
+                         "it on to N epochs, or start a new run")
     check_not_in_use(run_dir)
+    if not (run_dir / LAST).is_file() and (run_dir / SUMMARY).exists():
+        raise KdrunError(f"{run_dir} kept no {LAST} when it finished (keep_last=false), so it cannot be continued "
+                         f"exactly; start a new run from its weights: kdrun {cli_name(command)} "
+                         f"student.init={run_dir / 'checkpoint.pt'} epochs=N")
     if not (run_dir / LAST).is_file():
         raise KdrunError(f"{run_dir} has no {LAST}, so there is nothing to resume (it stopped before its first "
                          "checkpoint, or ran with checkpoint_every=0); start the run again")
     return config
+
+
+def check_extension(run_dir: Path, config: dict[str, Any], epochs: int) -> None:
+    """`epochs=N` trains a run on beyond the epochs it had: only for a student's training, and only longer."""
+    if config["command"] not in EXTENDABLE:
+        raise KdrunError(f"epochs=N with resume= extends {' and '.join(map(cli_name, EXTENDABLE))} runs, not "
+                         f"{cli_name(config['command'])}; train a new one with epochs={epochs}")
+    if epochs <= config["epochs"]:
+        raise KdrunError(f"{run_dir} has {config['epochs']} epochs; epochs={epochs} would not extend it (give more "
+                         f"than {config['epochs']})")
 
 
 def differences(saved: Any, now: Any, prefix: str = "") -> list[str]:
@@ -104,12 +139,14 @@ def resume_overrides(config_name: str, args: list[str], consent: Consent = Conse
     is replayed only with the user's consent (kdrun.run.replay)."""
     from kdrun.run.preflight import compose_plain
 
-    run_dir = resume_target(args)
-    saved = check_run_dir(run_dir, config_name)
+    run_dir, epochs = resume_target(args), extension_epochs(args)
+    saved = check_run_dir(run_dir, config_name, epochs)
     overrides_file = run_dir / HYDRA / "overrides.yaml"
     original = as_resolved([o for o in saved_overrides(overrides_file) if not o.startswith("resume=")], saved)
     check_replayable(run_dir, original, consent)
     check_same_config(run_dir, saved, compose_plain(config_name, original))
+    if epochs is not None:  # the saved epochs= gives way to the longer run's
+        original = [*(o for o in original if not o.startswith("epochs=")), f"epochs={epochs}"]
     return [*original, f"resume={run_dir}", f"hydra.run.dir={run_dir}"]
 
 

@@ -48,6 +48,13 @@ def objective(summary: dict[str, Any]) -> float:
     return float(summary.get("best_val_acc", summary.get("test_acc", math.nan)))
 
 
+def tidy_finished(run_dir: Path, keep_last: bool) -> None:
+    """A finished run's resumable state goes (a sweep's disk use would grow by one optimiser state per job)
+    unless `keep_last`; checkpoint.pt, the trained model, stays. Only once summary.json is there."""
+    if writes() and not keep_last and (run_dir / SUMMARY).exists():
+        (run_dir / LAST).unlink(missing_ok=True)
+
+
 def write_summary(run_dir: Path, summary: dict[str, Any]) -> Path:
     path = run_dir / SUMMARY
     write_json(path, summary)

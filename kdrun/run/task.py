@@ -35,13 +35,15 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from kdrun.core.console import in_sweep
 from kdrun.core.errors import Interrupted, KdrunError, first_line
 from kdrun.core.files import writes
 from kdrun.core.jobenv import launched, usable_cpus
 from kdrun.run.failure import fail
 from kdrun.run.resume import resume_command
-from kdrun.run.rundir import LAST, SUMMARY, owned, write_resolved, write_status
+from kdrun.run.rundir import LAST, SUMMARY, owned, tidy_finished, write_resolved, write_status
 from kdrun.run.signals import report_interrupted, stop_on_signals
+from kdrun.run.tracking import tracking
 from kdrun.run.validate import validate
 
 
@@ -90,6 +92,8 @@ def run_task(cfg: DictConfig) -> float | None:
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir).resolve()
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    if multirun:  # a job of a sweep (also in a joblib or SLURM worker): one line, the report is the table
+        in_sweep()
     if cfg.threads == 0 and parallel_jobs(hydra_cfg) > 1:  # share the CPUs instead of oversubscribing them
         cfg.threads = max(1, usable_cpus()[0] // parallel_jobs(hydra_cfg))
     try:
@@ -98,7 +102,7 @@ def run_task(cfg: DictConfig) -> float | None:
         with owned(run_dir):
             if hydra_cfg.output_subdir is not None:
                 write_resolved(run_dir / hydra_cfg.output_subdir, cfg)
-            return run_owned(cfg, run_dir, multirun)
+            return run_owned(cfg, run_dir, multirun, Path(hydra_cfg.sweep.dir).resolve() if multirun else None)
     except KdrunError as error:  # the run dir is in use (not ours: write nothing into it), or the job's ranks never met
         return job_failed(fail(str(error)), multirun)
 
@@ -111,7 +115,7 @@ def refuse_finished(cfg: DictConfig, run_dir: Path) -> None:
                          "(give each job its own directory)")
 
 
-def run_owned(cfg: DictConfig, run_dir: Path, multirun: bool) -> float | None:
+def run_owned(cfg: DictConfig, run_dir: Path, multirun: bool, sweep_dir: Path | None = None) -> float | None:
     """The command's run with the run dir held: it ends with `summary.json`, or `status.json` and one line.
 
     The stop handlers stay installed until a failure is recorded and said: torchrun sends SIGTERM to
@@ -122,7 +126,10 @@ def run_owned(cfg: DictConfig, run_dir: Path, multirun: bool) -> float | None:
             validate(cfg)
             with collective_failures():
                 try:
-                    return importlib.import_module(f"kdrun.commands.{cfg.command}").run(cfg, run_dir)
+                    with tracking(cfg, run_dir, sweep_dir):
+                        result = importlib.import_module(f"kdrun.commands.{cfg.command}").run(cfg, run_dir)
+                    tidy_finished(run_dir, cfg.keep_last)
+                    return result
                 except Interrupted as interrupted:
                     stop_interrupted(cfg, run_dir, interrupted, stop.exit_code)
                 except SystemExit as exiting:  # sys.exit() in user code (a custom model's builder): not finished

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import math
 import re
+from pathlib import Path
 from typing import Any
 
 from omegaconf import OmegaConf
 
 from kdrun.core.errors import ConfigError
 from kdrun.run.config import method_names
+from kdrun.trackers import NAMES as TRACKERS
+from kdrun.trackers import tracker_names
 
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
@@ -21,7 +24,7 @@ DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 OPTIMIZERS = ("sgd", "adamw")
 
 
-LOGGERS = ("none", "tensorboard")
+WANDB_MODES = ("offline", "online", "disabled")
 
 
 SCHEDULES = ("cosine", "multistep", "constant")
@@ -71,6 +74,17 @@ def _validate_optim(optim: Any, key: str) -> None:
     _check(optim.gamma > 0, f"{key}.gamma must be > 0 (got {optim.gamma}); the factor at each milestone, try 0.1")
 
 
+def _validate_logger(cfg: Any) -> None:
+    logger = OmegaConf.to_container(cfg.logger) if OmegaConf.is_config(cfg.logger) else cfg.logger
+    known = ", ".join(["none", *TRACKERS])
+    _check(isinstance(logger, str) or (isinstance(logger, list) and all(isinstance(n, str) for n in logger)),
+           f"logger must be a name or a list of names among {known} (got {logger}); e.g. logger=[tensorboard,mlflow]")
+    for name in tracker_names(logger):
+        _check(name in TRACKERS, f"logger must be among {known} (got '{name}'); e.g. logger=mlflow")
+    _check(cfg.tracker.wandb_mode in WANDB_MODES,
+           f"tracker.wandb_mode must be one of {', '.join(WANDB_MODES)} (got '{cfg.tracker.wandb_mode}')")
+
+
 def validate(cfg: Any) -> None:
     """Reject values no run can use; each message names the key and a valid example."""
     _check_numbers(OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else cfg)
@@ -80,7 +94,7 @@ def validate(cfg: Any) -> None:
     _check(bool(DEVICE_PATTERN.match(str(cfg.device))),
            f"device must be auto, cpu, cuda, cuda:N or mps (got '{cfg.device}')")
     _check(cfg.epochs >= 1, f"epochs must be >= 1 (got {cfg.epochs}); try epochs=10")
-    _check(cfg.logger in LOGGERS, f"logger must be one of {', '.join(LOGGERS)} (got '{cfg.logger}')")
+    _validate_logger(cfg)
     _check(cfg.checkpoint_every >= 0, f"checkpoint_every must be >= 0, 0 meaning never (got {cfg.checkpoint_every})")
     _check(cfg.checkpoint_min_seconds >= 0, "checkpoint_min_seconds must be >= 0, 0 meaning every due epoch "
            f"(got {cfg.checkpoint_min_seconds})")
@@ -92,6 +106,9 @@ def validate(cfg: Any) -> None:
         _validate_model(cfg.teacher, "teacher")
     if "student" in cfg:
         _validate_model(cfg.student, "student")
+        init = cfg.student.get("init")
+        _check(not init or Path(init).expanduser().is_file(), f"student.init={init} is not a file; pass a checkpoint "
+               "(a run's checkpoint.pt, RepDistiller's, mdistiller's or a state_dict) or drop student.init")
     if "optim" in cfg:
         _validate_optim(cfg.optim, "optim")
     if "T" in cfg:

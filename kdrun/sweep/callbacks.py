@@ -6,6 +6,7 @@ sweep has ended.
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 from typing import Any
@@ -14,12 +15,22 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 
+# Loggers whose INFO lines say nothing a person needs: the study Optuna creates, its sampler, its storage.
+QUIET = ("optuna", "hydra_plugins.hydra_optuna_sweeper")
+
+
 class ReportCallback(Callback):
     """Writes the report into the sweep dir and prints its table (a report problem is one line, never a
     traceback); then, if any job did not finish, names them and ends the sweep command with exit code 2."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        """A tuning sweeper maximises each run's return: say so when that is test accuracy (no val split)."""
+        """Jobs show one line each (the report at the end is the table), third-party INFO lines stay off the
+        console; a tuning sweeper maximises each run's return: say so when that is test accuracy (no val split)."""
+        from kdrun.core.console import in_sweep
+
+        in_sweep()
+        for chatty in QUIET:
+            logging.getLogger(chatty).setLevel(logging.WARNING)
         sweeper = str(config.hydra.sweeper.get("_target_", "")).lower()
         if "optuna" in sweeper and not config.get("dataset", {}).get("val_split"):
             print("kdrun: note: without a validation split this search maximises test accuracy, so its winner is "
@@ -31,6 +42,7 @@ class ReportCallback(Callback):
         if not sweep_dir.is_dir():  # a sweep with no jobs
             return
         unfinished = summarise_sweep(sweep_dir)
+        track_report(config, sweep_dir, unfinished)
         if unfinished:
             sys.exit(end_of_incomplete_sweep(sweep_dir, config.command, unfinished))
 
@@ -48,6 +60,22 @@ def summarise_sweep(sweep_dir: Path) -> list[Path]:
     except Exception as error:  # noqa: BLE001 - the runs are on disk; say how to retry
         print(f"kdrun: report failed ({type(error).__name__}: {error}); retry with `kdrun report {sweep_dir}`")
     return find_runs([sweep_dir])[1]
+
+
+def track_report(config: DictConfig, sweep_dir: Path, unfinished: list[Path]) -> None:
+    """With `logger=mlflow`/`wandb`: the report's table and plots go to the sweep's group as its `report` run."""
+    from kdrun.run.tracking import track_sweep_report
+    from kdrun.trackers import tracker_names
+
+    if "logger" not in config or not tracker_names(config.logger):
+        return
+    from kdrun.report.runs import find_runs
+
+    finished = find_runs([sweep_dir])[0]
+    try:
+        track_sweep_report(config, sweep_dir, len(finished) + len(unfinished), len(unfinished))
+    except Exception as error:  # noqa: BLE001 - the report is on disk already; say it and go on
+        print(f"kdrun: the sweep's report was not logged ({type(error).__name__}: {error})")
 
 
 def end_of_incomplete_sweep(sweep_dir: Path, command: str, unfinished: list[Path]) -> int:

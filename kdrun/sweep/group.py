@@ -25,11 +25,11 @@ from kdrun.commands.record import epoch_recorder, model_cost, pair_cost
 from kdrun.commands.resumable import training_hooks
 from kdrun.commands.setup import Setup, build_student, log, setup
 from kdrun.commands.train_student import save_student
-from kdrun.core.console import epoch_progress
+from kdrun.core.console import epoch_extra, epoch_progress
 from kdrun.core.errors import Interrupted
 from kdrun.run.failure import fail
 from kdrun.run.resume import resume_command
-from kdrun.run.rundir import owned, write_status
+from kdrun.run.rundir import owned, tidy_finished, write_status
 from kdrun.run.signals import report_interrupted, stop_on_signals
 from kdrun.sweep.stacked import Member, fit_group
 from kdrun.train.recipe import recipe_from_optim
@@ -87,7 +87,7 @@ def _member(job: Job, shared: Shared) -> Member:
         job.extras.update(loss=distill.job_loss(cfg, env, stats, shared.teacher.model, student), stats=stats)
         kd = (float(cfg.T), *distill.loss_weights(cfg)) if cfg.loss.name == "kd" else None
         probe_T = float(cfg.T) if cfg.probe else None  # the group's probe runs for all its jobs at once
-    record = epoch_recorder(job.run_dir, "student", cfg.logger)
+    record = epoch_recorder(job.run_dir, "student", cfg.epochs)
 
     def on_epoch(row: dict[str, float]) -> None:
         with logging_to(job.log_files):
@@ -103,8 +103,10 @@ def _group_line(jobs: list[Job]) -> Any:
     def line(epoch: int) -> None:
         accuracies = [j.member.history[-1]["test_acc"] for j in jobs if j.member.history and not j.member.failed]
         if accuracies:
-            log.info("stacked group of %d (%s): epoch %d, test acc %.2f%%-%.2f%%", len(jobs),
-                     jobs[0].cfg.student.name, epoch, 100 * min(accuracies), 100 * max(accuracies))
+            epochs = jobs[0].cfg.epochs
+            log.info("stacked group of %d (%s): epoch %d/%d, test acc %.2f%%-%.2f%%", len(jobs),
+                     jobs[0].cfg.student.name, epoch, epochs, 100 * min(accuracies), 100 * max(accuracies),
+                     extra=epoch_extra(epoch, epochs))
 
     return line
 
@@ -186,6 +188,9 @@ def close_job(job: Job, shared: Shared) -> float:
             return math.nan
         result = job.extras["result"]
         if cfg.command == "distill":
-            return distill.finish(cfg, shared.env, job.run_dir, shared.teacher, shared.facts, job.extras["stats"],
-                                  job.extras["loss"], member.model, result, cost=shared.cost)
-        return train_student.finish(cfg, shared.env, job.run_dir, member.model, result, cost=shared.cost)
+            value = distill.finish(cfg, shared.env, job.run_dir, shared.teacher, shared.facts, job.extras["stats"],
+                                   job.extras["loss"], member.model, result, cost=shared.cost)
+        else:
+            value = train_student.finish(cfg, shared.env, job.run_dir, member.model, result, cost=shared.cost)
+        tidy_finished(job.run_dir, cfg.keep_last)
+        return value

@@ -15,6 +15,8 @@ from typing import Any, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
+from kdrun.trackers import tracker_names
+
 STACKABLE_COMMANDS = ("distill", "train_student")
 STACKABLE_LOSSES = ("kd", "ce")
 # Students from torchvision, timm or your own code may hold random layers (dropout, stochastic depth),
@@ -42,8 +44,8 @@ def refusal(cfg: DictConfig) -> Optional[str]:
         return f"command {cfg.command} is not stacked (only {', '.join(STACKABLE_COMMANDS)})"
     if cfg.get("compile"):
         return "compile=true"
-    if cfg.logger != "none":
-        return f"logger={cfg.logger} writes one event file per training loop"
+    if tracker_names(cfg.logger):
+        return f"logger={','.join(tracker_names(cfg.logger))}: a tracker logs one training loop per run"
     if cfg.dataset.augment:
         return "random augmentation: the teacher must see each job's own augmented batch"
     if "teacher" in cfg and cfg.teacher.get("outputs") == "store":

@@ -230,7 +230,7 @@ class GroupTraining:
                 continue
             row = {"epoch": epoch, "train_loss": train_loss,
                    **({"ce": ce, "kd": kd} if self.teacher_logits is not None else {}),
-                   "test_acc": accuracies[j], "lr": lrs[j], "seconds": seconds, **probed[j]}
+                   **accuracies[j], "lr": lrs[j], "seconds": seconds, **probed[j]}
             m.history.append(row)
             if m.on_epoch:
                 m.on_epoch(row)

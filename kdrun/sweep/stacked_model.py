@@ -17,6 +17,7 @@ from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from kdrun.data.base import TensorData
+from kdrun.train.evaluate import TOP5_FROM, topk_correct
 from kdrun.train.recipe import Recipe, autocast
 
 ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-8  # torch.optim.AdamW's defaults, which make_optimizer uses
@@ -86,11 +87,18 @@ class StackedModel:
         self.base.train()
         return logits
 
-    def accuracies(self, data: TensorData) -> list[float]:
-        """Every job's test accuracy, one pass over the test set for all."""
-        batches = data.test_batches(data.x_test.device)
-        correct = sum((self.predict(inputs).argmax(2) == labels).sum(1) for inputs, labels in batches)
-        return (correct / data.test_size).tolist()
+    def accuracies(self, data: TensorData) -> list[dict[str, float]]:
+        """Every job's top-1 test accuracy (`test_acc`), and top-5 (`test_top5`) with 5 classes or more;
+        one pass over the test set for all."""
+        top1 = top5 = 0
+        for inputs, labels in data.test_batches(data.x_test.device):
+            logits = self.predict(inputs)
+            top1, top5 = top1 + topk_correct(logits, labels, 1), top5 + topk_correct(logits, labels, 5)
+        rows = [{"test_acc": a} for a in (top1 / data.test_size).tolist()]
+        if data.num_classes >= TOP5_FROM:
+            for row, b in zip(rows, (top5 / data.test_size).tolist()):
+                row["test_top5"] = b
+        return rows
 
     def _mlp(self, x: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
         """Flatten/Linear/ReLU stacks as batched matmuls W @ h on features-major (jobs, features, batch)

@@ -42,7 +42,7 @@ from kdrun.methods.base import Batch, Method, as_method
 from kdrun.methods.losses import cross_entropy
 from kdrun.models.stages import tap
 from kdrun.train.evaluate import epoch_accuracy, predict
-from kdrun.train.recipe import Recipe, autocast, make_optimizer
+from kdrun.train.recipe import Recipe, autocast, make_optimizer, stretch_schedule
 from kdrun.train.state import CheckpointSchedule, capture_rng, plain_scheduler_state, restore_rng, restore_scheduler
 
 
@@ -241,6 +241,7 @@ def fit(model: nn.Module, data: Any, recipe: Recipe, device: torch.device, *,
     partial = None
     if state is not None:
         loop.restore(state)
+        stretch_schedule(scheduler, recipe.epochs)  # an extended run (resume=RUN_DIR epochs=N); else no change
         partial = state if state["step"] else None
     n, history = data.train_size, loop.history
     sizes = batch_sizes(n, recipe.batch_size, ctx.world_size)

@@ -21,21 +21,47 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 1024) -> torch.
     return logits.clone()
 
 
-def evaluate(model: nn.Module, data: Any, device: torch.device) -> float:
-    """Test accuracy; on several ranks each evaluates its share of the test set and the counts are summed."""
+TOP5_FROM = 5  # classes a task needs before top-5 accuracy means something (with fewer it is always 1)
+
+
+def topk_correct(logits: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor:
+    """How many labels are among the k highest logits (over the last dim; leading dims, e.g. jobs, kept).
+    Top-1 is argmax's pick, so ties go to the first class as they always have."""
+    top = logits.argmax(-1, keepdim=True) if k == 1 else logits.topk(min(k, logits.shape[-1]), dim=-1).indices
+    return (top == labels.unsqueeze(-1)).any(-1).sum(-1)
+
+
+def test_accuracies(model: nn.Module, data: Any, device: torch.device) -> tuple[float, float]:
+    """Top-1 and top-5 test accuracy; on several ranks each evaluates its share of the test set and the counts
+    are summed."""
     was_training = model.training
     model.eval()
-    counts = torch.zeros(2, device=device)  # correct, seen
+    counts = torch.zeros(3, device=device)  # top-1 correct, top-5 correct, seen
     with torch.inference_mode(), autocast(device):
         for inputs, labels in data.test_batches(device):
-            counts += torch.stack([(model(inputs).argmax(1) == labels).sum(), torch.tensor(len(labels), device=device)])
+            logits = model(inputs)
+            counts += torch.stack([topk_correct(logits, labels, 1), topk_correct(logits, labels, 5),
+                                   torch.tensor(len(labels), device=device)])
     model.train(was_training)
-    correct, seen = all_sum(counts.clone())
-    return (correct / seen).item()
+    top1, top5, seen = all_sum(counts.clone())
+    return (top1 / seen).item(), (top5 / seen).item()
+
+
+def evaluate(model: nn.Module, data: Any, device: torch.device) -> float:
+    """Top-1 test accuracy."""
+    return test_accuracies(model, data, device)[0]
 
 
 def epoch_accuracy(model: nn.Module, data: Any, device: torch.device) -> dict[str, float]:
-    """Test accuracy, and validation accuracy when the dataset holds a validation split."""
+    """Test accuracy, and validation accuracy when the dataset holds a validation split; top-5 too (`test_top5`,
+    `val_top5`) with 5 classes or more."""
+    top5 = data.num_classes >= TOP5_FROM
+    row: dict[str, float] = {}
     val = getattr(data, "x_val", None)  # the whole split on every rank: it is small
-    held_out = {"val_acc": (predict(model, val).argmax(1) == data.y_val).float().mean().item()} if val is not None else {}
-    return {**held_out, "test_acc": evaluate(model, data, device)}
+    if val is not None:
+        logits = predict(model, val)
+        row["val_acc"] = topk_correct(logits, data.y_val, 1).item() / len(val)
+        if top5:
+            row["val_top5"] = topk_correct(logits, data.y_val, 5).item() / len(val)
+    row["test_acc"], test_top5 = test_accuracies(model, data, device)
+    return {**row, **({"test_top5": test_top5} if top5 else {})}

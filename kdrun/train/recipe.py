@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Iterable
 
@@ -52,6 +53,21 @@ def make_optimizer(model: nn.Module, recipe: Recipe, extra: Iterable[nn.Paramete
     else:
         scheduler = torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
     return optimizer, scheduler
+
+
+def stretch_schedule(scheduler: Any, epochs: int) -> None:
+    """A run extended to `epochs` (resume=RUN_DIR epochs=N): a cosine schedule planned for fewer epochs is
+    recomputed for `epochs`, so the epochs still to come get the learning rates an `epochs`-long run has in
+    them (its formula beyond its end would climb back up). Step and constant schedules do not depend on the
+    length: the rest of the run is as an `epochs`-long run's already."""
+    if not isinstance(scheduler, torch.optim.lr_scheduler.CosineAnnealingLR) or scheduler.T_max == epochs:
+        return
+    scheduler.T_max = epochs
+    progress = (1 + math.cos(math.pi * scheduler.last_epoch / epochs)) / 2
+    lrs = [scheduler.eta_min + (base - scheduler.eta_min) * progress for base in scheduler.base_lrs]
+    for group, lr in zip(scheduler.optimizer.param_groups, lrs):
+        group["lr"] = lr
+    scheduler._last_lr = lrs  # what get_last_lr() reports, as a step would have set it
 
 
 def autocast(device: torch.device) -> torch.autocast:
