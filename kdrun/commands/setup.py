@@ -14,7 +14,8 @@ from kdrun.core.errors import KdrunError
 from kdrun.core.runtime import Threads, resolve_device, seed_everything, set_threads
 from kdrun.data import TensorData, holdout, load_dataset
 from kdrun.data.noise import with_label_noise
-from kdrun.models import build_model, model_kwargs
+from kdrun.models import build_viewed, model_kwargs
+from kdrun.models.views import stream_normalisation
 
 log = logging.getLogger("kdrun")
 
@@ -65,7 +66,7 @@ def setup(cfg: DictConfig) -> Setup:
 def build_student(cfg: DictConfig, env: Setup) -> torch.nn.Module:
     """The student's initial weights: a function of `seed` alone."""
     seed_everything(cfg.seed)
-    return build_model(cfg.student.name, env.data.num_classes, env.data.input_shape,
-                       model_kwargs(cfg.student)).to(env.device)
+    return build_viewed(cfg.student.name, env.data.num_classes, env.data.input_shape,
+                        stream_normalisation(env.data), model_kwargs(cfg.student), cfg.student.get("view")).to(env.device)
 
 

@@ -71,6 +71,8 @@ class TensorData:
     augment: Optional[Augment] = None
     x_val: Optional[torch.Tensor] = None
     y_val: Optional[torch.Tensor] = None
+    # (mean, std) per channel the inputs were normalised with; None: taken as they are (a model's view maps from it)
+    normalisation: Optional[tuple[tuple[float, ...], tuple[float, ...]]] = None
 
     @property
     def input_shape(self) -> tuple[int, ...]:
