@@ -211,3 +211,19 @@ def test_the_cli_refuses_a_method_the_pair_cannot_use_before_any_run(workdir):
     result = kdrun(workdir, "distill", *FAST, "teacher=timm", f"teacher.name={VIT}", "student=resnet8", "loss=at")
     assert result.returncode != 0 and not (workdir / "outputs").exists()
     assert result.stderr.strip().count("\n") == 0 and f"loss=at cannot distil teacher {VIT} (vit)" in result.stderr
+
+
+def test_published_weights_from_a_file_see_their_pretrained_view(tmp_path):
+    import timm
+    from safetensors.torch import save_file
+
+    from kdrun.models import view_pretrained
+    from kdrun.models.timm_models import pretrained_timm
+
+    kwargs = {"img_size": 24, **TINY_VIT}
+    save_file(timm.create_model("vit_tiny_patch16_224", **kwargs).state_dict(), tmp_path / "model.safetensors")
+    model, path = pretrained_timm("vit_tiny_patch16_224", str(tmp_path / "model.safetensors"), 1000, STREAM, kwargs)
+    view = view_of(view_pretrained(model, STREAM, ((0.4,) * 3, (0.2,) * 3), None))
+    # timm's pretrained config for this ViT: mean/std 0.5; the side it was built for: 24 (not the stream's 16)
+    assert (view.size, view.mean, view.std, view.source) == ((24, 24), (0.5,) * 3, (0.5,) * 3, "pretrained")
+    assert model(torch.randn(2, *STREAM)).shape == (2, 1000) and path == tmp_path / "model.safetensors"

@@ -121,7 +121,10 @@ def pretrained_data_config(model: nn.Module) -> Optional[dict[str, Any]]:
     """Input size, mean and std the published weights were trained with (timm's `pretrained_cfg`); None if
     the model does not say."""
     cfg = getattr(model, "pretrained_cfg", None) or {}
-    return cfg if all(key in cfg for key in ("input_size", "mean", "std")) else None
+    if not all(key in cfg for key in ("input_size", "mean", "std")):
+        return None
+    built = getattr(getattr(model, "patch_embed", None), "img_size", None)  # built for another side (kwargs.img_size)
+    return {**cfg, "input_size": (cfg["input_size"][0], *built)} if built else cfg
 
 
 def stream_normalisation(data: Any) -> Optional[Normalisation]:
