@@ -12,6 +12,7 @@ from kdrun.methods.base import Batch, MethodContext, build_method, registered
 from kdrun.methods.crd import CRD, NegativeSampler, nce_loss
 from kdrun.methods.losses import KDLoss
 from kdrun.methods.mlkd import MLKD, median_masks
+from kdrun.methods.pairs import methods_for
 from kdrun.methods.params import PARAMS, CRDParams, parse_params
 from kdrun.methods.pkt import pkt_loss
 from kdrun.methods.reviewkd import ABF, hcl
@@ -292,7 +293,7 @@ def test_hcl_matches_a_hand_computation():
 
 # --- every method builds on MNIST-1D models and takes a step ---------------------------------------
 
-@pytest.mark.parametrize("name", sorted(registered()))
+@pytest.mark.parametrize("name", methods_for("cnn1d", "cnn1d"))  # all but deit (needs a distillation token)
 def test_every_method_builds_and_returns_finite_parts_with_gradients(name):
     torch.manual_seed(0)
     student = build_model("cnn1d", 10, (1, 40), {"channels": 4})

@@ -18,6 +18,7 @@ from kdrun.core.distributed import context
 from kdrun.core.errors import KdrunError
 from kdrun.methods.base import Method, MethodContext, build_method
 from kdrun.methods.params import parse_params, resolved_alpha
+from kdrun.models.views import view_of
 from kdrun.run.rundir import objective, write_summary
 from kdrun.teachers.facts import TeacherFacts, teacher_facts
 from kdrun.teachers.knowledge import ProbeSet, TeacherStats, gradient_probe, probe_subset, teacher_stats
@@ -94,6 +95,8 @@ def job_loss(cfg: DictConfig, env: Setup, stats: TeacherStats, teacher: torch.nn
     sample = data.teacher_reference(env.device)[0][:2]  # to probe the stage shapes
     context = MethodContext(cfg.T, cfg.alpha, data.num_classes, data.train_size, student, teacher, sample,
                             getattr(data, "y_train", None), stats)
+    for role, model in (("teacher", teacher), ("student", student)):
+        log.info("%s sees %s", role, view_of(model).describe(data.input_shape))
     method = build_method(cfg.loss, context)
     for key, value in method.summary().items():
         log.info("%s: %s = %s", cfg.loss.name, key, value)
@@ -108,7 +111,9 @@ def finish(cfg: DictConfig, env: Setup, run_dir: Path, teacher: Teacher, facts: 
     cost = cost or pair_cost(cfg, env, teacher.model, student)
     speedup = cost["speedup"]
     alpha = resolved_alpha(cfg.alpha, parse_params(cfg.loss, cfg.alpha))
-    summary = {**run_header(cfg, run_dir, env), "model": cfg.student.name, "T": cfg.T, "alpha": alpha,
+    stream = env.data.input_shape
+    summary = {**run_header(cfg, run_dir, env), "model": cfg.student.name, "view": view_of(student).describe(stream),
+               "T": cfg.T, "alpha": alpha,
                "loss": cfg.loss.name, "loss_options": plain_config(cfg)["loss"], **loss.summary(),
                "label_noise": cfg.dataset.label_noise, **result, **cost["student"],
                "latency": cost["latency"]["student"],
@@ -118,6 +123,7 @@ def finish(cfg: DictConfig, env: Setup, run_dir: Path, teacher: Teacher, facts: 
                            "checkpoint_sha256": teacher.source.get("sha256"), "weights": cfg.teacher.weights,
                            "epoch": cfg.teacher_epoch,
                            "label_smoothing": cfg.teacher.train.label_smoothing,
+                           "view": view_of(teacher.model).describe(stream),
                            "train_nontarget_mass_at_T": stats.epsilon,
                            "outputs": outputs_summary(cfg, store)},
                "speedup": speedup["batch1"], "speedup_interval": speedup["batch1_interval"],

@@ -15,8 +15,9 @@ from kdrun.core.errors import KdrunError
 from kdrun.core.runtime import Threads, resolve_device, seed_everything, set_threads
 from kdrun.data import TensorData, holdout, load_dataset
 from kdrun.data.noise import with_label_noise
-from kdrun.models import build_model, model_kwargs
+from kdrun.models import build_viewed, model_kwargs
 from kdrun.models.checkpoint import load_weights, read_weights
+from kdrun.models.views import stream_normalisation
 
 log = logging.getLogger("kdrun")
 
@@ -67,7 +68,8 @@ def setup(cfg: DictConfig) -> Setup:
 def build_student(cfg: DictConfig, env: Setup) -> torch.nn.Module:
     """The student's initial weights: a function of `seed` alone, or the checkpoint `student.init` names."""
     seed_everything(cfg.seed)
-    student = build_model(cfg.student.name, env.data.num_classes, env.data.input_shape, model_kwargs(cfg.student))
+    student = build_viewed(cfg.student.name, env.data.num_classes, env.data.input_shape,
+                           stream_normalisation(env.data), model_kwargs(cfg.student), cfg.student.get("view"))
     if cfg.student.get("init"):
         init_student(student, Path(cfg.student.init).expanduser().resolve(), cfg.student.name, env.data)
     return student.to(env.device)

@@ -30,6 +30,7 @@ from kdrun.methods.base import Method, as_method
 from kdrun.methods.losses import cross_entropy
 from kdrun.models.checkpoint import save_checkpoint
 from kdrun.models.registry import model_kwargs
+from kdrun.models.views import view_of
 from kdrun.run.rundir import CHECKPOINT, objective, write_summary
 from kdrun.train.engine import fit
 from kdrun.train.recipe import recipe_from_optim
@@ -46,7 +47,8 @@ def finish(cfg: DictConfig, env: Setup, run_dir: Path, student: torch.nn.Module,
     """summary.json (written last) and the results table for a trained student. `cost`: measured for a whole
     stacked group; else the student is measured now."""
     cost = cost or model_cost(student, env.data, cfg, env.device)
-    summary = {**run_header(cfg, run_dir, env), "model": cfg.student.name, **result, **cost}
+    summary = {**run_header(cfg, run_dir, env), "model": cfg.student.name,
+               "view": view_of(student).describe(env.data.input_shape), **result, **cost}
     if exports(cfg):
         summary["deploy"] = export_block(cfg, run_dir, env.data, student)
     write_summary(run_dir, summary)

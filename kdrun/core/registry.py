@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import inspect
 from typing import Any, Callable
@@ -11,6 +12,8 @@ from kdrun.core.errors import KdrunError
 
 class Registry:
     """Constructors by name; building checks the name and the keyword arguments first."""
+
+    LISTED = 200  # an unknown name's error lists every name of its family up to this many
 
     def __init__(self, kind: str) -> None:
         self.kind = kind
@@ -39,6 +42,11 @@ class Registry:
             importlib.import_module(self._lazy.pop(prefix)[0])
         if name not in self._builders:
             families = [f"{prefix}<name> ({what})" for prefix, (_, what) in self._lazy.items()]
+            family = [n for n in self._builders if n.split("_", 1)[0] == name.split("_", 1)[0]]
+            if len(family) > self.LISTED:  # a family of a thousand names (timm's): the closest of them
+                close = difflib.get_close_matches(name, family, n=5, cutoff=0.5)
+                raise KdrunError(f"unknown {self.kind} '{name}' (none of the {len(family)} '{name.split('_', 1)[0]}_' "
+                                 "names); " + (f"closest: {', '.join(close)}" if close else "check the spelling"))
             raise KdrunError(f"unknown {self.kind} '{name}'; choose one of: {', '.join(self.names() + families)}")
         return self._builders[name]
 

@@ -72,6 +72,8 @@ class TensorData:
     x_val: Optional[torch.Tensor] = None
     y_val: Optional[torch.Tensor] = None
     replayable: bool = False  # each sample's augmentation drawn from (run seed, epoch, index): see `with_replay`
+    # (mean, std) per channel the inputs were normalised with; None: taken as they are (a model's view maps from it)
+    normalisation: Optional[tuple[tuple[float, ...], tuple[float, ...]]] = None
 
     @property
     def input_shape(self) -> tuple[int, ...]:

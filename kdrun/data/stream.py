@@ -136,6 +136,7 @@ class StreamingData:
     """A dataset read from disk batch by batch; the same interface the loop uses for `TensorData`."""
 
     static_inputs = False  # no teacher-logit cache: the teacher runs on every (augmented) batch
+    normalisation = (IMAGENET_MEAN, IMAGENET_STD)  # what a model's view maps from (kdrun.models.views)
 
     def __init__(self, name: str, train: Any, test: Any, image_size: int, augment: bool, workers: int = 0) -> None:
         self.name, self.image_size, self.augment, self.workers = name, image_size, augment, workers

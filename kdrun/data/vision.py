@@ -59,7 +59,8 @@ def load_vision(spec: VisionSpec, root: Path, download: bool, augment: bool) -> 
     x_train, y_train = _tensors(spec, train)
     x_test, y_test = _tensors(spec, test)
     policy = crop_flip_augment(spec.crop_padding, spec.flip, fill=spec.black) if augment else None
-    return TensorData(spec.name, x_train, y_train, x_test, y_test, num_classes=len(train.classes), augment=policy)
+    return TensorData(spec.name, x_train, y_train, x_test, y_test, num_classes=len(train.classes), augment=policy,
+                      normalisation=(spec.mean, spec.std))
 
 
 for _spec in (MNIST, FASHION_MNIST, CIFAR10, CIFAR100):  # dataset=mnist|fashion_mnist|cifar10|cifar100

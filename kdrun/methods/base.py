@@ -144,4 +144,4 @@ def _register_all() -> None:
             importlib.import_module(f"kdrun.methods.{module.name}")
 
 
-NOT_METHODS = ("base", "losses", "params")  # modules of this package that register nothing
+NOT_METHODS = ("base", "losses", "params", "pairs")  # modules of this package that register nothing

@@ -194,6 +194,35 @@ class DKDParams(LogitParams):
         _require(self.warmup >= 0, f"loss.warmup must be >= 0 epochs (got {self.warmup})")
 
 
+@dataclass
+class OFAParams(FeatureParams):
+    """OFA-KD (Hao et al. 2023): ce_weight * CE + kd_weight * OFA(final logits) + beta * sum over student
+    stages of OFA(projector(stage)); eps: the loss's target-class modulation (1: plain soft-target CE);
+    temperature: its softmax temperature (OFA's own, 1; not the top-level T)."""
+
+    kd_weight: float = 1.0
+    eps: float = 1.0
+    temperature: float = 1.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _require(self.eps > 0 and self.temperature > 0,
+                 f"loss.eps and loss.temperature must be > 0 (got {self.eps}, {self.temperature})")
+
+
+@dataclass
+class DeiTParams(Params):
+    """DeiT's distillation token (Touvron et al. 2021): variant hard (the teacher's argmax) or soft (KL at the
+    top-level T); kd_weight: DeiT's alpha on the distillation head's term, CE on the class head gets 1 - it."""
+
+    variant: str = "hard"
+    kd_weight: float = 0.5
+
+    def __post_init__(self) -> None:
+        _require(self.variant in ("hard", "soft"), f"loss.variant must be hard or soft (got {self.variant})")
+        _require(0 <= self.kd_weight <= 1, f"loss.kd_weight must be in [0, 1] (got {self.kd_weight}); DeiT's is 0.5")
+
+
 def parse_params(loss: Any, alpha: Optional[float] = None) -> Any:
     """The `loss` config node as the method's typed schema: unknown keys, wrong types and ranges fail here, and
     so does a KD-family loss given both weight forms (the run's top-level `alpha` and explicit weights)."""
@@ -219,5 +248,5 @@ def parse_params(loss: Any, alpha: Optional[float] = None) -> Any:
 PARAMS: dict[str, type] = {
     "ce": Params, "kd": WeightedParams, "kd_pt": WeightedParams, "kd_sim": WeightedParams, "ls": LSParams, "dkd": DKDParams,
     "mlkd": MLKDParams, "dist": DISTParams, "fitnet": FitNetParams, "at": ATParams, "rkd": RKDParams,
-    "pkt": PKTParams, "crd": CRDParams, "reviewkd": ReviewKDParams,
+    "pkt": PKTParams, "crd": CRDParams, "reviewkd": ReviewKDParams, "ofa": OFAParams, "deit": DeiTParams,
 }

@@ -28,8 +28,17 @@ except ImportError:
 
 
 def timm_classifier(arch: str, num_classes: int, input_shape: tuple[int, ...], **kwargs) -> nn.Module:
-    """timm's `arch`, untrained, for `num_classes` classes and the input's channels."""
-    model = timm.create_model(arch, num_classes=num_classes, in_chans=image_channels(input_shape), **kwargs)
+    """timm's `arch`, untrained, for `num_classes` classes and the input's channels; built for the input's
+    side (`img_size`) where the architecture has one (ViT, DeiT, Swin: their position tables and windows
+    depend on it), unless `kwargs` set it."""
+    channels = image_channels(input_shape)
+    sized = {"img_size": tuple(input_shape[1:]), **kwargs}
+    try:
+        model = timm.create_model(arch, num_classes=num_classes, in_chans=channels, **sized)
+    except TypeError as error:
+        if "img_size" not in str(error) or "img_size" in kwargs:
+            raise
+        model = timm.create_model(arch, num_classes=num_classes, in_chans=channels, **kwargs)  # no fixed size
     name_stages(arch, model)
     return model
 

@@ -50,6 +50,16 @@ class DatasetConfig:
 
 
 @dataclass
+class ViewConfig:
+    """What this model sees of the sample stream (kdrun/models/views.py): its input side and normalisation.
+    null: from published weights' pretrained config (teacher.weights), else the dataset's own."""
+
+    size: Optional[int] = None
+    mean: Optional[List[float]] = None
+    std: Optional[List[float]] = None
+
+
+@dataclass
 class ModelConfig:
     """A registry name plus the constructor's keyword arguments; `custom` models name an import path
     (`target: my_pkg.nets:build_teacher`, a function returning an nn.Module)."""
@@ -57,6 +67,7 @@ class ModelConfig:
     name: str = MISSING
     kwargs: Dict[str, Any] = field(default_factory=dict)
     target: Optional[str] = None
+    view: ViewConfig = field(default_factory=ViewConfig)
 
 
 @dataclass

@@ -142,9 +142,11 @@ def _as_config_error(overrides: list[str]) -> Iterator[None]:
 def _check(cfg: DictConfig) -> None:
     validate(cfg)
     if "loss" in cfg:
+        from kdrun.methods.pairs import check_pair  # torch-free: model names alone
         from kdrun.methods.params import parse_params  # torch-free: the methods' options alone
 
         _check_memory(parse_params(cfg.loss, cfg.get("alpha")), cfg.optim.batch_size, cfg.loss.name)
+        check_pair(cfg.loss.name, cfg.teacher.name, cfg.student.name)
 
 
 def _check_memory(params: object, batch: int, method: str) -> None:

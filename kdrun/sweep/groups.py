@@ -60,6 +60,8 @@ def refusal(cfg: DictConfig) -> Optional[str]:
         return f"student.quant={cfg.student.quant}: the stacked model has no fake-quantized layers"
     if cfg.student.kwargs.get("dropout"):
         return "dropout: each job would need its own random masks"
+    if any(value is not None for value in (cfg.student.get("view") or {}).values()):
+        return "student.view: the stacked model reads the stream as it is, without the student's own view"
     name = cfg.student.name
     if name.startswith(FOREIGN_STUDENTS) and not name.startswith(STACKABLE_FOREIGN):
         return (f"student {name} may hold random layers (dropout, stochastic depth), which a stacked model cannot "

@@ -26,6 +26,7 @@ from kdrun.core.errors import KdrunError
 from kdrun.core.files import write_atomic
 from kdrun.measure.latency import size
 from kdrun.models.checkpoint import load_payload
+from kdrun.models.views import view_of
 from kdrun.train.evaluate import predict
 
 log = logging.getLogger("kdrun")
@@ -91,8 +92,9 @@ def teacher_facts(model: nn.Module, checkpoint: Path, store: Path, data: Any, de
     one inference pass over those inputs, and one forward for the FLOPs."""
     inputs = data.teacher_reference(device)[0]
     stat = checkpoint.stat()
+    view = view_of(model)  # one checkpoint seen through another view gives other logits
     key = cache_key(FACTS_VERSION, checkpoint.name, stat.st_size, stat.st_mtime_ns, inputs_fingerprint(inputs),
-                    str(device))
+                    str(device), *([] if view.identity else [repr(view)]))
 
     def compute() -> dict[str, Any]:
         return {"train_logits": predict(model, inputs).cpu(), "size": size(model, data.input_shape, device)}

@@ -28,7 +28,8 @@ from kdrun.core.errors import KdrunError
 from kdrun.core.runtime import seed_everything
 from kdrun.data.stream import folder_fingerprint
 from kdrun.methods.losses import cross_entropy, smoothed_cross_entropy
-from kdrun.models import build_model, build_pretrained, model_kwargs
+from kdrun.models import build_pretrained, build_viewed, model_kwargs, view_pretrained
+from kdrun.models.views import stream_normalisation, view_settings
 from kdrun.models.checkpoint import Weights, file_sha256, load_weights, read_weights, save_checkpoint
 from kdrun.train.engine import StepProgress, fit
 from kdrun.train.evaluate import evaluate
@@ -69,6 +70,8 @@ def teacher_recipe(teacher: DictConfig, dataset: DictConfig) -> dict[str, Any]:
         data["content"] = folder_fingerprint(Path(data["data_dir"]))
     recipe = {"model": teacher.name, "kwargs": OmegaConf.to_container(teacher.kwargs, resolve=True),
               "dataset": data, "train": train}
+    if view_settings(teacher.get("view")):  # only when set: teachers stored before views keep their hash
+        recipe["view"] = view_settings(teacher.view)
     return {**recipe, "target": teacher.target} if teacher.get("target") else recipe
 
 
@@ -92,7 +95,8 @@ def train_teacher(teacher: DictConfig, data: Any, device: Any, progress: Optiona
     `fit_hooks` reach the engine (stop/checkpoint/resume).
     """
     seed_everything(teacher.train.seed)
-    model = build_model(teacher.name, data.num_classes, data.input_shape, model_kwargs(teacher)).to(device)
+    model = build_viewed(teacher.name, data.num_classes, data.input_shape, stream_normalisation(data),
+                         model_kwargs(teacher), teacher.get("view")).to(device)
     recipe = recipe_from_optim(teacher.train.optim, teacher.train.epochs, teacher.train.seed)
     smoothing = float(teacher.train.get("label_smoothing", 0.0))
     loss = smoothed_cross_entropy(smoothing) if smoothing > 0 else cross_entropy
@@ -141,7 +145,8 @@ def load_teacher(path: Path, teacher: DictConfig, data: Any, device: Any) -> Tea
     if weights.arch_kwargs is not None:
         _check_kwargs(weights.arch_kwargs, model_kwargs(teacher), path)
     kwargs = weights.arch_kwargs if weights.arch_kwargs is not None else model_kwargs(teacher)
-    model = build_model(teacher.name, data.num_classes, data.input_shape, kwargs)
+    model = build_viewed(teacher.name, data.num_classes, data.input_shape, stream_normalisation(data), kwargs,
+                         teacher.get("view"))
     load_weights(model, weights.state_dict, f"{path} ({weights.format} format)")
     model.to(device)
     log.info("Teacher %s from %s (%s format, sha256 %s)", teacher.name, path, weights.format, weights.sha256[:12])
@@ -153,7 +158,7 @@ def pretrained_teacher(teacher: DictConfig, data: Any, device: Any) -> Teacher:
     """torchvision's or timm's pretrained weights (`teacher.weights`), evaluated on the test set."""
     model, path, family = build_pretrained(teacher.name, teacher.weights, data.num_classes, data.input_shape,
                                            model_kwargs(teacher))
-    model.to(device)
+    view_pretrained(model, data.input_shape, stream_normalisation(data), teacher.get("view")).to(device)
     return Teacher(model, path, evaluate(model, data, device),
                    source={"format": family, "weights": teacher.weights, "sha256": file_sha256(path) if path else None})
 
