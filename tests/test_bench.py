@@ -54,4 +54,4 @@ def test_deploy_bench_times_eager_against_onnx_runtime_fp32_and_int8(capsys):
     assert list(row["latency"]) == ["eager", "ort_fp32", "ort_int8"] and set(row["speedups"]) == {"ort_fp32", "ort_int8"}
     assert all(latency["reps"] >= 3 and latency["batch_size"] == 8 for latency in row["latency"].values())
     show_deploy(result)
-    assert "ratio to eager" in capsys.readouterr().out
+    assert "ratio: eager median / this runtime's median" in capsys.readouterr().out

@@ -20,7 +20,8 @@ def test_sweep_and_baseline_report_matches_the_summaries(workdir):
 
     run = kdrun(workdir, "report", str(sweep_dir), str(baseline_dir))
     assert run.returncode == 0, run.stderr
-    rows = {row["T"]: row for row in csv.DictReader((sweep_dir / "report.csv").open()) if row["role"] == "distill"}
+    [combined] = (workdir / "outputs" / "report").iterdir()  # two sweeps: a report of their own
+    rows = {row["T"]: row for row in csv.DictReader((combined / "report.csv").open()) if row["role"] == "distill"}
     baseline = [summary(d)["test_acc"] for d in run_dirs(workdir, "train_student")]
     for T in (1.0, 4.0):
         accs = [summary(d)["test_acc"] for d in run_dirs(workdir, "distill") if summary(d)["T"] == T]
