@@ -15,12 +15,14 @@ requeues the job (`max_num_timeout` times at most). A job that starts again (req
 
 from __future__ import annotations
 
+import io
 import math
 import shutil
 import signal
 import subprocess
 import sys
 import time
+from contextlib import redirect_stderr
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -79,8 +81,11 @@ class SlurmSweep(SlurmLauncher):
         return _result(config, overrides, finished_result(job_dir) if step == FINISHED else math.nan)
 
     def _job_dir(self, number: int) -> Path:
-        config = OmegaConf.create(OmegaConf.to_container(self.config.hydra.sweep, resolve=False))
-        return Path(str(self.config.hydra.sweep.dir), str(config.subdir).replace("${hydra.job.num}", str(number)))
+        """Where job `number` runs (its run dir), as Hydra composes it for the job."""
+        config = self.config.copy()
+        with open_dict(config):
+            config.hydra.job.num = number
+        return Path(str(config.hydra.sweep.dir), str(config.hydra.sweep.subdir)).resolve()
 
     def _executor(self, sweep_dir: Path) -> Any:
         """submitit's executor with this sweep's parameters, mapped as Hydra's launcher maps them."""
@@ -97,21 +102,22 @@ class SlurmSweep(SlurmLauncher):
         """One array job for the jobs to run; a refused request is one line, and a new sweep leaves no dir."""
         try:
             executor = self._executor(sweep_dir)
-            for number, overrides in todo:
-                print(f"kdrun: job {number}: {' '.join(filter_overrides(overrides))}", flush=True)
             state = Singleton.get_state()
-            return executor.map_array(self, [o for _, o in todo], ["hydra.sweep.dir"] * len(todo),
-                                      [n for n, _ in todo], [f"job_id_for_{n}" for n, _ in todo],
-                                      [state] * len(todo))
+            with redirect_stderr(io.StringIO()):  # submitit prints sbatch's stderr, then raises it: said once below
+                jobs = executor.map_array(self, [o for _, o in todo], ["hydra.sweep.dir"] * len(todo),
+                                          [n for n, _ in todo], [f"job_id_for_{n}" for n, _ in todo],
+                                          [state] * len(todo))
         except Exception as error:  # noqa: BLE001 - sbatch's rejection, or our own refusal
             if not self.resume:  # nothing of this sweep ran: no dir that looks like one
                 shutil.rmtree(sweep_dir, ignore_errors=True)
             sys.exit(fail(refusal(error)))
+        for (number, overrides), job in zip(todo, jobs):
+            print(f"kdrun: job {number} is SLURM job {job.job_id}: {' '.join(filter_overrides(overrides))}",
+                  flush=True)
+        return jobs
 
     def _wait(self, sweep_dir: Path, todo: list[tuple[int, list[str]]], jobs: list[Any]) -> dict[int, JobReturn]:
         """Every job's result, once all have ended; Ctrl-C cancels them (unless cancel_on_interrupt=false)."""
-        print(f"kdrun: submitted {len(jobs)} job(s) as SLURM array {jobs[0].job_id.split('_')[0]} "
-              f"(sweep dir {sweep_dir})", flush=True)
         try:
             watch(jobs)
         except KeyboardInterrupt:
@@ -140,9 +146,7 @@ class SlurmSweep(SlurmLauncher):
             job_dir.mkdir(parents=True, exist_ok=True)
             write_failure(job_dir, reason)
             print(f"kdrun: job {number}: {reason}", file=sys.stderr, flush=True)
-            ret = _result(self.config, overrides, math.nan)
-            ret.status = JobStatus.FAILED
-            return ret
+            return _result(self.config, overrides, math.nan)  # as a job that failed in kdrun returns
 
     # -- in the job, on a node -------------------------------------------------------------------------------
 
