@@ -5,6 +5,8 @@ continues from last.pt, resume goes back to SLURM, threads follow SLURM_CPUS_PER
 from __future__ import annotations
 
 import json
+import re
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -30,10 +32,12 @@ def sweep_dir(cwd: Path) -> Path | None:
 
 
 def slurm_id(sweep: Path, job: int) -> str | None:
-    """The SLURM job id of job `job` of the sweep, once it started (submitit's folder for it: `ID` or `ARRAY_JOB`)."""
-    started = [p.name for p in (sweep / ".submitit").glob("*") if p.is_dir() and
-               (p.name.endswith(f"_{job}") if "_" in p.name else job == 0)]
-    return started[0] if started else None
+    """The SLURM job id of job `job` of the sweep once submitted (submitit's folder for it: `ARRAY_JOB` in an array,
+    else the plain id of a sweep's one job)."""
+    folders = [p.name for p in (sweep / ".submitit").glob("*") if p.is_dir()]
+    in_array = [name for name in folders if name.endswith(f"_{job}")]
+    alone = [name for name in folders if "_" not in name] if job == 0 and len(folders) == 1 else []
+    return (in_array or alone or [None])[0]
 
 
 def queued() -> dict[str, tuple[str, str]]:
@@ -90,7 +94,7 @@ def test_a_cancelled_job_is_a_failed_run_and_resume_sends_it_back_to_slurm(workd
     resumed = kdrun(workdir, "train-student", f"resume={swept}")
     assert resumed.returncode == 0, resumed.stderr
     assert "running 1" in resumed.stdout
-    [again] = [line.split()[5].rstrip(":") for line in resumed.stdout.splitlines() if "is SLURM job" in line]
+    [again] = re.findall(r"kdrun: job 1 is SLURM job (\S+):", resumed.stdout)
     assert again != cancelled and sacct(again) == ["COMPLETED"], "job 1 ran again as a new SLURM job"
     assert summary(swept / "1")["seed"] == 1
     assert epochs(swept / "1") == list(range(1, 17)), "each epoch once, whether continued from last.pt or restarted"
@@ -180,3 +184,19 @@ def test_two_tasks_on_one_node_take_one_thread_each(workdir):
     assert threads["threads"] == 1 and threads["usable_cpus"] == 1, threads
     logs = [p.read_text() for p in (sweep_dir(workdir) / ".submitit").glob("*/*_log.err")]
     assert len(logs) == 2, "one log per task"
+
+
+def test_ctrl_c_while_waiting_cancels_the_sweeps_jobs_in_one_line(workdir):
+    sweep = start_kdrun(workdir, "train-student", "-m", *SLURM, *SLOW, "epochs=30", "seed=0,1")
+    wait_until(lambda: (s := sweep_dir(workdir)) is not None and all(slurm_id(s, j) for j in (0, 1)), sweep,
+               timeout=240)
+    ids = [slurm_id(sweep_dir(workdir), j) for j in (0, 1)]
+    sweep.send_signal(signal.SIGINT)
+    out, err = sweep.communicate(timeout=HANG_GUARD)
+
+    assert sweep.returncode == 130, err
+    assert err.strip().splitlines() == [f"kdrun: interrupted: cancelled SLURM job(s) {', '.join(ids)}; continue the "
+                                        f"sweep with resume={sweep_dir(workdir)}"]
+    wait_until(lambda: not set(ids) & set(queued()), timeout=60)
+    states = sacct(ids[0].split("_")[0])  # the array: one record per task that started, one for those that did not
+    assert states and set(states) == {"CANCELLED"}, states

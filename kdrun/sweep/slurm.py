@@ -123,11 +123,12 @@ class SlurmSweep(SlurmLauncher):
         except KeyboardInterrupt:
             if self.cancel_on_interrupt:
                 cancel(jobs)
-                fail(f"interrupted: cancelled SLURM job(s) {', '.join(j.job_id for j in jobs)}; "
-                     f"continue with resume={sweep_dir}")
-                sys.exit(130)
-            print(f"kdrun: stopped waiting; the sweep's jobs run on (squeue -j {jobs[0].job_id.split('_')[0]}); "
-                  f"report them later with `kdrun report {sweep_dir}`", file=sys.stderr, flush=True)
+                said = (f"cancelled SLURM job(s) {', '.join(j.job_id for j in jobs)}; continue the sweep with "
+                        f"resume={sweep_dir}")
+            else:
+                said = (f"the sweep's jobs run on (squeue -j {jobs[0].job_id.split('_')[0]}); report them later with "
+                        f"`kdrun report {sweep_dir}`")
+            print(f"kdrun: interrupted: {said}", file=sys.stderr, flush=True)
             sys.exit(130)
         except HopelessWait as error:
             cancel(jobs)
