@@ -200,3 +200,17 @@ def test_ctrl_c_while_waiting_cancels_the_sweeps_jobs_in_one_line(workdir):
     wait_until(lambda: not set(ids) & set(queued()), timeout=60)
     states = sacct(ids[0].split("_")[0])  # the array: one record per task that started, one for those that did not
     assert states and set(states) == {"CANCELLED"}, states
+
+
+def test_a_wait_that_cannot_end_ends_in_one_line(workdir):
+    subprocess.run(["scontrol", "update", "PartitionName=cpu", "State=DOWN"], check=True)
+    try:
+        done = kdrun(workdir, "train-student", "-m", *SLURM, "hydra.launcher.hopeless_pending_s=3", *FAST,
+                     "seed=0,1")
+    finally:
+        subprocess.run(["scontrol", "update", "PartitionName=cpu", "State=UP"], check=True)
+    assert done.returncode == 2, done.stderr
+    [said] = done.stderr.strip().splitlines()
+    assert "pended 3 s with Reason=PartitionDown, which waiting does not resolve" in said, said
+    assert "waiting for SLURM: 0 running, 2 pending (PartitionDown)" in done.stdout
+    assert set(sacct(slurm_id(sweep_dir(workdir), 0).split("_")[0])) == {"CANCELLED"}

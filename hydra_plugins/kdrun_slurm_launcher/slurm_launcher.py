@@ -22,6 +22,9 @@ if SlurmQueueConf is not None:
         _target_: str = "hydra_plugins.kdrun_slurm_launcher.slurm_launcher.KdrunSlurmLauncher"
         # Ctrl-C while the sweep waits: cancel its jobs (false: leave them running, report them later).
         cancel_on_interrupt: bool = True
+        # A job pending this long for a reason that waiting does not resolve (PartitionConfig, ReqNodeNotAvail,
+        # PartitionDown, ...) ends the wait: the sweep's jobs are cancelled and one line says why.
+        hopeless_pending_s: int = 60
         # Set by `kdrun <command> resume=SWEEP_DIR`: submit the unfinished jobs of the sweep in hydra.sweep.dir.
         resume: bool = False
 

@@ -40,7 +40,6 @@ from kdrun.sweep.partition import fit_resources, read_partition
 # Pending reasons that no amount of waiting resolves (an administrator or a new request must change something).
 HOPELESS = ("PartitionConfig", "ReqNodeNotAvail", "PartitionNodeLimit", "PartitionTimeLimit", "BadConstraints",
             "InvalidAccount", "InvalidQOS", "PartitionDown", "PartitionInactive", "NodeDown")
-HOPELESS_AFTER_S = 60  # a hopeless reason may be a transient state (a node rebooting): give it this long
 POLL_S = 2.0
 # What a state that ended a job without a result means, and what to do about it.
 WHY = {"CANCELLED": "was cancelled (scancel)", "TIMEOUT": "reached its time limit (hydra.launcher.timeout_min)",
@@ -52,9 +51,10 @@ WHY = {"CANCELLED": "was cancelled (scancel)", "TIMEOUT": "reached its time limi
 class SlurmSweep(SlurmLauncher):
     """Hydra's SlurmLauncher with kdrun's waiting, failures, resume and requeue (see the module docstring)."""
 
-    def __init__(self, resume: bool = False, cancel_on_interrupt: bool = True, **params: Any) -> None:
+    def __init__(self, resume: bool = False, cancel_on_interrupt: bool = True, hopeless_pending_s: int = 60,
+                 **params: Any) -> None:
         super().__init__(**params)
-        self.resume, self.cancel_on_interrupt = resume, cancel_on_interrupt
+        self.resume, self.cancel_on_interrupt, self.hopeless_pending_s = resume, cancel_on_interrupt, hopeless_pending_s
 
     # -- on the submitting machine ---------------------------------------------------------------------------
 
@@ -119,7 +119,7 @@ class SlurmSweep(SlurmLauncher):
     def _wait(self, sweep_dir: Path, todo: list[tuple[int, list[str]]], jobs: list[Any]) -> dict[int, JobReturn]:
         """Every job's result, once all have ended; Ctrl-C cancels them (unless cancel_on_interrupt=false)."""
         try:
-            watch(jobs)
+            watch(jobs, self.hopeless_pending_s)
         except KeyboardInterrupt:
             if self.cancel_on_interrupt:
                 cancel(jobs)
@@ -196,9 +196,10 @@ def squeue_reasons(jobs: list[Any]) -> dict[str, tuple[str, str]]:
     return {r[0]: (r[1], r[2]) for r in rows}
 
 
-def watch(jobs: list[Any]) -> None:
+def watch(jobs: list[Any], hopeless_after_s: float) -> None:
     """Wait until every job has ended, with one progress line (running, pending and why); HopelessWait when a
-    job pends for a reason that never resolves."""
+    job pends for longer than `hopeless_after_s` for a reason that waiting does not resolve (it may be a passing
+    state, a node rebooting: hence the grace)."""
     hopeless_since: dict[str, float] = {}
     shown = ""
     while True:
@@ -216,10 +217,10 @@ def watch(jobs: list[Any]) -> None:
         now = time.monotonic()
         for job_id, reason in pending.items():
             if any(reason.startswith(h) for h in HOPELESS):
-                if now - hopeless_since.setdefault(job_id, now) > HOPELESS_AFTER_S:
-                    raise HopelessWait(f"SLURM job {job_id} has pended for {HOPELESS_AFTER_S} s with "
-                                       f"Reason={reason}, which waiting does not resolve; cancelled the sweep's jobs "
-                                       "(fix the partition or the request, then resume)")
+                if now - hopeless_since.setdefault(job_id, now) > hopeless_after_s:
+                    raise HopelessWait(f"SLURM job {job_id} pended {hopeless_after_s:g} s with Reason={reason}, "
+                                       "which waiting does not resolve (hydra.launcher.hopeless_pending_s); cancelled "
+                                       "the sweep's jobs: fix the partition or the request, then resume the sweep")
             else:
                 hopeless_since.pop(job_id, None)
         time.sleep(POLL_S)
