@@ -42,10 +42,9 @@ HOPELESS = ("PartitionConfig", "ReqNodeNotAvail", "PartitionNodeLimit", "Partiti
             "InvalidAccount", "InvalidQOS", "PartitionDown", "PartitionInactive", "NodeDown")
 POLL_S = 2.0
 # What a state that ended a job without a result means, and what to do about it.
-WHY = {"CANCELLED": "was cancelled (scancel)", "TIMEOUT": "reached its time limit (hydra.launcher.timeout_min)",
-       "NODE_FAIL": "lost its node (node failure)", "OUT_OF_MEMORY": "was killed for memory (raise "
-       "hydra.launcher.mem_gb)", "PREEMPTED": "was preempted", "BOOT_FAIL": "could not boot its node",
-       "DEADLINE": "reached its deadline", "FAILED": "failed (see its log)"}
+WHY = {"CANCELLED": "was cancelled (scancel)", "NODE_FAIL": "lost its node (node failure)",
+       "OUT_OF_MEMORY": "was killed for memory (raise hydra.launcher.mem_gb)", "PREEMPTED": "was preempted",
+       "BOOT_FAIL": "could not boot its node", "DEADLINE": "reached its deadline", "FAILED": "failed (see its log)"}
 
 
 class SlurmSweep(SlurmLauncher):
@@ -87,7 +86,7 @@ class SlurmSweep(SlurmLauncher):
             config.hydra.job.num = number
         return Path(str(config.hydra.sweep.dir), str(config.hydra.sweep.subdir)).resolve()
 
-    def _executor(self, sweep_dir: Path) -> Any:
+    def _executor(self) -> Any:
         """submitit's executor with this sweep's parameters, mapped as Hydra's launcher maps them."""
         import submitit
 
@@ -101,7 +100,7 @@ class SlurmSweep(SlurmLauncher):
     def _submit(self, sweep_dir: Path, todo: list[tuple[int, list[str]]]) -> list[Any]:
         """One array job for the jobs to run; a refused request is one line, and a new sweep leaves no dir."""
         try:
-            executor = self._executor(sweep_dir)
+            executor = self._executor()
             state = Singleton.get_state()
             with redirect_stderr(io.StringIO()):  # submitit prints sbatch's stderr, then raises it: said once below
                 jobs = executor.map_array(self, [o for _, o in todo], ["hydra.sweep.dir"] * len(todo),
@@ -143,7 +142,7 @@ class SlurmSweep(SlurmLauncher):
             return job.results()[0]
         except UncompletedJobError as error:
             job_dir = self._job_dir(number)
-            reason = ended_because(job, error, job_dir)
+            reason = ended_because(job, error, job_dir, self.params)
             job_dir.mkdir(parents=True, exist_ok=True)
             write_failure(job_dir, reason)
             print(f"kdrun: job {number}: {reason}", file=sys.stderr, flush=True)
@@ -240,13 +239,17 @@ def cancel(jobs: list[Any]) -> None:
             pass
 
 
-def ended_because(job: Any, error: Exception, job_dir: Path) -> str:
+def ended_because(job: Any, error: Exception, job_dir: Path, params: dict[str, Any]) -> str:
     """The one line of a job SLURM ended without a result: its state (sacct, through submitit) and what it means."""
-    state = str(job.state).split()[0] if job.state else "UNKNOWN"
-    why = WHY.get(state, f"ended in state {state}")
-    if state == "TIMEOUT" or "timed-out too many times" in str(error):
-        why = ("reached its time limit (hydra.launcher.timeout_min) more often than hydra.launcher.max_num_timeout "
-               "allows requeues" if state != "TIMEOUT" else WHY["TIMEOUT"])
+    if "timed-out too many times" in str(error):  # submitit's refusal to requeue, before SLURM's own TIMEOUT
+        state = "TIMEOUT"
+        why = (f"reached its time limit (hydra.launcher.timeout_min={params.get('timeout_min')}) with no requeue "
+               f"left (hydra.launcher.max_num_timeout={params.get('max_num_timeout')})")
+    else:
+        state = str(job.state).split()[0] if job.state else "UNKNOWN"
+        why = WHY.get(state, f"ended in state {state}")
+        if state == "TIMEOUT":
+            why = f"reached its time limit (hydra.launcher.timeout_min={params.get('timeout_min')})"
     saved = "; last.pt holds its progress" if (job_dir / LAST).is_file() else ""
     return f"SLURM job {job.job_id} {why} [{state}]{saved}; resume the sweep to run it again"
 
