@@ -31,7 +31,7 @@ test: install lint docs
 test-slurm: install
 	@start=$$(date +%s); tests/slurm/start.sh; up=$$?; \
 	if [ $$up != 0 ] && [ $$up != 3 ]; then exit $$up; fi; \
-	KDRUN_SLURM_TESTS=1 $(BIN)/python -m pytest -q -p no:xdist -m slurm tests/test_slurm.py; rc=$$?; \
+	KDRUN_SLURM_TESTS=1 $(BIN)/python -m pytest -q -p no:xdist -m slurm --durations=10 tests/test_slurm.py; rc=$$?; \
 	if [ $$up = 0 ]; then tests/slurm/stop.sh; fi; \
 	echo "test-slurm: $$(( $$(date +%s) - start )) s (start, tests, stop)"; exit $$rc
 
