@@ -99,6 +99,8 @@ class SlurmSweep(SlurmLauncher):
 
     def _submit(self, sweep_dir: Path, todo: list[tuple[int, list[str]]]) -> list[Any]:
         """One array job for the jobs to run; a refused request is one line, and a new sweep leaves no dir."""
+        from submitit.core.utils import FailedSubmissionError, UncompletedJobError
+
         try:
             executor = self._executor()
             state = Singleton.get_state()
@@ -106,7 +108,7 @@ class SlurmSweep(SlurmLauncher):
                 jobs = executor.map_array(self, [o for _, o in todo], ["hydra.sweep.dir"] * len(todo),
                                           [n for n, _ in todo], [f"job_id_for_{n}" for n, _ in todo],
                                           [state] * len(todo))
-        except Exception as error:  # noqa: BLE001 - sbatch's rejection, or our own refusal
+        except (KdrunError, UncompletedJobError, FailedSubmissionError, OSError) as error:  # sbatch's, or ours
             if not self.resume:  # nothing of this sweep ran: no dir that looks like one
                 shutil.rmtree(sweep_dir, ignore_errors=True)
             sys.exit(fail(refusal(error)))
@@ -271,7 +273,7 @@ class checkpoint_on_signal:
 
         self.asked = signum
         running = active()
-        if running is None:  # not training (teacher training, evaluation): submitit's handler, at once
+        if running is None:  # no run in progress (still composing, or done): submitit's handler, at once
             self.submitit_handler(signum, frame)
         else:
             running.handle(signum, frame)
