@@ -158,7 +158,8 @@ def check_flags(rest: list[str]) -> None:
     if any(a in MULTIRUN_FLAGS for a in rest) and any(a in INFO_FLAGS and a not in HELP_FLAGS for a in rest):
         raise KdrunError("--info and --shell-completion describe the command, not a sweep; drop -m")
     launcher = next((a for a in rest if a.lstrip("+").startswith("hydra/launcher=")), None)
-    if launcher and not any(a in MULTIRUN_FLAGS for a in rest):  # Hydra would ignore it and run here
+    runs = not any(a in ("--cfg", "-c", *INFO_FLAGS) for a in rest)  # not only printing a config
+    if launcher and runs and not any(a in MULTIRUN_FLAGS for a in rest):  # Hydra would ignore it and run here
         raise KdrunError(f"{launcher} picks how a sweep's jobs run, and this is a single run; add -m "
                          f"(e.g. kdrun <command> -m {launcher} seed=0,1)")
 
