@@ -216,3 +216,19 @@ def test_a_wait_that_cannot_end_ends_in_one_line(workdir):
     assert "pended 3 s with Reason=PartitionDown, which waiting does not resolve" in said, said
     assert "waiting for SLURM: 0 running, 2 pending (PartitionDown)" in done.stdout
     assert set(sacct(slurm_id(sweep_dir(workdir), 0).split("_")[0])) == {"CANCELLED"}
+
+
+def test_ctrl_c_can_leave_the_jobs_running(workdir):
+    sweep = start_kdrun(workdir, "train-student", "-m", *SLURM, "hydra.launcher.cancel_on_interrupt=false", *FAST,
+                        "epochs=2", "seed=0")
+    wait_until(lambda: (s := sweep_dir(workdir)) is not None and slurm_id(s, 0) is not None, sweep, timeout=240)
+    job_id = slurm_id(sweep_dir(workdir), 0)
+    sweep.send_signal(signal.SIGINT)
+    out, err = sweep.communicate(timeout=HANG_GUARD)
+
+    assert sweep.returncode == 130, err
+    [said] = err.strip().splitlines()
+    assert said.startswith(f"kdrun: interrupted: the sweep's jobs run on (squeue -j {job_id})"), said
+    wait_until(lambda: job_id not in queued() and sacct(job_id), timeout=240)
+    assert sacct(job_id)[-1] == "COMPLETED"
+    assert (sweep_dir(workdir) / "0" / "summary.json").is_file(), "the job finished on its own"
