@@ -27,7 +27,7 @@ test: install lint docs
 
 # The tests marked `slurm` on a real Slurm: tests/slurm/start.sh installs (apt) and starts one on this machine as
 # 2 emulated nodes, the tests run, tests/slurm/stop.sh stops it. Where Slurm cannot start (not root) the tests
-# are collected and skipped with that reason. About 5 minutes on 2 cores.
+# are collected and skipped with that reason. 3 to 5 minutes on 2 cores, depending on their load.
 test-slurm: install
 	@start=$$(date +%s); tests/slurm/start.sh; up=$$?; \
 	if [ $$up != 0 ] && [ $$up != 3 ]; then exit $$up; fi; \
