@@ -163,27 +163,38 @@ def check_flags(rest: list[str]) -> None:
         raise KdrunError("--cfg prints one job's config; drop -m to see it (a sweep's values then one by one)")
     if any(a in MULTIRUN_FLAGS for a in rest) and any(a in INFO_FLAGS and a not in HELP_FLAGS for a in rest):
         raise KdrunError("--info and --shell-completion describe the command, not a sweep; drop -m")
+    launcher = next((a for a in rest if a.lstrip("+").startswith("hydra/launcher=")), None)
+    runs = not any(a in ("--cfg", "-c", *INFO_FLAGS) for a in rest)  # not only printing a config
+    if launcher and runs and not any(a in MULTIRUN_FLAGS for a in rest):  # Hydra would ignore it and run here
+        raise KdrunError(f"{launcher} picks how a sweep's jobs run, and this is a single run; add -m "
+                         f"(e.g. kdrun <command> -m {launcher} seed=0,1)")
 
 
 def resumed(name: str, command: Command, rest: list[str], held: ExitStack) -> list[str] | int:
     """`resume=DIR`: the arguments that continue the run or sweep in DIR from where it was started, or the
-    exit code of a sweep resumed job by job. A sweep has one resumer at a time (its lock, held in `held`)."""
+    exit code of a sweep resumed job by job. A sweep has one resumer at a time (its lock, held in `held`).
+    A sweep whose launcher resumes it (stacked, slurm) takes `hydra.launcher.KEY=VALUE` settings too."""
     from kdrun.run.replay import split_consent
     from kdrun.run.resume import extension_epochs, launch_dir, resume_overrides, resume_target
-    from kdrun.sweep.resume import (is_stacked_sweep, is_sweep_dir, resume_sweep, stacked_resume_overrides,
+    from kdrun.sweep.resume import (is_sweep_dir, launcher_resume_overrides, resume_sweep, resumed_by_its_launcher,
                                     sweep_jobs)
 
     rest, consent = split_consent(rest)
-    target = resume_target(rest)
+    launcher = [a for a in rest if a.startswith("hydra.launcher.")]
+    target = resume_target([a for a in rest if a not in launcher])
     if is_sweep_dir(target) and extension_epochs(rest) is not None:
         raise KdrunError(f"epochs=N extends one run, not a sweep ({target}); give one of its job dirs")
+    if launcher and not (is_sweep_dir(target) and resumed_by_its_launcher(target)):
+        raise KdrunError(f"{launcher[0]}: only a sweep run by a launcher that resumes it (hydra/launcher=slurm or "
+                         "stacked) takes launcher settings with resume=; drop it")
     if is_sweep_dir(target):
         sweep_jobs(target, command.config_name, consent)  # a sweep this command cannot resume: its line, no lock file
         held.enter_context(owned(target))
-        if not is_stacked_sweep(target):
+        if not resumed_by_its_launcher(target):
             return resume_sweep(name, command.config_name, target, consent)
-        # its own launcher runs it again, so its groups train stacked again
-        rest, hydra_file = stacked_resume_overrides(command.config_name, target, consent), target / MULTIRUN
+        # its own launcher runs it again: a stacked sweep's groups train stacked again, a SLURM sweep goes to SLURM
+        rest = launcher_resume_overrides(command.config_name, target, consent, launcher)
+        hydra_file = target / MULTIRUN
     else:
         rest, hydra_file = resume_overrides(command.config_name, rest, consent), target / HYDRA / "hydra.yaml"
     os.chdir(launch_dir(hydra_file))  # relative paths in its config mean what they did

@@ -74,3 +74,25 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def slurm_is_up() -> str | None:
+    """None when `make test-slurm` runs the tests and its Slurm answers; else why the `slurm` tests cannot run."""
+    import shutil
+
+    if os.environ.get("KDRUN_SLURM_TESTS") != "1":
+        return "runs jobs on a real Slurm: `make test-slurm` starts one on this machine and runs these tests"
+    if shutil.which("sinfo") is None:
+        return "no Slurm here: tests/slurm/start.sh installs and starts one (as root)"
+    done = subprocess.run(["sinfo", "-h", "-N", "-o", "%t"], capture_output=True, text=True)
+    if done.returncode != 0 or not set(done.stdout.split()) & {"idle", "mix", "alloc"}:
+        return "Slurm did not start (not root?): see tests/slurm/start.sh's line above"
+    return None
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `slurm` need a real Slurm (`make test-slurm` starts one); elsewhere they skip, saying why."""
+    marked = [item for item in items if item.get_closest_marker("slurm")]
+    why = slurm_is_up() if marked else None
+    for item in marked if why else []:
+        item.add_marker(pytest.mark.skip(reason=why))

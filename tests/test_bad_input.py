@@ -122,7 +122,7 @@ BEFORE_ANY_RUN = [
     ("n_jobs=0", ["train-student", "-m", "seed=0,1", "hydra/launcher=local_parallel", "hydra.launcher.n_jobs=0"],
      "hydra.launcher.n_jobs must be >= 1"),
     ("unknown launcher", ["train-student", "-m", "seed=0,1", "hydra/launcher=nope"],
-     "unknown hydra/launcher 'nope'; choose one of: basic, joblib, local_parallel"),
+     "unknown hydra/launcher 'nope'; choose one of: basic, joblib, kdrun_slurm, local_parallel"),
     ("--help with a bad override", ["distill", "--help", "bogus=1"], "unknown key 'bogus' for this command"),
     ("--cfg with -m", ["distill", "-m", "T=1,2", "--cfg", "job"], "--cfg prints one job's config; drop -m"),
     ("0-job sweep", ["train-student", "-m", "seed=range(0,0)"], "the sweep over seed has no values"),

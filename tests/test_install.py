@@ -37,3 +37,7 @@ def test_wheel_ships_configs_and_runs_from_another_directory(tmp_path):
     plugin = subprocess.run([sys.executable, "-c", "import hydra_plugins.kdrun_stacked_launcher as p; print(p.__file__)"],
                             cwd=elsewhere, env=env, capture_output=True, text=True, check=True).stdout.strip()
     assert Path(plugin).is_relative_to(target), "the stacked launcher must ship in the wheel"
+    slurm = subprocess.run([sys.executable, "-m", "kdrun", "distill", "hydra/launcher=slurm", "--cfg", "hydra",
+                            "--package", "hydra.launcher"], cwd=elsewhere, env=env, capture_output=True, text=True)
+    assert slurm.returncode == 0, slurm.stderr
+    assert "KdrunSlurmLauncher" in slurm.stdout and "hopeless_pending_s" in slurm.stdout, "kdrun's SLURM launcher ships"

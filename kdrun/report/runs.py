@@ -15,7 +15,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from kdrun.core.errors import KdrunError
-from kdrun.run.rundir import HYDRA, METRICS, SUMMARY, run_state, saved_config, saved_overrides
+from kdrun.run.rundir import HYDRA, METRICS, STATUS, SUMMARY, run_state, saved_config, saved_overrides
 
 ROLES = {"train_teacher": "teacher", "train_student": "baseline", "distill": "distill"}
 NOT_TRAINING = ("inspect_teacher", "evaluate")  # finished runs that train nothing: never rows of a report
@@ -126,7 +126,8 @@ def find_runs(paths: list[Path]) -> tuple[list[Path], list[Path]]:
         if path.is_file():
             path = path.parent
         finished |= {p.parent.resolve() for p in path.rglob(SUMMARY)}
-        unfinished |= {p.parent.resolve() for marker in (HYDRA, METRICS) for p in path.rglob(marker)}
+        # status.json alone: a job that never started (a SLURM job cancelled while pending, kdrun.sweep.slurm)
+        unfinished |= {p.parent.resolve() for marker in (HYDRA, METRICS, STATUS) for p in path.rglob(marker)}
     return sorted(finished), sorted(unfinished - finished)
 
 

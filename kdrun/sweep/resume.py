@@ -8,9 +8,11 @@ own directory with its own overrides, after clearing what a failed attempt left 
 the end the sweep's report is rewritten and the exit code says whether every job finished.
 No torch here: each job runs in a child `kdrun`, so a crash in one cannot take the others down.
 
-A sweep run with `hydra/launcher=stacked` is run again through that launcher instead, as one
-multirun in the same sweep dir (`stacked_resume_overrides`): the launcher makes the same
-per-job choice (`job_step`), so its unfinished jobs train as stacked groups again.
+A sweep run with `hydra/launcher=stacked` or `hydra/launcher=slurm` is run again through that launcher
+instead, as one multirun in the same sweep dir with its own launcher settings (`launcher_resume_overrides`;
+settings given on the resume's command line override them): the launcher makes the same per-job choice
+(`job_step`), so a stacked sweep's unfinished jobs train as stacked groups again, and a SLURM sweep's are
+submitted to SLURM again.
 """
 
 from __future__ import annotations
@@ -33,7 +35,8 @@ from kdrun.run.resume import check_same_config, launch_dir
 from kdrun.run.rundir import (HYDRA, LAST, MULTIRUN, SUMMARY, check_not_in_use, failed_for_good, forget_unfinished,
                              objective, saved_config)
 
-STACKED_LAUNCHER = "StackedLauncher"  # the class name of hydra/launcher=stacked's _target_
+# The class names of the launchers that resume a sweep themselves (hydra/launcher=stacked, hydra/launcher=slurm).
+RESUMING_LAUNCHERS = ("StackedLauncher", "KdrunSlurmLauncher")
 # What finishing a job of a sweep takes; FAILS_AGAIN: it failed for its own settings (a diverging loss), and
 # running it again the same way would too, so a resume leaves it (and says so) instead of looping on it.
 FINISHED, CONTINUE, RESTART, FAILS_AGAIN = "finished", "continue", "restart", "fails again"
@@ -73,10 +76,11 @@ def check_shape(sweep_dir: Path, hydra: Any) -> None:
                          "hydra.overrides); it was damaged or edited, so the sweep cannot be resumed")
 
 
-def is_stacked_sweep(sweep_dir: Path) -> bool:
-    """Whether the sweep ran with `hydra/launcher=stacked` (its groups then resume as groups)."""
+def resumed_by_its_launcher(sweep_dir: Path) -> bool:
+    """Whether the sweep ran with a launcher that resumes it (stacked: its groups resume as groups; slurm: its jobs
+    go back to SLURM)."""
     target = OmegaConf.select(OmegaConf.create(saved_sweep(sweep_dir)), "hydra.launcher._target_", default="")
-    return str(target).endswith(STACKED_LAUNCHER)
+    return str(target).endswith(RESUMING_LAUNCHERS)
 
 
 def job_step(job_dir: Path) -> str:
@@ -157,12 +161,13 @@ def checked_jobs(sweep_dir: Path, config_name: str, consent: Consent) -> list[tu
     return jobs
 
 
-def stacked_resume_overrides(config_name: str, sweep_dir: Path, consent: Consent) -> list[str]:
-    """The command line that runs a stacked sweep again in its own dir, its launcher in resume mode:
-    finished jobs left alone, the others continued or restarted, in stacked groups as before."""
+def launcher_resume_overrides(config_name: str, sweep_dir: Path, consent: Consent, extra: list[str]) -> list[str]:
+    """The command line that runs a sweep again in its own dir, its launcher in resume mode: finished jobs left
+    alone, the others continued or restarted (in stacked groups, or on SLURM, as before). `extra`: the launcher
+    settings given with the resume (`hydra.launcher.KEY=VALUE`), which override the sweep's."""
     checked_jobs(sweep_dir, config_name, consent)
     overrides = saved_sweep(sweep_dir)["hydra"]["overrides"]
-    return ["-m", *overrides["task"], *own_settings(overrides["hydra"]), f"hydra.sweep.dir={sweep_dir}",
+    return ["-m", *overrides["task"], *own_settings(overrides["hydra"]), *extra, f"hydra.sweep.dir={sweep_dir}",
             "hydra.launcher.resume=true"]
 
 

@@ -1,0 +1,1 @@
+"""kdrun's SLURM launcher: `hydra/launcher=slurm` is Hydra's submitit launcher with kdrun's handling of a cluster."""
