@@ -96,7 +96,9 @@ def job_loss(cfg: DictConfig, env: Setup, stats: TeacherStats, teacher: torch.nn
     context = MethodContext(cfg.T, cfg.alpha, data.num_classes, data.train_size, student, teacher, sample,
                             getattr(data, "y_train", None), stats)
     for role, model in (("teacher", teacher), ("student", student)):
-        log.info("%s sees %s", role, view_of(model).describe(data.input_shape))
+        view = view_of(model).describe(data.input_shape)
+        if view["source"] != "dataset":  # a view of its own (resized, renormalised): worth a line; summary.json has both
+            log.info("%s sees %s", role, view)
     method = build_method(cfg.loss, context)
     for key, value in method.summary().items():
         log.info("%s: %s = %s", cfg.loss.name, key, value)
