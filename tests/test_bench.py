@@ -8,7 +8,7 @@ from conftest import HANG_GUARD
 
 
 def test_bench_prints_ratios_and_writes_json(tmp_path):
-    run = subprocess.run([sys.executable, "-m", "kdrun.bench", "--pairs", "mnist1d", "--epochs", "2", "--rounds", "2"], cwd=tmp_path,
+    run = subprocess.run([sys.executable, "-m", "kdrun.bench", "--pairs", "mnist1d", "--epochs", "2", "--rounds", "1"], cwd=tmp_path,
                          capture_output=True, text=True, timeout=HANG_GUARD)
     assert run.returncode == 0, run.stderr
     assert "ratio to plain" in run.stdout and "bare loop epoch" in run.stdout
