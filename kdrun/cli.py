@@ -176,8 +176,13 @@ def resumed(name: str, command: Command, rest: list[str], held: ExitStack) -> li
     A sweep whose launcher resumes it (stacked, slurm) takes `hydra.launcher.KEY=VALUE` settings too."""
     from kdrun.run.replay import split_consent
     from kdrun.run.resume import extension_epochs, launch_dir, resume_overrides, resume_target
-    from kdrun.sweep.resume import (is_sweep_dir, launcher_resume_overrides, resume_sweep, resumed_by_its_launcher,
-                                    sweep_jobs)
+    from kdrun.sweep.resume import (
+        is_sweep_dir,
+        launcher_resume_overrides,
+        resume_sweep,
+        resumed_by_its_launcher,
+        sweep_jobs,
+    )
 
     rest, consent = split_consent(rest)
     launcher = [a for a in rest if a.startswith("hydra.launcher.")]

@@ -6,9 +6,9 @@ import json
 
 import pytest
 import torch
+from conftest import FAST, kdrun, run_dirs
 from torch import nn
 
-from conftest import FAST, kdrun, run_dirs
 from kdrun.cli import main as cli
 from kdrun.core.errors import KdrunError
 from kdrun.data import load_dataset

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import kdrun, metric_rows, summary
+
 from kdrun.train.recipe import stretch_schedule
 
 TINY = ["dataset=fake", "progress=false", "latency.min_seconds=0.01", "latency.batch_size=16", "threads=1",

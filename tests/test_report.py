@@ -189,12 +189,16 @@ def test_a_baseline_with_another_recipe_gives_no_gain_and_says_so(tmp_path):
     assert any("no gain for 1 distill row(s)" in note for note in report.notes)
 
 
-@pytest.mark.parametrize("args, message", [([], "the following arguments are required: PATH"),
-                                           (["some_dir", "--bogus"], "unrecognized arguments: --bogus")])
-def test_a_wrong_report_command_line_is_one_line_with_exit_code_2(capsys, args, message):
-    assert cli(["report", *args]) == 2
+@pytest.mark.parametrize("args, message", [
+    (["report"], "report: the following arguments are required: PATH"),
+    (["report", "some_dir", "--bogus"], "report: unrecognized arguments: --bogus"),
+    (["export"], "export: the following arguments are required: RUN_DIR"),
+    (["evaluate", "model.onnx", "--bogus"], "evaluate: unrecognized arguments: --bogus"),
+])
+def test_a_wrong_command_line_of_a_path_command_is_one_line_with_exit_code_2(capsys, args, message):
+    assert cli(args) == 2
     error = capsys.readouterr().err
-    assert message in error and error.count("\n") == 1 and "usage: kdrun report PATH..." in error
+    assert message in error and error.count("\n") == 1 and f"usage: kdrun {args[0]} [-h]" in error
 
 
 def test_no_runs_is_a_one_line_error_with_exit_code_2(tmp_path, capsys):

@@ -7,10 +7,10 @@ import statistics
 
 import pytest
 import yaml
+from conftest import kdrun, summary
 
 from kdrun.report.published import PUBLISHED, published_rows
 from kdrun.run.config import config_dir
-from conftest import kdrun, summary
 
 TINY_CIFAR = ["dataset=fake", "dataset.kwargs.shape=[3,16,16]", "dataset.kwargs.num_classes=100",
               "dataset.kwargs.num_train=32", "dataset.kwargs.num_test=16", "epochs=1", "teacher.train.epochs=1",

@@ -6,8 +6,8 @@ import json
 
 import pytest
 import torch
-
 from conftest import kdrun, metric_rows, run_dirs, summary
+
 from kdrun.commands.setup import init_student
 from kdrun.core.errors import KdrunError
 from kdrun.data import load_dataset

@@ -19,6 +19,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 import kdrun
+from kdrun.commands.arguments import OneLineParser
 from kdrun.core.errors import KdrunError
 from kdrun.core.runtime import set_threads
 from kdrun.data import load_dataset
@@ -37,7 +38,7 @@ CONFUSION_PNG = "confusion_matrix.png"
 
 
 def parser() -> argparse.ArgumentParser:
-    result = argparse.ArgumentParser(
+    result = OneLineParser(
         prog="kdrun evaluate", description="Score a kdrun checkpoint (or run dir) or an ONNX file on a dataset's "
         "test split: accuracy, top-5, per-class accuracy, confusion matrix, latency; in its own run dir.")
     result.add_argument("model", type=Path, metavar="MODEL", help="checkpoint.pt, a run dir holding one, or a .onnx file")

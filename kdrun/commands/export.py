@@ -19,6 +19,7 @@ from typing import Any, Optional
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from kdrun.commands.arguments import OneLineParser
 from kdrun.commands.record import latency_protocol
 from kdrun.core.errors import KdrunError, first_line
 from kdrun.core.runtime import set_threads
@@ -101,7 +102,7 @@ def rebuilt_student(run_dir: Path) -> torch.nn.Module:
 
 
 def parser() -> argparse.ArgumentParser:
-    result = argparse.ArgumentParser(
+    result = OneLineParser(
         prog="kdrun export", description="Export a finished run's student as ONNX (and INT8) into RUN_DIR/export/, "
         "check it against PyTorch, measure accuracy and latency under ONNX Runtime; adds `deploy` to summary.json.")
     result.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a finished train-student or distill run")

@@ -9,15 +9,8 @@ import argparse
 from datetime import datetime
 from pathlib import Path
 
-from kdrun.core.errors import KdrunError
+from kdrun.commands.arguments import OneLineParser
 from kdrun.report import make_report, show_report
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """argparse's mistakes as kdrun's one line (usage is `kdrun report --help`)."""
-
-    def error(self, message: str) -> None:
-        raise KdrunError(f"report: {message}; usage: kdrun report PATH... [--out DIR]")
 
 
 def parser() -> argparse.ArgumentParser:

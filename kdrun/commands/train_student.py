@@ -11,6 +11,7 @@ from typing import Any, Callable
 import torch
 from omegaconf import DictConfig
 
+from kdrun.commands.export import deploy_notes, export_block
 from kdrun.commands.record import (
     EpochHook,
     chain,
@@ -20,7 +21,6 @@ from kdrun.commands.record import (
     plain_config,
     run_header,
 )
-from kdrun.commands.export import deploy_notes, export_block
 from kdrun.commands.resumable import extension, training_hooks
 from kdrun.commands.setup import Setup, build_student, log, setup
 from kdrun.core.console import epoch_progress, show_results

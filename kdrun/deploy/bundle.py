@@ -28,8 +28,8 @@ from torch import nn
 
 from kdrun.core.errors import KdrunError
 from kdrun.core.files import write_atomic, write_json
-from kdrun.deploy.extra import require
 from kdrun.deploy.export import INPUT_NAME, opset_of, to_onnx
+from kdrun.deploy.extra import require
 from kdrun.deploy.metadata import model_metadata
 from kdrun.deploy.quantize import calibration_batches, quantize_int8
 from kdrun.deploy.runtime import PROVIDER, Session, accuracy, max_abs_difference

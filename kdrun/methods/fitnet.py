@@ -19,7 +19,6 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-
 from torch import nn
 
 from kdrun.methods._features import FeatureMethod, adaptive_pool, conv, regressor, stage_shapes

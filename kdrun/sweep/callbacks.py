@@ -14,7 +14,6 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-
 # Loggers whose INFO lines say nothing a person needs: the study Optuna creates, its sampler, its storage.
 QUIET = ("optuna", "hydra_plugins.hydra_optuna_sweeper")
 

@@ -94,8 +94,15 @@ class StackedSweep:
         from kdrun.core.errors import KdrunError
         from kdrun.run.failure import fail
         from kdrun.run.rundir import forget_unfinished
-        from kdrun.sweep.resume import (CONTINUE, FAILS_AGAIN, FINISHED, continue_from_last, finished_result,
-                                        job_dir_of, job_step)
+        from kdrun.sweep.resume import (
+            CONTINUE,
+            FAILS_AGAIN,
+            FINISHED,
+            continue_from_last,
+            finished_result,
+            job_dir_of,
+            job_step,
+        )
 
         starts: list[Any] = []
         for index, config in enumerate(configs):

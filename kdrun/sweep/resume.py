@@ -32,8 +32,17 @@ from kdrun.core.errors import KdrunError
 from kdrun.run.outdir import SWEEP_JOB
 from kdrun.run.replay import Consent, check_replayable
 from kdrun.run.resume import check_same_config, launch_dir
-from kdrun.run.rundir import (HYDRA, LAST, MULTIRUN, SUMMARY, check_not_in_use, failed_for_good, forget_unfinished,
-                             objective, saved_config)
+from kdrun.run.rundir import (
+    HYDRA,
+    LAST,
+    MULTIRUN,
+    SUMMARY,
+    check_not_in_use,
+    failed_for_good,
+    forget_unfinished,
+    objective,
+    saved_config,
+)
 
 # The class names of the launchers that resume a sweep themselves (hydra/launcher=stacked, hydra/launcher=slurm).
 RESUMING_LAUNCHERS = ("StackedLauncher", "KdrunSlurmLauncher")

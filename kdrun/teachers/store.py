@@ -29,8 +29,8 @@ from kdrun.core.runtime import seed_everything
 from kdrun.data.stream import folder_fingerprint
 from kdrun.methods.losses import cross_entropy, smoothed_cross_entropy
 from kdrun.models import build_pretrained, build_viewed, model_kwargs, view_pretrained
-from kdrun.models.views import stream_normalisation, view_settings
 from kdrun.models.checkpoint import Weights, file_sha256, load_weights, read_weights, save_checkpoint
+from kdrun.models.views import stream_normalisation, view_settings
 from kdrun.train.engine import StepProgress, fit
 from kdrun.train.evaluate import evaluate
 from kdrun.train.recipe import recipe_from_optim
