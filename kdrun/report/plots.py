@@ -104,13 +104,18 @@ def plot_acc_vs_latency(rows: list[Row], path: Path) -> Path:
                       markerfacecolor="none" if label.endswith("(contended)") else colour)
         labelled.add(role)
         axes.annotate(label, (ms, 100 * acc.mean), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    latency_axis(axes, "batch-1 latency (ms, median)", "final test accuracy (%)",
+                 "Accuracy vs latency (mean ± std over seeds)")
+    return save(figure, axes, path)
+
+
+def latency_axis(axes: Axes, xlabel: str, ylabel: str, title: str) -> None:
+    """A log latency axis with plain 1-2-5 ticks and room for the points' labels."""
     axes.set_xscale("log")
     axes.xaxis.set_major_locator(LogLocator(subs=(1, 2, 5)))
     axes.margins(x=0.2)
     plain_numbers(axes)
-    axes.set(xlabel="batch-1 latency (ms, median)", ylabel="final test accuracy (%)",
-             title="Accuracy vs latency (mean ± std over seeds)")
-    return save(figure, axes, path)
+    axes.set(xlabel=xlabel, ylabel=ylabel, title=title)
 
 
 DEPLOYED_STYLES = {"teacher_fp32": ("s", "C0"), "student_fp32": ("o", "C2"), "student_int8": ("^", "C3")}
@@ -159,12 +164,8 @@ def plot_acc_vs_deployed_latency(rows: list[Row], path: Path) -> Path | None:
               linewidth=1, label="Pareto front")
     axes.plot([ms for ms, _ in front], [100 * acc for _, acc in front], "o", markersize=12, markerfacecolor="none",
               color="black", alpha=0.5)
-    axes.set_xscale("log")
-    axes.xaxis.set_major_locator(LogLocator(subs=(1, 2, 5)))
-    axes.margins(x=0.2)
-    plain_numbers(axes)
-    axes.set(xlabel="ONNX Runtime batch-1 latency (ms, median over runs)", ylabel="test accuracy under ONNX Runtime (%)",
-             title="Accuracy vs deployed latency (Pareto front circled)")
+    latency_axis(axes, "ONNX Runtime batch-1 latency (ms, median over runs)", "test accuracy under ONNX Runtime (%)",
+                 "Accuracy vs deployed latency (Pareto front circled)")
     return save(figure, axes, path)
 
 
