@@ -65,15 +65,6 @@ def test_an_onnx_file_whose_input_does_not_fit_the_dataset_is_one_line(tmp_path)
 INT8_MAX_DROP = 0.02  # the stated bound: INT8 costs a trained MNIST-1D CNN at most 2 points of test accuracy
 
 
-@pytest.fixture
-def one_thread():
-    """Training in the test on one thread: on a shared machine two threads can be ten times slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_int8_of_a_trained_mnist1d_student_keeps_its_accuracy(tmp_path, one_thread):
     torch.manual_seed(0)
     data = load_dataset("mnist1d", "~/.cache/kdrun/data", False, False, {})  # generated once, then cached
