@@ -134,7 +134,7 @@ def run_command(argv: list[str]) -> int:
                         return rest
                 rest = expand_presets(command.config_name, rest)
                 overrides = [a for a in rest if ("=" in a or a.startswith("~")) and not a.startswith("-")]
-                check_overrides(command.config_name, overrides)
+                first_job = check_overrides(command.config_name, overrides)
                 check_flags(rest)
                 if any(flag in rest for flag in HELP_FLAGS):
                     print(command_help(command.config_name, overrides))
@@ -142,7 +142,8 @@ def run_command(argv: list[str]) -> int:
                 if not any(flag in rest for flag in INFO_FLAGS):
                     multirun = any(a in MULTIRUN_FLAGS for a in rest)
                     creating = not any(a in ("--cfg", "-c") for a in rest)
-                    rest, where = pin_output_dir(command.config_name, rest, multirun, create=creating, resuming=resuming)
+                    rest, where = pin_output_dir(command.config_name, rest, multirun, create=creating,
+                                                 resuming=resuming, composed=first_job)
                     if creating:  # held before Hydra writes .hydra/ there: one process per run (or sweep) dir
                         held.enter_context(owned(where))
                     if under_torchrun():

@@ -16,7 +16,7 @@ from typing import Any
 
 from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from kdrun.core.errors import ConfigError, first_line
 from kdrun.run.config import config_dir
@@ -50,13 +50,13 @@ class OutputDir:
         return f"{self.key}='{self.path}'"
 
 
-def resolve_output(config_name: str, overrides: list[str], multirun: bool) -> OutputDir:
-    """Compose these overrides with Hydra's own config and resolve where the run (or sweep) would write."""
+def resolve_output(config_name: str, overrides: list[str], multirun: bool,
+                   composed: DictConfig | None = None) -> OutputDir:
+    """Resolve where the run (or sweep) would write, from `composed` (the first job's config with Hydra's node, as
+    `check_overrides` returns it) or by composing these overrides with Hydra's own config."""
     key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
     try:
-        with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3", job_name="preflight"):
-            cfg = compose(config_name=config_name, overrides=first_values(_overrides(overrides)),
-                          return_hydra_config=True)
+        cfg = composed if composed is not None else _compose_with_hydra(config_name, overrides)
         subdir = OmegaConf.to_container(cfg.hydra.sweep, resolve=False).get("subdir")
         output_subdir, path = OmegaConf.select(cfg, "hydra.output_subdir"), OmegaConf.select(cfg, key)
         OmegaConf.select(cfg, "hydra.job.name")  # Hydra resolves it next, to name the log file
@@ -64,6 +64,11 @@ def resolve_output(config_name: str, overrides: list[str], multirun: bool) -> Ou
         raise ConfigError(f"cannot resolve where the run writes ({type(error).__name__}: {first_line(error)}); "
                           f"give {key} as a path (${{now:...}} and ${{oc.env:NAME,default}} work)") from None
     return OutputDir(key, str(path), None if output_subdir is None else str(output_subdir), str(subdir))
+
+
+def _compose_with_hydra(config_name: str, overrides: list[str]) -> DictConfig:
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3", job_name="preflight"):
+        return compose(config_name=config_name, overrides=first_values(_overrides(overrides)), return_hydra_config=True)
 
 
 def _overrides(args: list[str]) -> list[str]:
@@ -162,10 +167,11 @@ def check_writable(target: Path, key: str, create: bool) -> None:
 
 
 def pin_output_dir(config_name: str, args: list[str], multirun: bool, create: bool = True,
-                   resuming: bool = False) -> tuple[list[str], Path]:
+                   resuming: bool = False, composed: DictConfig | None = None) -> tuple[list[str], Path]:
     """The arguments with the run (or sweep) dir checked and pinned to its resolved path, and that path. The pin
-    goes among the other overrides: argparse reads them as one run (`-m A=1 B=2`, `A=1 --cfg job`)."""
-    out = resolve_output(config_name, args, multirun)
+    goes among the other overrides: argparse reads them as one run (`-m A=1 B=2`, `A=1 --cfg job`). `composed`:
+    the first job's config with Hydra's node, where the caller has it already (see `resolve_output`)."""
+    out = resolve_output(config_name, args, multirun, composed)
     try:
         check_output(out, args, resuming)
         check_writable(out.path, out.key, create)

@@ -20,7 +20,7 @@ from hydra._internal.config_loader_impl import ConfigLoaderImpl
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override, OverrideType
 from hydra.errors import HydraException
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from kdrun.core.errors import ConfigError
@@ -204,8 +204,33 @@ def first_values(overrides: list[str]) -> list[str]:
     return [_first(o) if o.is_sweep_override() else o.input_line for o in _parse(overrides) if _first(o)]
 
 
-def check_overrides(config_name: str, overrides: list[str]) -> None:
-    """Raise ConfigError for the first override (or sweep value) no run could use."""
+def _check_keys(config_name: str, groups: list[Override], keys: list[Override],
+                adds_or_deletes: list[Override]) -> None:
+    """Each key against the config its groups compose to (a `+KEY=`/`~KEY` needs this before the full composition:
+    once applied, the key would exist); run only where needed, as it costs a composition of its own."""
+    skeleton = _compose(config_name, [_first(o) for o in groups if _first(o)], check=False)
+    for override in keys:
+        _check_key(skeleton, override.key_or_group)
+    for override in adds_or_deletes:
+        _check_add_or_delete(skeleton, override)
+
+
+def _compose_first_job(config_name: str, overrides: list[str]) -> DictConfig:
+    """The first job's config with Hydra's node, unresolved, once its task part is resolved and checked: one
+    composition serves the checks and, after them, where the run writes (kdrun.run.outdir)."""
+    with _as_config_error(overrides):
+        cfg = compose(config_name=config_name, overrides=overrides, return_hydra_config=True)
+        task = copy.deepcopy(cfg)
+        with open_dict(task):
+            del task["hydra"]
+        OmegaConf.resolve(task)
+    _check(task)
+    return cfg
+
+
+def check_overrides(config_name: str, overrides: list[str]) -> DictConfig:
+    """Raise ConfigError for the first override (or sweep value) no run could use; else return the first job's
+    config, Hydra's node included and unresolved (`kdrun.run.outdir.pin_output_dir` reads where it writes)."""
     conf = config_dir()
     options = group_options(conf)
     everything = _parse(overrides)
@@ -223,12 +248,14 @@ def check_overrides(config_name: str, overrides: list[str]) -> None:
             _check_hydra_override(override)
         for override in groups:
             _check_group(override, options)
-        skeleton = _compose(config_name, [_first(o) for o in groups if _first(o)], check=False)
-        for override in keys:
-            _check_key(skeleton, override.key_or_group)
-        for override in (o for o in parsed if o not in groups and o.type is not OverrideType.CHANGE):
-            _check_add_or_delete(skeleton, override)
-        _compose(config_name, [_first(o) if o.is_sweep_override() else o.input_line for o in parsed if _first(o)])
+        adds_or_deletes = [o for o in parsed if o not in groups and o.type is not OverrideType.CHANGE]
+        if adds_or_deletes:
+            _check_keys(config_name, groups, keys, adds_or_deletes)
+        try:
+            first_job = _compose_first_job(config_name, first_values(overrides))
+        except ConfigError:
+            _check_keys(config_name, groups, keys, [])  # an unknown key, named with the valid ones, comes first
+            raise
         base = None  # composed once, for every value of every plain-key sweep (a sweep over T, seed, optim.lr)
         for override in (o for o in parsed if o.is_sweep_override()):
             for value in _values(override) or []:
@@ -239,6 +266,7 @@ def check_overrides(config_name: str, overrides: list[str]) -> None:
                     _check_assigned(base, line)
                 else:
                     _compose(config_name, fixed + [line])
+    return first_job
 
 
 def compose_config(config_name: str, overrides: list[str]) -> DictConfig:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any, Iterable
 
@@ -70,9 +71,9 @@ def stretch_schedule(scheduler: Any, epochs: int) -> None:
     scheduler._last_lr = lrs  # what get_last_lr() reports, as a step would have set it
 
 
-def autocast(device: torch.device) -> torch.autocast:
-    """bf16 autocast on CUDA; full precision elsewhere."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+def autocast(device: torch.device) -> AbstractContextManager:
+    """bf16 autocast on CUDA; full precision elsewhere, with no autocast state to enter and leave every step."""
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
 
 
 def recipe_from_optim(optim: Any, epochs: int, seed: int, compile: bool = False) -> Recipe:
