@@ -55,3 +55,19 @@ def test_deploy_bench_times_eager_against_onnx_runtime_fp32_and_int8(capsys):
     assert all(latency["reps"] >= 3 and latency["batch_size"] == 8 for latency in row["latency"].values())
     show_deploy(result)
     assert "ratio: eager median / this runtime's median" in capsys.readouterr().out
+
+
+def test_the_cold_start_rows_bare_script_distills_from_a_teacher_file_and_ends_either_way(tmp_path):
+    """The script `make bench` times kdrun against: it must keep running as kdrun's modules change."""
+    import torch
+
+    from kdrun.bench.trust import BARE_DISTILL
+    from kdrun.models import build_model
+
+    teacher = tmp_path / "teacher.pt"
+    torch.save({"state_dict": build_model("cnn1d", 10, (1, 40), {"channels": 64}).state_dict()}, teacher)
+    for ending in ([], ["freeze"]):
+        run = subprocess.run([sys.executable, "-c", BARE_DISTILL, str(teacher), "1", *ending], cwd=tmp_path,
+                             capture_output=True, text=True, timeout=HANG_GUARD)
+        assert run.returncode == 0, run.stderr
+        assert 0.0 <= float(run.stdout.strip()) <= 1.0  # the last epoch's test accuracy

@@ -8,7 +8,7 @@ Four rows, each measured side by side in one run:
   `threads=N` (goal: within 1.3x);
 - cold start: the whole-process wall of the first `kdrun distill` given a new teacher checkpoint file, and of a
   second (warm) run, against a bare hand-written script doing the same training, one teacher pass and the same
-  per-epoch evaluation, medians of 3 interleaved rounds (goals: 1.2x and 1.1x). kdrun ends without the
+  per-epoch evaluation, medians of 5 interleaved rounds (goals: 1.2x and 1.1x). kdrun ends without the
   interpreter's final garbage collection (kdrun.__main__); the bare script is also timed ending that way, so the
   table shows how much of the ratio that alone explains;
 - help: the median wall of `kdrun distill --help` (goal: under 1.5 s).
@@ -35,7 +35,7 @@ from kdrun.core.console import console
 STABILITY_RUNS = 5
 THREADS_EPOCHS = 30
 COLD_EPOCHS = 100  # the demo's `kdrun distill`
-COLD_ROUNDS = 3
+COLD_ROUNDS = 5  # the walls vary by ±10% run to run on a shared 2-core machine: 5 give a steadier median
 
 MEASURE_PAIR = """
 import json, torch
