@@ -69,3 +69,28 @@ def test_a_row_whose_runs_fail_says_so_and_writes_no_comparison(workdir):
                    "progress=false")
     assert result.returncode != 0 and "cifar" in result.stderr.lower() and "Traceback" not in result.stderr
     assert not list((workdir / "outputs" / "reproduce").glob("*/*/reproduce.md"))
+
+
+def test_ctrl_c_stops_the_row_with_130_and_says_where_its_runs_are(workdir):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from conftest import wait_until
+
+    env = {**os.environ, "KDRUN_TEST": "1"}
+    env.pop("HYDRA_FULL_ERROR", None)
+    # its own process group, SIGINT at its default: as a terminal's Ctrl-C reaches reproduce and its sweep alike
+    row = subprocess.Popen([sys.executable, "-m", "kdrun", "reproduce", "cifar100_resnet56_resnet20-kd", "seeds=1",
+                            "baseline=true", *TINY_CIFAR, "epochs=500"], cwd=workdir, env=env, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True, start_new_session=True,
+                           preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    wait_until(lambda: list((workdir / "outputs" / "reproduce").glob("*/*/distill/*/metrics.jsonl")), row)
+    os.killpg(row.pid, signal.SIGINT)
+    _, err = row.communicate(timeout=600)
+    assert row.returncode == 130 and "Traceback" not in err, err
+    [out] = (workdir / "outputs" / "reproduce" / "cifar100_resnet56_resnet20-kd").iterdir()
+    sweep = out.relative_to(workdir) / "distill"
+    assert f"the runs so far are in {sweep}" in err and f"kdrun distill resume={sweep}`" in err
+    assert not (out / "baseline").exists() and not (out / "reproduce.json").exists()

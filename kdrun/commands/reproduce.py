@@ -28,6 +28,7 @@ from kdrun.run.config import config_dir
 USAGE = ("usage: kdrun reproduce ROW [seeds=3|seeds=0,1,2] [baseline=true] [KEY=VALUE ...]\n"
          "       kdrun reproduce            (lists the published rows)")
 OPTIONS = ("seeds", "baseline")
+INTERRUPTED = 130  # the exit code of a command stopped by Ctrl-C (128 + SIGINT)
 PINNED = ("hydra.sweep.dir", "hydra.run.dir", "experiment", "loss", "seed")  # reproduce sets these itself
 
 
@@ -43,9 +44,11 @@ def main(argv: list[str]) -> int:
     out = Path("outputs") / "reproduce" / row.name / datetime.now().strftime("%Y-%m-%d_%H-%M-%S_%f")
     codes = [sweep(["distill", f"experiment={row.experiment}", f"loss={row.method}"], seeds, overrides,
                    out / "distill")]
-    if baseline:
+    if baseline and codes[-1] != INTERRUPTED:
         codes.append(sweep(["train-student", f"experiment={row.experiment}"], seeds,
                            baseline_overrides(overrides), out / "baseline"))
+    if codes[-1] == INTERRUPTED:  # Ctrl-C: its line is out; no comparison of a half-run row
+        return INTERRUPTED
     result = compare(row, out, seeds)
     if not result["kdrun"][row.method]["runs"]:  # refused or failed before a run finished: its own line said why
         return max(codes) or 1
@@ -91,12 +94,23 @@ def sweep(command: list[str], seeds: list[int], overrides: list[str], sweep_dir:
     """One real `kdrun <verb> -m ...` over the seeds, in its own process; its exit code."""
     argv = [sys.executable, "-m", "kdrun", command[0], "-m", *command[1:], f"seed={','.join(map(str, seeds))}", *overrides,
             f"hydra.sweep.dir={sweep_dir}"]
-    process = subprocess.Popen(argv)
-    try:
-        return process.wait()
-    except KeyboardInterrupt:  # the sweep got the same Ctrl-C: it stops after a step and records its runs
-        process.wait()
-        raise KdrunError(f"interrupted; the runs so far are in {sweep_dir}") from None
+    code = wait_for(subprocess.Popen(argv))
+    if code == INTERRUPTED:
+        print(f"kdrun: interrupted; the runs so far are in {sweep_dir}, and `kdrun {command[0]} resume={sweep_dir}` "
+              "continues them", file=sys.stderr, flush=True)
+    return code
+
+
+def wait_for(process: subprocess.Popen) -> int:
+    """The sweep's exit code, or INTERRUPTED after a Ctrl-C. The sweep gets the same Ctrl-C (one process group): it
+    stops after a step and records its runs, or at once on a second one; either way this waits for it to end."""
+    interrupted = False
+    while True:
+        try:
+            code = process.wait()
+            return INTERRUPTED if interrupted else code
+        except KeyboardInterrupt:
+            interrupted = True
 
 
 def baseline_overrides(overrides: list[str]) -> list[str]:
