@@ -113,6 +113,12 @@ BEFORE_ANY_RUN = [
     ("unknown teacher outputs", ["distill", "teacher.outputs=cached"], "teacher.outputs must be one of live, store "
      "(got 'cached')"),
     ("top-k of none", ["distill", "teacher.top_k=0"], "teacher.top_k must be >= 1 (got 0)"),
+    ("an image student on 1-D signals (it used to fail after the teacher trained)", ["distill", "student=resnet8"],
+     "student resnet8 takes images (channels, height, width), but dataset mnist1d gives 1-D signals"),
+    ("a 1-D teacher on images", ["train-teacher", "dataset=cifar10", "teacher=cnn1d"],
+     "teacher cnn1d takes 1-D signals (channels, length), but dataset cifar10 gives images"),
+    ("a ViT student on a fake 1-D set", ["train-student", "dataset=fake", "student=timm",
+                                         "student.name=timm_vit_tiny_patch16_224"], "gives 1-D signals"),
     ("T = inf", ["distill", "T=1e309"], "T must be a finite number (got inf)"),
     ("lr = nan", ["train-student", "optim.lr=nan"], "optim.lr must be a finite number (got nan)"),
     ("alpha = nan in a sweep", ["distill", "-m", "alpha=0.5,nan"], "alpha must be a finite number (got nan)"),

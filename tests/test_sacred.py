@@ -450,8 +450,10 @@ def test_a_second_run_into_a_fresh_dir_is_refused_before_hydra_writes_there(work
 
     first = start_kdrun(workdir, "train-student", *STUDENT, "epochs=30", "dataset.kwargs.num_train=20000",
                         "hydra.run.dir=outputs/race")
-    wait_until(lambda: (workdir / "outputs/race/.hydra/config.yaml").exists(), first)
+    # Hydra writes config.yaml, hydra.yaml, then overrides.yaml, each in place: the last one there, the first is whole
+    wait_until(lambda: (workdir / "outputs/race/.hydra/overrides.yaml").exists(), first)
     config = (workdir / "outputs/race/.hydra/config.yaml").read_bytes()
+    assert config.startswith(b"command: train_student")
     second = kdrun(workdir, "train-student", *ONE_EPOCH, "seed=7", "hydra.run.dir=outputs/race")
     first.send_signal(signal.SIGTERM)
     first.communicate(timeout=600)

@@ -104,8 +104,10 @@ def validate(cfg: Any) -> None:
     if "teacher" in cfg:
         _validate_teacher(cfg)
         _validate_model(cfg.teacher, "teacher")
+        _validate_input(cfg.teacher, "teacher", cfg.dataset)
     if "student" in cfg:
         _validate_model(cfg.student, "student")
+        _validate_input(cfg.student, "student", cfg.dataset)
         init = cfg.student.get("init")
         _check(not init or Path(init).expanduser().is_file(), f"student.init={init} is not a file; pass a checkpoint "
                "(a run's checkpoint.pt, RepDistiller's, mdistiller's or a state_dict) or drop student.init")
@@ -200,6 +202,36 @@ def _validate_model(model: Any, key: str) -> None:
     else:
         _check(not model.target, f"{key}.target is for {key}=custom (got {key}.name={model.name}); "
                f"set {key}=custom or drop {key}.target")
+
+
+ANY_INPUT = ("mlp", "custom")  # mlp flattens whatever it gets; a custom model's code alone knows its input
+SIGNAL_MODELS = ("cnn1d",)  # (channels, length); every other model (CIFAR nets, tv_*, timm_*) takes images
+EXAMPLES = {2: "1-D signals (channels, length)", 3: "images (channels, height, width)"}
+FOR_SIGNALS = {"teacher": "teacher=cnn1d", "student": "student=mlp or student=cnn1d_small"}
+FOR_IMAGES = {"teacher": "teacher=resnet56", "student": "student=resnet8"}
+
+
+def example_rank(dataset: Any) -> int | None:
+    """The dimensions of one example, read from the config: MNIST-1D's (1, 40) signals, a fake set's `shape`,
+    images for every other dataset; None where the config does not say."""
+    if dataset.name == "mnist1d":
+        return 2
+    if dataset.name == "fake":
+        shape = dataset.kwargs.get("shape")
+        return None if shape is None else len(shape)
+    return 3
+
+
+def _validate_input(model: Any, key: str, dataset: Any) -> None:
+    """A model that cannot take the dataset's examples, refused before a run starts (else after the teacher trains)."""
+    rank = example_rank(dataset)
+    if model.name in ANY_INPUT or rank is None:
+        return
+    wants = 2 if model.name in SIGNAL_MODELS else 3
+    fix = (f"pick an image dataset (e.g. dataset=cifar100) or a {key} for them ({FOR_SIGNALS[key]})" if rank == 2
+           else f"pick a {key} for images (e.g. {FOR_IMAGES[key]}) or a 1-D dataset (dataset=mnist1d)")
+    _check(rank == wants, f"{key} {model.name} takes {EXAMPLES[wants]}, but dataset {dataset.name} gives "
+           f"{EXAMPLES.get(rank, f'{rank}-D examples')}; {fix}")
 
 
 def _validate_loss(loss: Any) -> None:
