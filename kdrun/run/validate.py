@@ -228,10 +228,12 @@ def _validate_input(model: Any, key: str, dataset: Any) -> None:
     if model.name in ANY_INPUT or rank is None:
         return
     wants = 2 if model.name in SIGNAL_MODELS else 3
-    fix = (f"pick an image dataset (e.g. dataset=cifar100) or a {key} for them ({FOR_SIGNALS[key]})" if rank == 2
-           else f"pick a {key} for images (e.g. {FOR_IMAGES[key]}) or a 1-D dataset (dataset=mnist1d)")
+    fix = {2: f"pick an image dataset (e.g. dataset=cifar100) or a {key} for them ({FOR_SIGNALS[key]})",
+           3: f"pick a {key} for images (e.g. {FOR_IMAGES[key]}) or a 1-D dataset (dataset=mnist1d)"}
     _check(rank == wants, f"{key} {model.name} takes {EXAMPLES[wants]}, but dataset {dataset.name} gives "
-           f"{EXAMPLES.get(rank, f'{rank}-D examples')}; {fix}")
+           + EXAMPLES.get(rank, f"examples of {rank} dimension(s)") + "; "
+           + fix.get(rank, f"give dataset.kwargs.shape as [channels, length] or [channels, height, width], or "
+                           f"{key}=mlp (any shape)"))
 
 
 def _validate_loss(loss: Any) -> None:
