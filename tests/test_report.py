@@ -244,3 +244,20 @@ def test_a_real_sweep_ends_with_its_report(tmp_path):
         assert float(record["test_acc_mean"]) == summary["test_acc"] and record["test_acc_std"] == ""
         assert float(record["speedup"]) == pytest.approx(summary["speedup"])
     assert (sweep / "acc_vs_T.png").is_file() and f"wrote {sweep / 'report.csv'}" in run.stdout
+
+
+def test_labels_of_points_at_one_place_are_moved_apart():
+    """A sweep's students share one latency and nearly one accuracy: their labels must not print on each other."""
+    from kdrun.report.plots import label_points, latency_axis, new_axes
+
+    figure, axes = new_axes()
+    points = [(f"distill mlp T={t} alpha={a}", 0.027, 62 + 0.3 * i) for i, (t, a) in
+              enumerate((t, a) for t in (1, 2, 4, 8) for a in (0.5, 0.9))] + [("teacher cnn1d", 0.17, 97.0)]
+    axes.plot([x for _, x, _ in points], [y for _, _, y in points], "o")
+    latency_axis(axes, "ms", "%", "labels")
+    label_points(axes, points)
+    renderer = figure.canvas.get_renderer()
+    boxes = [text.get_window_extent(renderer) for text in axes.texts]
+    assert len(boxes) == len(points)
+    overlapping = [(a, b) for i, a in enumerate(boxes) for b in boxes[i + 1:] if a.overlaps(b)]
+    assert not overlapping, f"{len(overlapping)} pairs of labels overlap"

@@ -103,10 +103,20 @@ def plot_acc_vs_latency(rows: list[Row], path: Path) -> Path:
                       label=None if role in labelled else role,
                       markerfacecolor="none" if label.endswith("(contended)") else colour)
         labelled.add(role)
-        axes.annotate(label, (ms, 100 * acc.mean), textcoords="offset points", xytext=(4, 4), fontsize=7)
     latency_axis(axes, "batch-1 latency (ms, median)", "final test accuracy (%)",
                  "Accuracy vs latency (mean ± std over seeds)")
+    label_points(axes, [(label, ms, 100 * acc.mean) for _, label, ms, acc in points])
     return save(figure, axes, path)
+
+
+def label_points(axes: Axes, labels: list[tuple[str, float, float]]) -> None:
+    """Each point's label beside it; where labels would overlap (a sweep's students share one latency), adjustText
+    moves them apart and ties each to its point with a thin line. Call once the axes' scales are set."""
+    from adjustText import adjust_text
+
+    texts = [axes.text(x, y, f" {text}", fontsize=7) for text, x, y in labels]
+    if len(texts) > 1:
+        adjust_text(texts, ax=axes, arrowprops={"arrowstyle": "-", "color": "0.5", "lw": 0.5})
 
 
 def latency_axis(axes: Axes, xlabel: str, ylabel: str, title: str) -> None:
@@ -158,7 +168,6 @@ def plot_acc_vs_deployed_latency(rows: list[Row], path: Path) -> Path | None:
         axes.plot(ms, 100 * acc, marker=marker, color=colour, linestyle="none",
                   label=None if kind in labelled else kind.replace("_", " "))
         labelled.add(kind)
-        axes.annotate(label, (ms, 100 * acc), textcoords="offset points", xytext=(4, 4), fontsize=7)
     front = pareto_front([(ms, acc) for _, _, ms, acc in points])
     axes.step([ms for ms, _ in front], [100 * acc for _, acc in front], where="post", color="black", alpha=0.5,
               linewidth=1, label="Pareto front")
@@ -166,6 +175,7 @@ def plot_acc_vs_deployed_latency(rows: list[Row], path: Path) -> Path | None:
               color="black", alpha=0.5)
     latency_axis(axes, "ONNX Runtime batch-1 latency (ms, median over runs)", "test accuracy under ONNX Runtime (%)",
                  "Accuracy vs deployed latency (Pareto front circled)")
+    label_points(axes, [(label, ms, 100 * acc) for _, label, ms, acc in points])
     return save(figure, axes, path)
 
 
