@@ -14,7 +14,7 @@ from kdrun.core.errors import KdrunError
 from kdrun.data import load_dataset
 from kdrun.deploy.bundle import DeploySettings, deploy
 from kdrun.deploy.export import metadata_of, to_onnx
-from kdrun.deploy.runtime import Session, max_abs_difference
+from kdrun.deploy.runtime import Session, check_input_shape, max_abs_difference
 from kdrun.measure.latency import Protocol
 from kdrun.models import build_model
 
@@ -56,10 +56,10 @@ def test_an_op_the_exporter_cannot_convert_is_one_line_naming_op_and_module(tmp_
 
 def test_an_onnx_file_whose_input_does_not_fit_the_dataset_is_one_line(tmp_path):
     session = exported(tmp_path, build_model("mlp", 10, (1, 40), {"hidden": [8]}), (1, 40))
-    session.check_fits((1, 40), "mnist1d")
+    check_input_shape(session.path, session.input_shape, (1, 40), "mnist1d")
     with pytest.raises(KdrunError, match=r"takes inputs of shape \[batch, 1, 40\] but dataset 'cifar10' gives "
                                          r"\[batch, 3, 32, 32\]"):
-        session.check_fits((3, 32, 32), "cifar10")
+        check_input_shape(session.path, session.input_shape, (3, 32, 32), "cifar10")
 
 
 INT8_MAX_DROP = 0.02  # the stated bound: INT8 costs a trained MNIST-1D CNN at most 2 points of test accuracy

@@ -13,6 +13,7 @@ import torch
 from conftest import kdrun, run_dirs, summary
 from omegaconf import OmegaConf
 
+from kdrun.bench.stored import samples_seen
 from kdrun.core.errors import KdrunError
 from kdrun.data import EpochPlan, batch_sizes, load_dataset
 from kdrun.data.synthetic import write_image_folder
@@ -44,13 +45,6 @@ def streamed(folder: Path):
 
 def in_memory():
     return load_dataset("fake", "~", False, True, {"shape": [3, 12, 12], "num_train": 40, "num_test": 8})
-
-
-def counted(model: torch.nn.Module) -> list[int]:
-    """A list whose one number grows by the samples `model` is run on."""
-    seen = [0]
-    model.register_forward_hook(lambda module, args, out: seen.__setitem__(0, seen[0] + len(args[0])))
-    return seen
 
 
 def store(tmp_path: Path, teacher: torch.nn.Module, data, k: int = 2) -> OutputStore:
@@ -97,7 +91,7 @@ def test_stored_top_k_equal_a_live_teachers_on_the_same_crop(folder, tmp_path):
 def test_later_students_read_the_store_without_a_teacher_forward(folder, tmp_path):
     data = streamed(folder)
     teacher = build_model("resnet8", data.num_classes, data.input_shape, {})
-    forwards = counted(teacher)
+    forwards = samples_seen(teacher)
     for student_seed in range(2):
         torch.manual_seed(student_seed)
         student = build_model("mlp", data.num_classes, data.input_shape, {"hidden": [16]})
@@ -131,7 +125,7 @@ def test_an_interrupted_build_resumes_where_it_stopped(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         interrupted.epoch(1)
     assert not interrupted.path(1).exists() and interrupted.forwarded == 16
-    forwards = counted(teacher)
+    forwards = samples_seen(teacher)
     resumed = store(tmp_path / "a", teacher, data)
     resumed.chunk = 8
     outputs = resumed.epoch(1)

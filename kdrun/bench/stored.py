@@ -36,7 +36,7 @@ STORED = {"teacher": "resnet56", "student": "resnet8", "classes": 10, "images": 
           "students": 4, "top_k": 10}
 
 
-def _counted(model: torch.nn.Module) -> list[int]:
+def samples_seen(model: torch.nn.Module) -> list[int]:
     """A one-number list that grows by the samples `model` runs on."""
     seen = [0]
     model.register_forward_hook(lambda module, args, out: seen.__setitem__(0, seen[0] + len(args[0])))
@@ -57,7 +57,7 @@ def run_stored_bench(device_name: str, epochs: int, workers: int, images: int) -
         teacher = build_model(spec["teacher"], data.num_classes, data.input_shape, {}).to(device)
         flops = {role: size(build_model(spec[role], data.num_classes, data.input_shape, {}), data.input_shape,
                             device)["flops"] for role in ("teacher", "student")}
-        forwards = _counted(teacher)
+        forwards = samples_seen(teacher)
         recipe = Recipe(epochs=epochs, batch_size=spec["batch_size"], lr=1e-3)
         seconds: dict[str, list[list[float]]] = {"live": [], "store": []}
         sweep_seconds = {"live": 0.0, "store": 0.0}

@@ -25,11 +25,10 @@ from kdrun.core.runtime import set_threads
 from kdrun.data import load_dataset
 from kdrun.deploy.export import metadata_of
 from kdrun.deploy.metadata import class_names
-from kdrun.deploy.runtime import Session, predictions
+from kdrun.deploy.runtime import Session, check_input_shape, predictions
 from kdrun.deploy.scores import plot_confusion, scores
 from kdrun.measure.latency import Protocol, measure_forwards
-from kdrun.models import build_model
-from kdrun.models.checkpoint import load_weights, read_weights
+from kdrun.models.checkpoint import rebuild_model
 from kdrun.run.config import DatasetConfig, config_dir
 from kdrun.run.rundir import CHECKPOINT, owned, write_summary
 from kdrun.run.validate import validate_dataset
@@ -79,12 +78,7 @@ def dataset_config(overrides: list[str], recorded: str | None) -> Any:
 
 def torch_model(path: Path) -> tuple[Callable[[torch.Tensor], torch.Tensor], dict[str, Any]]:
     """A kdrun checkpoint's model as a forward function, and what the file records (arch, dataset, shape)."""
-    weights = read_weights(path)
-    if weights.arch is None:
-        raise KdrunError(f"{path} is a {weights.format} file without its architecture; pass a checkpoint written "
-                         "by kdrun, or its exported ONNX file")
-    model = build_model(weights.arch, weights.num_classes, weights.input_shape, weights.arch_kwargs or {}).eval()
-    load_weights(model, weights.state_dict, str(path))
+    model, weights = rebuild_model(path)
 
     def forward(inputs: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
@@ -103,11 +97,7 @@ def onnx_model(path: Path) -> tuple[Session, dict[str, Any]]:
 
 def check_fits(source: dict[str, Any], data: Any, path: Path) -> None:
     """One line when the model's input shape or class count does not fit the dataset."""
-    shape = [d if isinstance(d, int) else None for d in source["input_shape"]]
-    if len(shape) != len(data.input_shape) or any(d not in (None, s) for d, s in zip(shape, data.input_shape)):
-        raise KdrunError(f"{path} takes inputs of shape [batch, {', '.join(map(str, source['input_shape']))}] but "
-                         f"dataset '{data.name}' gives [batch, {', '.join(map(str, data.input_shape))}]; pass the "
-                         "dataset the model was trained for")
+    check_input_shape(path, source["input_shape"], data.input_shape, data.name)
     if source["num_classes"] not in (None, data.num_classes):
         raise KdrunError(f"{path} predicts {source['num_classes']} classes but dataset '{data.name}' has "
                          f"{data.num_classes}; pass the dataset the model was trained for")

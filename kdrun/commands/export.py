@@ -25,8 +25,7 @@ from kdrun.core.errors import KdrunError, first_line
 from kdrun.core.runtime import set_threads
 from kdrun.data import load_dataset
 from kdrun.deploy.bundle import DeploySettings, deploy
-from kdrun.models import build_model
-from kdrun.models.checkpoint import load_weights, read_weights
+from kdrun.models.checkpoint import rebuild_model
 from kdrun.run.config import DeployConfig
 from kdrun.run.rundir import CHECKPOINT, SUMMARY, owned, saved_config, write_summary
 from kdrun.teachers.store import load_teacher
@@ -93,14 +92,6 @@ def finished_student(run_dir: Path) -> dict[str, Any]:
     return summary
 
 
-def rebuilt_student(run_dir: Path) -> torch.nn.Module:
-    """The trained student from the run's checkpoint.pt (kdrun's format records how to rebuild it)."""
-    weights = read_weights(run_dir / CHECKPOINT)
-    model = build_model(weights.arch, weights.num_classes, weights.input_shape, weights.arch_kwargs or {})
-    load_weights(model, weights.state_dict, str(run_dir / CHECKPOINT))
-    return model.eval()
-
-
 def parser() -> argparse.ArgumentParser:
     result = OneLineParser(
         prog="kdrun export", description="Export a finished run's student as ONNX (and INT8) into RUN_DIR/export/, "
@@ -133,7 +124,8 @@ def main(argv: list[str]) -> int:
         teacher = None
         if cfg.command == "distill" and cfg.deploy.teacher and Path(str(summary["teacher"]["checkpoint"])).is_file():
             teacher = load_teacher(Path(summary["teacher"]["checkpoint"]), cfg.teacher, data, torch.device("cpu")).model
-        block = deploy(run_dir, rebuilt_student(run_dir), cfg.student.name, data, settings(cfg), teacher,
+        student, _ = rebuild_model(run_dir / CHECKPOINT)
+        block = deploy(run_dir, student, cfg.student.name, data, settings(cfg), teacher,
                        cfg.teacher.name if teacher is not None else None)
         write_summary(run_dir, {**summary, "deploy": block})
     print(f"kdrun export: {deploy_line(block)}\nwritten: {run_dir / 'export'}")

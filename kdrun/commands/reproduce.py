@@ -10,7 +10,6 @@ beside it. Shorter schedules (`epochs=2`) are allowed and marked in the table: t
 
 from __future__ import annotations
 
-import json
 import statistics
 import subprocess
 import sys
@@ -20,7 +19,7 @@ from pathlib import Path
 import yaml
 
 from kdrun.core.errors import KdrunError
-from kdrun.core.files import write_atomic
+from kdrun.core.files import write_atomic, write_json
 from kdrun.report.published import PublishedRow, published_row, published_rows, sources
 from kdrun.report.runs import find_runs, load_runs
 from kdrun.run.config import config_dir
@@ -165,7 +164,7 @@ def compare(row: PublishedRow, out: Path, seeds: list[int]) -> dict:
                                          (row.method, row.distilled))},
               "kdrun": {"teacher": distill["teacher"], row.method: distill, "student": baseline if baseline["runs"]
                         else None}}
-    write_atomic(out / "reproduce.json", lambda f: f.write((json.dumps(result, indent=2) + "\n").encode()))
+    write_json(out / "reproduce.json", result)
     return result
 
 

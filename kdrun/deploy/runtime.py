@@ -49,13 +49,15 @@ class Session:
     def logits(self, inputs: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(self(inputs.detach().float().cpu().contiguous()))
 
-    def check_fits(self, input_shape: tuple[int, ...], dataset: str) -> None:
-        """One line if the dataset's examples are not what the model takes."""
-        fixed = [d if isinstance(d, int) else None for d in self.input_shape]
-        if len(fixed) != len(input_shape) or any(d is not None and d != s for d, s in zip(fixed, input_shape)):
-            raise KdrunError(f"{self.path} takes inputs of shape [batch, {', '.join(map(str, self.input_shape))}] "
-                             f"but dataset '{dataset}' gives [batch, {', '.join(map(str, input_shape))}]; "
-                             "pass the dataset the model was exported for")
+
+def check_input_shape(path: Path, takes: list[Any], input_shape: tuple[int, ...], dataset: str) -> None:
+    """One line if a model file taking `takes` (without the batch; a non-int is a dynamic dimension) cannot be
+    fed the dataset's examples of `input_shape`."""
+    fixed = [d if isinstance(d, int) else None for d in takes]
+    if len(fixed) != len(input_shape) or any(d is not None and d != s for d, s in zip(fixed, input_shape)):
+        raise KdrunError(f"{path} takes inputs of shape [batch, {', '.join(map(str, takes))}] but dataset "
+                         f"'{dataset}' gives [batch, {', '.join(map(str, input_shape))}]; pass the dataset the "
+                         "model was trained for")
 
 
 def max_abs_difference(model: nn.Module, session: Session, inputs: torch.Tensor) -> float:

@@ -143,6 +143,20 @@ def read_weights(path: Path) -> Weights:
                      "(a dict of tensors)")
 
 
+def rebuild_model(path: Path) -> tuple[nn.Module, Weights]:
+    """The model a kdrun checkpoint records (architecture, kwargs, classes, input shape) with its weights loaded,
+    in eval mode, and what the file holds; one line for a file that records no architecture."""
+    from kdrun.models.registry import build_model
+
+    weights = read_weights(path)
+    if weights.arch is None:
+        raise KdrunError(f"{path} is a {weights.format} file without its architecture; pass a checkpoint written "
+                         "by kdrun, or its exported ONNX file")
+    model = build_model(weights.arch, weights.num_classes, weights.input_shape, weights.arch_kwargs or {})
+    load_weights(model, weights.state_dict, str(path))
+    return model.eval(), weights
+
+
 def _count(value: Any) -> bool:
     """An integer >= 1 (a bool is an int to Python, not to a checkpoint)."""
     return isinstance(value, int) and not isinstance(value, bool) and value >= 1
