@@ -81,10 +81,12 @@ class SlurmSweep(SlurmLauncher):
 
     def _job_dir(self, number: int) -> Path:
         """Where job `number` runs (its run dir), as Hydra composes it for the job."""
+        from kdrun.sweep.resume import job_dir_of
+
         config = self.config.copy()
         with open_dict(config):
             config.hydra.job.num = number
-        return Path(str(config.hydra.sweep.dir), str(config.hydra.sweep.subdir)).resolve()
+        return job_dir_of(config)
 
     def _executor(self) -> Any:
         """submitit's executor with this sweep's parameters, mapped as Hydra's launcher maps them."""
